@@ -1,0 +1,244 @@
+package veth
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/nsnet/nsnet/internal/ifname"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/vishvananda/netlink"
+)
+
+// Validate reports what is wrong with c before any kernel call is made: names
+// that the kernel would refuse, an MTU out of range, MACs that are not
+// unicast Ethernet addresses, two equal names in one namespace.
+func (c Config) Validate() error {
+	bad := func(field, value, reason string) error {
+		return &netns.ValidationError{Pkg: "veth", Field: field, Value: value, Reason: reason}
+	}
+	if c.Name != "" {
+		if r := ifname.Check(c.Name); r != "" {
+			return bad("Config.Name", c.Name, r)
+		}
+	}
+	if c.Peer.Name != "" {
+		if r := ifname.Check(c.Peer.Name); r != "" {
+			return bad("Config.Peer.Name", c.Peer.Name, r)
+		}
+	}
+	if c.Name != "" && c.Name == c.Peer.Name && c.Peer.NS == nil {
+		return bad("Config.Peer.Name", c.Peer.Name, "equals Config.Name in the same namespace")
+	}
+	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
+		return bad("Config.MTU", fmt.Sprint(c.MTU), "not between 68 and 65535")
+	}
+	if r := checkMAC(c.MAC); r != "" {
+		return bad("Config.MAC", c.MAC.String(), r)
+	}
+	if r := checkMAC(c.Peer.MAC); r != "" {
+		return bad("Config.Peer.MAC", c.Peer.MAC.String(), r)
+	}
+	if len(c.Alias) > 255 {
+		return bad("Config.Alias", c.Alias, "longer than 255 bytes")
+	}
+	return nil
+}
+
+func checkMAC(mac net.HardwareAddr) string {
+	switch {
+	case mac == nil:
+		return ""
+	case len(mac) != 6:
+		return "not a 6-byte Ethernet address"
+	case mac[0]&1 != 0:
+		return "a multicast address"
+	case bytes.Equal(mac, make(net.HardwareAddr, 6)):
+		return "all zero"
+	}
+	return ""
+}
+
+// RandomMAC returns a random unicast, locally administered MAC address.
+func RandomMAC() net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	mac[0] = mac[0]&^1 | 2
+	return mac
+}
+
+// afterCreate, when set by a test, is called after the pair was created and
+// before it is set up, to inject a failure half way.
+var afterCreate func() error
+
+// Pair creates a veth pair, like `ip link add NAME [mtu MTU] [address MAC]
+// type veth peer name PEER [address PEERMAC] netns PEERNS`, with the host
+// end in ns and the peer created directly in cfg.Peer.NS. It returns both
+// ends.
+//
+// Bad input fails with a *netns.ValidationError before the kernel is
+// touched. If both names are given and the pair already exists with the
+// same settings, Pair returns it; a name taken otherwise in either namespace
+// fails with an error matching os.ErrExist. A failure after the pair was
+// created deletes it again.
+func Pair(ctx context.Context, ns *netns.NS, cfg Config) (Ends, error) {
+	if err := cfg.Validate(); err != nil {
+		return Ends{}, err
+	}
+	if ns == nil {
+		return Ends{}, &netns.ValidationError{Pkg: "veth", Field: "ns", Value: "<nil>", Reason: "no namespace given"}
+	}
+	if err := ctx.Err(); err != nil {
+		return Ends{}, err
+	}
+	peerNS := cfg.Peer.NS
+	if peerNS == nil {
+		peerNS = ns
+	}
+	h, err := ns.Netlink()
+	if err != nil {
+		return Ends{}, err
+	}
+	ph, err := peerNS.Netlink()
+	if err != nil {
+		return Ends{}, err
+	}
+
+	named := cfg.Name != "" && cfg.Peer.Name != ""
+	if cfg.Name == "" {
+		cfg.Name = ifname.Random("veth", 7)
+	}
+	if cfg.Peer.Name == "" {
+		cfg.Peer.Name = ifname.Random("veth", 7)
+	}
+	wantMAC, wantPeerMAC := cfg.MAC, cfg.Peer.MAC
+	if cfg.MAC == nil {
+		cfg.MAC = RandomMAC()
+	}
+	if cfg.Peer.MAC == nil {
+		cfg.Peer.MAC = RandomMAC()
+	}
+
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = cfg.Name
+	attrs.MTU = cfg.MTU
+	attrs.HardwareAddr = cfg.MAC
+	attrs.Alias = cfg.Alias
+	if cfg.Up {
+		attrs.Flags = net.FlagUp
+	}
+	link := &netlink.Veth{
+		LinkAttrs:        attrs,
+		PeerName:         cfg.Peer.Name,
+		PeerHardwareAddr: cfg.Peer.MAC,
+		PeerMTU:          uint32(cfg.MTU),
+	}
+	if !peerNS.Equal(ns) {
+		link.PeerNamespace = netlink.NsFd(peerNS.Fd())
+	}
+	if err := h.LinkAdd(link); err != nil {
+		if named && errors.Is(err, os.ErrExist) {
+			if ends, ok := existing(ns, peerNS, cfg, wantMAC, wantPeerMAC); ok {
+				return ends, nil
+			}
+		}
+		return Ends{}, &netns.OpError{Op: "veth.create", NS: ns.String(), Name: cfg.Name + "/" + cfg.Peer.Name, Err: err}
+	}
+
+	// From here on a failure deletes the pair (deleting one end deletes
+	// both), so nothing is left behind.
+	undo := func(err error) (Ends, error) {
+		if derr := h.LinkDel(link); derr != nil && !errors.Is(derr, os.ErrNotExist) {
+			err = errors.Join(err, derr)
+		}
+		return Ends{}, err
+	}
+	if afterCreate != nil {
+		if err := afterCreate(); err != nil {
+			return undo(err)
+		}
+	}
+	peer, err := ph.LinkByName(cfg.Peer.Name)
+	if err != nil {
+		return undo(&netns.OpError{Op: "veth.create", NS: peerNS.String(), Name: cfg.Peer.Name, Err: err})
+	}
+	if cfg.Up {
+		if err := ph.LinkSetUp(peer); err != nil {
+			return undo(&netns.OpError{Op: "veth.up", NS: peerNS.String(), Name: cfg.Peer.Name, Err: err})
+		}
+	}
+	return Ends{
+		Host: Link{NS: ns, Index: link.Index, Name: cfg.Name, MAC: cfg.MAC},
+		Peer: Link{NS: peerNS, Index: peer.Attrs().Index, Name: cfg.Peer.Name, MAC: cfg.Peer.MAC},
+	}, nil
+}
+
+// existing returns the pair named by cfg if it is there with the settings
+// cfg asks for: both ends veths, each the other's peer, with the MTU and the
+// MACs asked for (the generated ones are not compared).
+func existing(ns, peerNS *netns.NS, cfg Config, mac, peerMAC net.HardwareAddr) (Ends, bool) {
+	h, _ := ns.Netlink()
+	ph, _ := peerNS.Netlink()
+	a, err := h.LinkByName(cfg.Name)
+	if err != nil || a.Type() != "veth" {
+		return Ends{}, false
+	}
+	b, err := ph.LinkByName(cfg.Peer.Name)
+	if err != nil || b.Type() != "veth" {
+		return Ends{}, false
+	}
+	aa, ba := a.Attrs(), b.Attrs()
+	if aa.ParentIndex != ba.Index || ba.ParentIndex != aa.Index {
+		return Ends{}, false
+	}
+	if cfg.MTU != 0 && (aa.MTU != cfg.MTU || ba.MTU != cfg.MTU) {
+		return Ends{}, false
+	}
+	if (mac != nil && !bytes.Equal(aa.HardwareAddr, mac)) || (peerMAC != nil && !bytes.Equal(ba.HardwareAddr, peerMAC)) {
+		return Ends{}, false
+	}
+	if cfg.Up && (aa.Flags&net.FlagUp == 0 || ba.Flags&net.FlagUp == 0) {
+		return Ends{}, false
+	}
+	return Ends{
+		Host: Link{NS: ns, Index: aa.Index, Name: aa.Name, MAC: aa.HardwareAddr},
+		Peer: Link{NS: peerNS, Index: ba.Index, Name: ba.Name, MAC: ba.HardwareAddr},
+	}, true
+}
+
+// Delete deletes the veth named name in ns, and with it its peer, like `ip
+// link del NAME`; either end may be named. Deleting a link that is gone
+// succeeds; a link of that name that is not a veth is left alone and is an
+// error.
+func Delete(ctx context.Context, ns *netns.NS, name string) error {
+	if r := ifname.Check(name); r != "" {
+		return &netns.ValidationError{Pkg: "veth", Field: "name", Value: name, Reason: r}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.Netlink()
+	if err != nil {
+		return err
+	}
+	link, err := h.LinkByName(name)
+	if errors.Is(err, os.ErrNotExist) || errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return &netns.OpError{Op: "veth.delete", NS: ns.String(), Name: name, Err: err}
+	}
+	if link.Type() != "veth" {
+		return &netns.OpError{Op: "veth.delete", NS: ns.String(), Name: name, Err: fmt.Errorf("is a %s link, not a veth", link.Type())}
+	}
+	if err := h.LinkDel(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return &netns.OpError{Op: "veth.delete", NS: ns.String(), Name: name, Err: err}
+	}
+	return nil
+}
