@@ -127,32 +127,22 @@ func (ns *NS) opErr(op, name string, err error) error {
 // it (this handle, a bind mount, a process). Its only link is lo, which is
 // DOWN; see NS.LoopbackUp. The calling goroutine's thread is not touched.
 func New() (*NS, error) {
-	type result struct {
-		fd  int
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		// This thread is switched into the new namespace and never
-		// switched back: it stays locked, and the runtime ends it when this
-		// goroutine returns.
-		runtime.LockOSThread()
+	var fd int
+	err := onThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- result{-1, &OpError{Op: "netns.new", Err: err}}
-			return
+			return &OpError{Op: "netns.new", Err: err}
 		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		var err error
+		fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			ch <- result{-1, &OpError{Op: "netns.new", Err: err}}
-			return
+			return &OpError{Op: "netns.new", Err: err}
 		}
-		ch <- result{fd, nil}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return nil, r.err
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return fromFd(r.fd, "", "")
+	return fromFd(fd, "", "")
 }
 
 // fromFd wraps a descriptor known to be a namespace (or checks that it is
@@ -207,9 +197,23 @@ func OpenPID(pid int) (*NS, error) {
 	return openPath(fmt.Sprintf("/proc/%d/ns/net", pid), "")
 }
 
-// Current opens the namespace of the process (that of its main thread,
-// /proc/self/ns/net), which is where every goroutine not inside NS.Do runs.
-func Current() (*NS, error) { return openPath("/proc/self/ns/net", "") }
+// processNS is the namespace the process started in, opened while package
+// initialisation runs on the main thread, before any code could switch it.
+var processNS, processNSErr = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+
+// Current opens the namespace the process started in, which is where every
+// goroutine not inside NS.Do runs. (It is not read from /proc/self/ns/net,
+// which names the main thread's namespace at the time of reading.)
+func Current() (*NS, error) {
+	if processNSErr != nil {
+		return nil, &OpError{Op: "netns.current", Err: processNSErr}
+	}
+	fd, err := unix.FcntlInt(uintptr(processNS), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, &OpError{Op: "netns.current", Err: err}
+	}
+	return fromFd(fd, "", "")
+}
 
 func openPath(path, name string) (*NS, error) {
 	if path == "" {
@@ -233,6 +237,26 @@ func openPath(path, name string) (*NS, error) {
 // stay in ns after Do returns and can be used from any goroutine: this is how
 // nsnet opens every socket it needs in a namespace.
 func (ns *NS) Do(fn func() error) error {
+	return onThread(func() error {
+		if err := ns.setns(); err != nil {
+			return err
+		}
+		return fn()
+	})
+}
+
+// onThread runs fn on a new goroutine locked to its OS thread, then puts the
+// thread back into the network namespace it was in and unlocks it. fn may
+// switch the thread's namespace (setns, unshare). A panic in fn is re-raised
+// in the caller's goroutine after the switch back. If the thread cannot be
+// switched back, it stays locked, so the runtime retires it with the
+// goroutine and it never runs another one; the error says so.
+//
+// The switch back matters even for a thread that could simply be retired:
+// the runtime cannot retire the process's main thread, which keeps it
+// locked and idle instead, and /proc/self/ns/net would then name a foreign
+// namespace.
+func onThread(fn func() error) error {
 	type result struct {
 		err      error
 		panicked bool
@@ -244,15 +268,10 @@ func (ns *NS) Do(fn func() error) error {
 		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: ns.opErr("netns.do", "", err)}
+			ch <- result{err: &OpError{Op: "netns.do", Err: err}}
 			return
 		}
 		defer unix.Close(orig)
-		if err := ns.setns(); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
 		var r result
 		func() {
 			defer func() {
@@ -264,8 +283,8 @@ func (ns *NS) Do(fn func() error) error {
 		}()
 		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
 			// Leave the thread locked: the runtime retires it when this
-			// goroutine ends, so it never runs another goroutine.
-			r.err = errors.Join(r.err, ns.opErr("netns.do", "", fmt.Errorf("switching back: %w", err)))
+			// goroutine ends.
+			r.err = errors.Join(r.err, &OpError{Op: "netns.do", Err: fmt.Errorf("switching the thread back: %w", err)})
 			ch <- r
 			return
 		}

@@ -28,7 +28,7 @@ func Check(name string) string {
 		switch c := name[i]; {
 		case c == '/' || c == ':':
 			return fmt.Sprintf("contains %q", c)
-		case c == ' ' || (c >= '\t' && c <= '\r'):
+		case c == ' ' || (c >= '\t' && c <= '\r') || c == 0xa0: // the kernel's isspace
 			return "contains white space"
 		case c == 0:
 			return "contains a NUL byte"

@@ -214,7 +214,7 @@ func Main(m *testing.M) {
 		w.Close()
 	}
 	fds := countFDs()
-	goroutines := runtime.NumGoroutine()
+	goroutines := countGoroutines()
 
 	code := m.Run()
 	if code == 0 {
@@ -233,10 +233,8 @@ func settle(fds, goroutines int) string {
 		if n := countFDs(); n > fds {
 			msg += fmt.Sprintf("%d descriptors open, %d before the tests: %s\n", n, fds, listFDs())
 		}
-		if n := runtime.NumGoroutine(); n > goroutines {
-			buf := make([]byte, 1<<16)
-			buf = buf[:runtime.Stack(buf, true)]
-			msg += fmt.Sprintf("%d goroutines, %d before the tests:\n%s\n", n, goroutines, buf)
+		if n := countGoroutines(); n > goroutines {
+			msg += fmt.Sprintf("%d goroutines, %d before the tests:\n%s\n", n, goroutines, stacks())
 		}
 		if bad := foreignThreads(); bad != "" {
 			msg += "threads in a foreign network namespace: " + bad + "\n"
@@ -245,6 +243,23 @@ func settle(fds, goroutines int) string {
 			return msg
 		}
 	}
+}
+
+func stacks() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// countGoroutines counts the goroutines, less those that live as long as
+// the process once started (the os/signal loop of the fuzzing engine).
+func countGoroutines() int {
+	n := 0
+	for _, g := range strings.Split(stacks(), "\n\n") {
+		if !strings.Contains(g, "os/signal.signal_recv") {
+			n++
+		}
+	}
+	return n
 }
 
 func countFDs() int {
@@ -262,13 +277,15 @@ func listFDs() string {
 	return strings.Join(out, " ")
 }
 
-// foreignThreads lists the threads whose network namespace is not the
-// process's (CNI's check that no thread is left in a closed namespace).
+// foreignThreads lists the threads whose network namespace is not the one
+// the process started in (CNI's check that no thread is left in a closed namespace).
 func foreignThreads() string {
-	self, err := os.Readlink("/proc/self/ns/net")
+	cur, err := netns.Current()
 	if err != nil {
 		return err.Error()
 	}
+	self := cur.ID().String()
+	cur.Close()
 	tasks, _ := os.ReadDir("/proc/self/task")
 	var bad []string
 	for _, task := range tasks {
