@@ -22,7 +22,7 @@ type recorder struct {
 	cleanups []func()
 }
 
-func (r *recorder) Helper()         {}
+func (r *recorder) Helper()          {}
 func (r *recorder) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
 func (r *recorder) Errorf(format string, args ...any) {
 	r.mu.Lock()
