@@ -99,7 +99,7 @@ func Name(t testing.TB, prefix string) string {
 func Host(t testing.TB) *netns.NS {
 	t.Helper()
 	Require(t)
-	machine := snapshotMachine(t)
+	Machine(t)
 	ns := newNS(t)
 	before, err := snapshotNS(ns)
 	if err != nil {
@@ -114,9 +114,19 @@ func Host(t testing.TB) *netns.NS {
 			removeLeaks(ns, before, after)
 		}
 		ns.Close()
-		machine.check(t)
 	})
 	return ns
+}
+
+// Machine records the machine's own namespace (its links and nftables
+// tables) and the named namespaces of /var/run/netns, and checks at cleanup
+// that none of them changed. Host calls it; call it directly in a test that
+// runs a program (an example) instead of using fixtures.
+func Machine(t testing.TB) {
+	t.Helper()
+	Require(t)
+	before := snapshotMachine(t)
+	t.Cleanup(func() { before.check(t) })
 }
 
 // Container returns a new namespace with lo up, for a container of host

@@ -21,21 +21,19 @@ import (
 	"golang.org/x/net/ipv6"
 )
 
-// DefaultTimeout bounds Ping and Exchange when the context has no deadline.
+// DefaultTimeout bounds how long Ping and Exchange wait for an answer, or
+// the context's deadline if that comes sooner.
 const DefaultTimeout = 2 * time.Second
 
 func withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
 	return context.WithTimeout(ctx, DefaultTimeout)
 }
 
 // Ping sends one ICMP echo request from ns to dst (IPv4 or IPv6) and waits
 // for the matching reply, through a raw ICMP socket opened in ns
 // (golang.org/x/net/icmp), so no ping binary is needed. It returns nil when
-// the reply came, and an error when none came before ctx's deadline
-// (DefaultTimeout if it has none): assert on it either way.
+// the reply came, and an error when none came within DefaultTimeout (or
+// before ctx's deadline, if sooner): assert on it either way.
 func Ping(ctx context.Context, ns *netns.NS, dst netip.Addr) error {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
@@ -107,7 +105,8 @@ type Server struct {
 }
 
 // Close stops the server and waits for its goroutines. Serve's cleanup
-// calls it; calling it earlier (to show that traffic stops) is fine.
+// calls it; calling it earlier (to show that traffic stops) is fine, and so
+// is calling it twice.
 func (s *Server) Close() { s.closeFn() }
 
 // Serve starts an echo server in ns on network ("tcp", "tcp4", "tcp6",
@@ -117,6 +116,17 @@ func (s *Server) Close() { s.closeFn() }
 // side). The server is stopped at cleanup.
 func Serve(t testing.TB, ns *netns.NS, network, address string) *Server {
 	t.Helper()
+	s, err := NewServer(ns, network, address)
+	if err != nil {
+		t.Fatalf("nstest.Serve: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// NewServer is Serve for programs that are not tests (the examples): the
+// caller must Close the server.
+func NewServer(ns *netns.NS, network, address string) (*Server, error) {
 	var wg sync.WaitGroup
 	var closer io.Closer
 	var local net.Addr
@@ -124,7 +134,7 @@ func Serve(t testing.TB, ns *netns.NS, network, address string) *Server {
 	case strings.HasPrefix(network, "tcp"):
 		l, err := ns.Listen(network, address)
 		if err != nil {
-			t.Fatalf("nstest.Serve %s %s in %s: %v", network, address, ns, err)
+			return nil, fmt.Errorf("listen %s %s in %s: %w", network, address, ns, err)
 		}
 		closer, local = l, l.Addr()
 		wg.Go(func() {
@@ -144,7 +154,7 @@ func Serve(t testing.TB, ns *netns.NS, network, address string) *Server {
 	case strings.HasPrefix(network, "udp"):
 		pc, err := ns.ListenPacket(network, address)
 		if err != nil {
-			t.Fatalf("nstest.Serve %s %s in %s: %v", network, address, ns, err)
+			return nil, fmt.Errorf("listen %s %s in %s: %w", network, address, ns, err)
 		}
 		closer, local = pc, pc.LocalAddr()
 		wg.Go(func() {
@@ -159,10 +169,10 @@ func Serve(t testing.TB, ns *netns.NS, network, address string) *Server {
 			}
 		})
 	default:
-		t.Fatalf("nstest.Serve: unknown network %q", network)
+		return nil, fmt.Errorf("unknown network %q", network)
 	}
 	var once sync.Once
-	s := &Server{
+	return &Server{
 		Addr: netip.MustParseAddrPort(local.String()),
 		closeFn: func() {
 			once.Do(func() {
@@ -170,9 +180,7 @@ func Serve(t testing.TB, ns *netns.NS, network, address string) *Server {
 				wg.Wait()
 			})
 		},
-	}
-	t.Cleanup(s.Close)
-	return s
+	}, nil
 }
 
 // Reply is what an echo server of Serve answered.
@@ -185,8 +193,8 @@ type Reply struct {
 
 // Exchange sends msg from ns to an echo server (see Serve) at address over
 // network ("tcp" or "udp" and their 4/6 forms) and returns its reply. It
-// fails when nothing answers before ctx's deadline (DefaultTimeout if it has
-// none), or when the connection is refused or unreachable.
+// fails when nothing answers within DefaultTimeout (or before ctx's
+// deadline, if sooner), or when the connection is refused or unreachable.
 func Exchange(ctx context.Context, ns *netns.NS, network, address, msg string) (Reply, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()

@@ -1,0 +1,25 @@
+// Package nsnet is a Go SDK for container networking on Linux: the packages
+// that orchestrators, runtimes and test suites import to build their own
+// container network stacks. This package holds only documentation; the work
+// is done by its packages:
+//
+//   - netns: network namespaces and the namespace-bound netlink and nftables
+//     sockets that every other package acts through;
+//   - netns/nstest: test fixtures, sandbox hosts and topologies with leak checks;
+//   - veth: veth pairs;
+//   - ipam: address management, on memory, file or etcd stores;
+//   - examples: one runnable, self-checking program per scenario.
+//
+// # The namespace model
+//
+// Every operation takes the namespace it acts in as an explicit *netns.NS;
+// none depends on the calling thread's namespace, and none leaves a thread in
+// a foreign one. A "host" is therefore any namespace, and every test and
+// example runs its host in a sandbox namespace, never touching the machine's
+// own.
+//
+// # Privileges
+//
+// Creating namespaces needs CAP_SYS_ADMIN, and changing links, addresses,
+// routes and nftables needs CAP_NET_ADMIN: in practice, root.
+package nsnet
