@@ -89,6 +89,22 @@ func (ns *NS) Fd() int {
 	return ns.fd
 }
 
+// Dup returns a second handle to the same namespace, with a descriptor of
+// its own: closing one does not affect the other. A container that joins
+// another's namespace (Docker's --network container:NAME) is such a handle.
+func (ns *NS) Dup() (*NS, error) {
+	ns.mu.RLock()
+	defer ns.mu.RUnlock()
+	if ns.fd < 0 {
+		return nil, ErrClosed
+	}
+	fd, err := unix.FcntlInt(uintptr(ns.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, ns.opErr("netns.dup", "", err)
+	}
+	return &NS{id: ns.id, fd: fd, path: ns.path, name: ns.name}, nil
+}
+
 // Close releases the handle: the nftables connection, the netlink handle and
 // the descriptor. Closing a closed NS returns nil.
 func (ns *NS) Close() error {

@@ -298,6 +298,28 @@ func TestDoClosed(t *testing.T) {
 	}
 }
 
+func TestDup(t *testing.T) {
+	t.Parallel()
+	ns := nstest.Host(t)
+	d, err := ns.Dup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Equal(ns) || d.Fd() == ns.Fd() {
+		t.Fatalf("Dup: id %v fd %d; original %v fd %d", d.ID(), d.Fd(), ns.ID(), ns.Fd())
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The original is untouched by closing the copy.
+	if err := ns.Do(func() error { return nil }); err != nil {
+		t.Fatalf("original after closing the copy: %v", err)
+	}
+	if _, err := d.Dup(); !errors.Is(err, netns.ErrClosed) {
+		t.Fatalf("Dup of a closed handle: %v", err)
+	}
+}
+
 func TestSysctl(t *testing.T) {
 	t.Parallel()
 	a, b := nstest.Host(t), nstest.Host(t)
