@@ -7,7 +7,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-func clientv3WithRev(rev int64) []clientv3.OpOption { return []clientv3.OpOption{clientv3.WithRev(rev)} }
+func clientv3WithRev(rev int64) []clientv3.OpOption {
+	return []clientv3.OpOption{clientv3.WithRev(rev)}
+}
 
 func TestStartRestartCompact(t *testing.T) {
 	s := Start(t)
@@ -50,4 +52,3 @@ func TestStartRestartCompact(t *testing.T) {
 		t.Errorf("server %d still runs after Stop", last)
 	}
 }
-
