@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/nsnet/nsnet/internal/ifname"
+	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/vishvananda/netlink"
 )
@@ -129,7 +130,6 @@ func Pair(ctx context.Context, ns *netns.NS, cfg Config) (Ends, error) {
 	attrs.Name = cfg.Name
 	attrs.MTU = cfg.MTU
 	attrs.HardwareAddr = cfg.MAC
-	attrs.Alias = cfg.Alias
 	if cfg.Up {
 		attrs.Flags = net.FlagUp
 	}
@@ -154,7 +154,7 @@ func Pair(ctx context.Context, ns *netns.NS, cfg Config) (Ends, error) {
 	// From here on a failure deletes the pair (deleting one end deletes
 	// both), so nothing is left behind.
 	undo := func(err error) (Ends, error) {
-		if derr := h.LinkDel(link); derr != nil && !errors.Is(derr, os.ErrNotExist) {
+		if derr := h.LinkDel(link); derr != nil && !nlerr.NotExist(derr) {
 			err = errors.Join(err, derr)
 		}
 		return Ends{}, err
@@ -162,6 +162,13 @@ func Pair(ctx context.Context, ns *netns.NS, cfg Config) (Ends, error) {
 	if afterCreate != nil {
 		if err := afterCreate(); err != nil {
 			return undo(err)
+		}
+	}
+	// The kernel ignores IFLA_IFALIAS in a request that creates a link, so
+	// the alias is set by a request of its own.
+	if cfg.Alias != "" {
+		if err := h.LinkSetAlias(link, cfg.Alias); err != nil {
+			return undo(&netns.OpError{Op: "veth.alias", NS: ns.String(), Name: cfg.Name, Err: err})
 		}
 	}
 	peer, err := ph.LinkByName(cfg.Peer.Name)
@@ -228,7 +235,7 @@ func Delete(ctx context.Context, ns *netns.NS, name string) error {
 		return err
 	}
 	link, err := h.LinkByName(name)
-	if errors.Is(err, os.ErrNotExist) || errors.As(err, new(netlink.LinkNotFoundError)) {
+	if nlerr.NotExist(err) {
 		return nil
 	}
 	if err != nil {
@@ -237,7 +244,7 @@ func Delete(ctx context.Context, ns *netns.NS, name string) error {
 	if link.Type() != "veth" {
 		return &netns.OpError{Op: "veth.delete", NS: ns.String(), Name: name, Err: fmt.Errorf("is a %s link, not a veth", link.Type())}
 	}
-	if err := h.LinkDel(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := h.LinkDel(link); err != nil && !nlerr.NotExist(err) {
 		return &netns.OpError{Op: "veth.delete", NS: ns.String(), Name: name, Err: err}
 	}
 	return nil

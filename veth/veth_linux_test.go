@@ -62,10 +62,11 @@ func TestPairIntoNamespace(t *testing.T) {
 	name := nstest.Name(t, "nsv")
 	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
 	ends, err := Pair(t.Context(), host, Config{
-		Name: name,
-		Peer: End{NS: ctr, Name: "eth0", MAC: mac},
-		MTU:  1400,
-		Up:   true,
+		Name:  name,
+		Peer:  End{NS: ctr, Name: "eth0", MAC: mac},
+		MTU:   1400,
+		Up:    true,
+		Alias: "nsnet test pair",
 	})
 	if err != nil {
 		t.Fatalf("Pair: %v", err)
@@ -104,6 +105,9 @@ func TestPairIntoNamespace(t *testing.T) {
 	}
 	if peer.Attrs().Index != ends.Peer.Index || hostEnd.Attrs().Index != ends.Host.Index {
 		t.Errorf("indexes: kernel %d/%d, returned %d/%d", hostEnd.Attrs().Index, peer.Attrs().Index, ends.Host.Index, ends.Peer.Index)
+	}
+	if hostEnd.Attrs().Alias != "nsnet test pair" {
+		t.Errorf("host end alias %q, want the one given", hostEnd.Attrs().Alias)
 	}
 	if !bytes.Equal(hostEnd.Attrs().HardwareAddr, ends.Host.MAC) {
 		t.Errorf("host MAC: kernel %v, returned %v", hostEnd.Attrs().HardwareAddr, ends.Host.MAC)

@@ -36,6 +36,13 @@ func Is(err, target error) bool {
 	return false
 }
 
+// NotExist reports whether err says the object is not there: it matches
+// os.ErrNotExist, or carries an errno or netlink type that Is maps to it.
+// Removal code uses it to treat "already gone" as success.
+func NotExist(err error) bool {
+	return err != nil && (errors.Is(err, os.ErrNotExist) || Is(err, os.ErrNotExist))
+}
+
 func errnoIn(err error, errnos ...unix.Errno) bool {
 	var e unix.Errno
 	if !errors.As(err, &e) {
