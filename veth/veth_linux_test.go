@@ -23,19 +23,6 @@ import (
 
 func TestMain(m *testing.M) { nstest.Main(m) }
 
-func linkNames(t testing.TB, ns *netns.NS) []string {
-	t.Helper()
-	links, err := ns.Links()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range links {
-		out = append(out, l.Attrs().Name)
-	}
-	return out
-}
-
 func addAddr(t testing.TB, ns *netns.NS, name, cidr string) {
 	t.Helper()
 	h, err := ns.Netlink()
@@ -84,7 +71,7 @@ func TestPairIntoNamespace(t *testing.T) {
 	}
 	// The peer was created in ctr under its final name: the host never had
 	// a link of that name.
-	if slices.Contains(linkNames(t, host), "eth0") {
+	if slices.Contains(nstest.LinkNames(t, host), "eth0") {
 		t.Fatal("eth0 is in the host")
 	}
 	ch, _ := ctr.Netlink()
@@ -133,7 +120,7 @@ func TestPairIntoNamespace(t *testing.T) {
 	if err := Delete(t.Context(), ctr, "eth0"); err != nil {
 		t.Fatalf("Delete by peer: %v", err)
 	}
-	if slices.Contains(linkNames(t, host), name) {
+	if slices.Contains(nstest.LinkNames(t, host), name) {
 		t.Fatal("host end survived deleting the peer")
 	}
 	for _, ns := range []*netns.NS{host, ctr} {
@@ -155,14 +142,14 @@ func TestPairGeneratedNamesSameNamespace(t *testing.T) {
 			t.Errorf("generated end %+v: want veth + 7 hex digits in host", l)
 		}
 	}
-	names := linkNames(t, host)
+	names := nstest.LinkNames(t, host)
 	if !slices.Contains(names, ends.Host.Name) || !slices.Contains(names, ends.Peer.Name) {
 		t.Fatalf("links %v, want both ends", names)
 	}
 	if err := Delete(t.Context(), host, ends.Host.Name); err != nil {
 		t.Fatal(err)
 	}
-	if names := linkNames(t, host); len(names) != 1 {
+	if names := nstest.LinkNames(t, host); len(names) != 1 {
 		t.Fatalf("after Delete: %v", names)
 	}
 }
@@ -192,7 +179,7 @@ func TestPairIdempotent(t *testing.T) {
 	if _, err := Pair(t.Context(), host, other); !errors.Is(err, os.ErrExist) {
 		t.Fatalf("Pair with another MTU: %v, want os.ErrExist", err)
 	}
-	if n := len(linkNames(t, host)); n != 2 {
+	if n := len(nstest.LinkNames(t, host)); n != 2 {
 		t.Fatalf("host has %d links, want lo and the pair", n)
 	}
 }
@@ -227,10 +214,10 @@ func TestPairNameTaken(t *testing.T) {
 			t.Errorf("error %v is not an OpError wrapping EEXIST", err)
 		}
 	}
-	if got := linkNames(t, host); len(got) != 2 {
+	if got := nstest.LinkNames(t, host); len(got) != 2 {
 		t.Errorf("host links after refused pairs: %v", got)
 	}
-	if got := linkNames(t, ctr); len(got) != 2 {
+	if got := nstest.LinkNames(t, ctr); len(got) != 2 {
 		t.Errorf("container links after refused pairs: %v", got)
 	}
 }
@@ -283,10 +270,10 @@ func TestPairFailsHalfWay(t *testing.T) {
 	if !errors.Is(err, injected) {
 		t.Fatalf("Pair: %v, want the injected error", err)
 	}
-	if got := linkNames(t, host); len(got) != 1 {
+	if got := nstest.LinkNames(t, host); len(got) != 1 {
 		t.Errorf("host links after a failed Pair: %v", got)
 	}
-	if got := linkNames(t, ctr); len(got) != 1 {
+	if got := nstest.LinkNames(t, ctr); len(got) != 1 {
 		t.Errorf("container links after a failed Pair: %v", got)
 	}
 }
@@ -304,7 +291,7 @@ func TestDeleteRefusesOtherKinds(t *testing.T) {
 	if err := Delete(t.Context(), host, name); err == nil {
 		t.Fatal("Delete removed a bridge")
 	}
-	if !slices.Contains(linkNames(t, host), name) {
+	if !slices.Contains(nstest.LinkNames(t, host), name) {
 		t.Fatal("the bridge is gone")
 	}
 }

@@ -174,3 +174,18 @@ func Dir(t testing.TB) netns.Dir {
 	})
 	return d
 }
+
+// LinkNames returns the names of the links of ns, failing the test if they
+// cannot be read.
+func LinkNames(t testing.TB, ns *netns.NS) []string {
+	t.Helper()
+	links, err := ns.Links()
+	if err != nil {
+		t.Fatalf("nstest.LinkNames: %v", err)
+	}
+	names := make([]string, len(links))
+	for i, l := range links {
+		names[i] = l.Attrs().Name
+	}
+	return names
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/vishvananda/netlink"
 )
@@ -113,7 +114,7 @@ func NewOutside(t testing.TB, host *netns.NS) *Outside {
 	}
 	eth0, err := oh.LinkByName("eth0")
 	if err == nil {
-		err = oh.AddrAdd(eth0, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(out.Addr, OutsidePrefix.Bits()))})
+		err = oh.AddrAdd(eth0, &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(out.Addr, OutsidePrefix.Bits()))})
 	}
 	if err != nil {
 		t.Fatalf("nstest.NewOutside: %v", err)
@@ -154,7 +155,7 @@ func wire(a *netns.NS, aName string, master int, b *netns.NS, bName string, addr
 	}
 	peer, err := hb.LinkByName(bName)
 	if err == nil {
-		err = hb.AddrAdd(peer, &netlink.Addr{IPNet: prefixNet(addr)})
+		err = hb.AddrAdd(peer, &netlink.Addr{IPNet: ipnet.From(addr)})
 	}
 	if err == nil {
 		err = hb.LinkSetUp(peer)
@@ -185,12 +186,4 @@ func nthAddr(p netip.Prefix, n int) netip.Addr {
 		a = a.Next()
 	}
 	return a
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	bits := 32
-	if p.Addr().Is6() {
-		bits = 128
-	}
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
