@@ -1,0 +1,137 @@
+package nft
+
+import (
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/netns/nstest"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
+
+// state renders nsnet's table: rule count of forward and the sets' sizes.
+func state(t *testing.T, ns *netns.NS) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	err := ns.NFTables(func(c *nftables.Conn) error {
+		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+			return nil // no table: empty state
+		}
+		rules, err := c.GetRules(table, forward)
+		if err != nil {
+			return err
+		}
+		out["rules"] = len(rules)
+		for _, s := range []*nftables.Set{setBridges, setInternal, setSame, setNoICC} {
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return err
+			}
+			out[s.Name] = len(elems)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestEnsureIdempotentAndRestores(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	defer Delete(t.Context(), host)
+	for range 2 {
+		if err := Ensure(t.Context(), host); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := state(t, host); got["rules"] != 6 {
+		t.Fatalf("after two Ensure: %v, want 6 rules", got)
+	}
+	if err := AddNetwork(t.Context(), host, Network{Bridge: "br-a", ICC: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Someone flushes the ruleset: Ensure puts the skeleton back.
+	host.NFTables(func(c *nftables.Conn) error { c.FlushRuleset(); return c.Flush() })
+	if got := state(t, host); len(got) != 0 {
+		t.Fatalf("after flush ruleset: %v", got)
+	}
+	if err := Ensure(t.Context(), host); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(t, host); got["rules"] != 6 {
+		t.Fatalf("after Ensure on a flushed ruleset: %v", got)
+	}
+}
+
+func TestNetworks(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	a := Network{Bridge: "br-a", ICC: true}
+	b := Network{Bridge: "br-b", Internal: true}
+	for _, n := range []Network{a, b, a} {
+		if err := AddNetwork(t.Context(), host, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]int{"rules": 6, "bridges": 2, "same": 2, "internal": 1, "noicc": 1}
+	if got := state(t, host); len(got) != len(want) || got["bridges"] != 2 || got["same"] != 2 || got["internal"] != 1 || got["noicc"] != 1 || got["rules"] != 6 {
+		t.Fatalf("state %v, want %v", got, want)
+	}
+	if err := RemoveNetwork(t.Context(), host, "br-b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveNetwork(t.Context(), host, "br-b"); err != nil {
+		t.Fatalf("second RemoveNetwork: %v", err)
+	}
+	if got := state(t, host); got["bridges"] != 1 || got["internal"] != 0 || got["noicc"] != 0 {
+		t.Fatalf("after removing b: %v", got)
+	}
+	// The last network takes the table with it.
+	if err := RemoveNetwork(t.Context(), host, "br-a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(t, host); len(got) != 0 {
+		t.Fatalf("after removing the last network: %v", got)
+	}
+	if err := RemoveNetwork(t.Context(), host, "br-a"); err != nil {
+		t.Fatalf("RemoveNetwork without a table: %v", err)
+	}
+}
+
+// TestOtherTables: a table that is not nsnet's is left as it is, and its
+// drop policy is not changed.
+func TestOtherTables(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	other := &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
+	drop := nftables.ChainPolicyDrop
+	err := host.NFTables(func(c *nftables.Conn) error {
+		c.AddTable(other)
+		c.AddChain(&nftables.Chain{Name: "FORWARD", Table: other, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop})
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.NFTables(func(c *nftables.Conn) error { c.DelTable(other); return c.Flush() })
+	if err := AddNetwork(t.Context(), host, Network{Bridge: "br-a", ICC: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveNetwork(t.Context(), host, "br-a"); err != nil {
+		t.Fatal(err)
+	}
+	host.NFTables(func(c *nftables.Conn) error {
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+		if err != nil {
+			t.Error(err)
+		}
+		if len(chains) != 1 || chains[0].Policy == nil || *chains[0].Policy != drop {
+			t.Errorf("the other table's chains: %+v", chains)
+		}
+		return nil
+	})
+}
