@@ -78,7 +78,9 @@ func skeleton(c *nftables.Conn) error {
 	iif := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}
 	oif := &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}
 	oif2 := &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 2}
-	lookup := func(s *nftables.Set) *expr.Lookup { return &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID} }
+	lookup := func(s *nftables.Set) *expr.Lookup {
+		return &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID}
+	}
 	verdict := func(k expr.VerdictKind) *expr.Verdict { return &expr.Verdict{Kind: k} }
 	for _, r := range [][]expr.Any{
 		{&expr.Verdict{Kind: expr.VerdictJump, Chain: user.Name}},
