@@ -20,27 +20,46 @@ import (
 // TableName is the name of nsnet's table.
 const TableName = "nsnet"
 
-var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-
-var (
-	forward = &nftables.Chain{Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: ptr(nftables.ChainPolicyAccept)}
+// schema is nsnet's table and its objects. google/nftables writes into
+// these values (AddSet assigns set IDs), so every operation makes its own.
+type schema struct {
+	table   *nftables.Table
+	forward *nftables.Chain
 	// user is evaluated first by forward, like Docker's DOCKER-USER chain:
 	// the place for the user's own policy. nsnet never flushes it.
-	user = &nftables.Chain{Name: "user", Table: table}
-)
-
-var (
-	ifnameConcat = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+	user *nftables.Chain
 	// bridges: every nsnet bridge of the host.
-	setBridges = &nftables.Set{Table: table, Name: "bridges", KeyType: nftables.TypeIFName}
+	bridges *nftables.Set
 	// internal: bridges of internal networks (no egress).
-	setInternal = &nftables.Set{Table: table, Name: "internal", KeyType: nftables.TypeIFName}
+	internal *nftables.Set
 	// same: "br . br" for every bridge: routed traffic within a network.
-	setSame = &nftables.Set{Table: table, Name: "same", KeyType: ifnameConcat, Concatenation: true}
+	same *nftables.Set
 	// noicc: "br . br" for networks with inter-container traffic off.
-	setNoICC = &nftables.Set{Table: table, Name: "noicc", KeyType: ifnameConcat, Concatenation: true}
-)
+	noicc *nftables.Set
+}
+
+func newSchema() *schema {
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	concat := nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+	return &schema{
+		table: t,
+		forward: &nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: ptr(nftables.ChainPolicyAccept)},
+		user: &nftables.Chain{Name: "user", Table: t},
+		// The IDs name the sets within one transaction. They are set here
+		// because google/nftables would otherwise take them from a
+		// package counter that it increments without a lock: a data race
+		// between connections of different namespaces.
+		bridges:  &nftables.Set{Table: t, ID: 1, Name: "bridges", KeyType: nftables.TypeIFName},
+		internal: &nftables.Set{Table: t, ID: 2, Name: "internal", KeyType: nftables.TypeIFName},
+		same:     &nftables.Set{Table: t, ID: 3, Name: "same", KeyType: concat, Concatenation: true},
+		noicc:    &nftables.Set{Table: t, ID: 4, Name: "noicc", KeyType: concat, Concatenation: true},
+	}
+}
+
+func (sc *schema) sets() []*nftables.Set {
+	return []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc}
+}
 
 func ptr[T any](v T) *T { return &v }
 
@@ -65,16 +84,16 @@ func pair(name string) []byte { return append(ifname(name), ifname(name)...) }
 // skeleton adds to c's batch the table, chains, sets and the constant rules
 // of the forward chain, which it flushes first: applied to an existing
 // table it changes nothing, applied after a flush it restores it.
-func skeleton(c *nftables.Conn) error {
-	c.AddTable(table)
-	c.AddChain(forward)
-	c.AddChain(user)
-	for _, s := range []*nftables.Set{setBridges, setInternal, setSame, setNoICC} {
+func (sc *schema) skeleton(c *nftables.Conn) error {
+	c.AddTable(sc.table)
+	c.AddChain(sc.forward)
+	c.AddChain(sc.user)
+	for _, s := range sc.sets() {
 		if err := c.AddSet(s, nil); err != nil {
 			return err
 		}
 	}
-	c.FlushChain(forward)
+	c.FlushChain(sc.forward)
 	iif := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}
 	oif := &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}
 	oif2 := &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 2}
@@ -83,14 +102,14 @@ func skeleton(c *nftables.Conn) error {
 	}
 	verdict := func(k expr.VerdictKind) *expr.Verdict { return &expr.Verdict{Kind: k} }
 	for _, r := range [][]expr.Any{
-		{&expr.Verdict{Kind: expr.VerdictJump, Chain: user.Name}},
-		{iif, oif2, lookup(setNoICC), verdict(expr.VerdictDrop)},
-		{iif, oif2, lookup(setSame), verdict(expr.VerdictAccept)},
-		{iif, lookup(setInternal), verdict(expr.VerdictDrop)},
-		{oif, lookup(setInternal), verdict(expr.VerdictDrop)},
-		{iif, lookup(setBridges), oif, lookup(setBridges), verdict(expr.VerdictDrop)},
+		{&expr.Verdict{Kind: expr.VerdictJump, Chain: sc.user.Name}},
+		{iif, oif2, lookup(sc.noicc), verdict(expr.VerdictDrop)},
+		{iif, oif2, lookup(sc.same), verdict(expr.VerdictAccept)},
+		{iif, lookup(sc.internal), verdict(expr.VerdictDrop)},
+		{oif, lookup(sc.internal), verdict(expr.VerdictDrop)},
+		{iif, lookup(sc.bridges), oif, lookup(sc.bridges), verdict(expr.VerdictDrop)},
 	} {
-		c.AddRule(&nftables.Rule{Table: table, Chain: forward, Exprs: r, UserData: []byte("nsnet isolation")})
+		c.AddRule(&nftables.Rule{Table: sc.table, Chain: sc.forward, Exprs: r, UserData: []byte("nsnet isolation")})
 	}
 	return nil
 }
@@ -103,7 +122,7 @@ func Ensure(ctx context.Context, host *netns.NS) error {
 		return err
 	}
 	return host.NFTables(func(c *nftables.Conn) error {
-		if err := skeleton(c); err != nil {
+		if err := newSchema().skeleton(c); err != nil {
 			return err
 		}
 		return flush(host, c, "nft.ensure")
@@ -124,18 +143,19 @@ func AddNetwork(ctx context.Context, host *netns.NS, n Network) error {
 		return err
 	}
 	return host.NFTables(func(c *nftables.Conn) error {
-		if err := skeleton(c); err != nil {
+		sc := newSchema()
+		if err := sc.skeleton(c); err != nil {
 			return err
 		}
 		add := func(s *nftables.Set, key []byte) error {
 			return c.SetAddElements(s, []nftables.SetElement{{Key: key}})
 		}
-		errs := []error{add(setBridges, ifname(n.Bridge)), add(setSame, pair(n.Bridge))}
+		errs := []error{add(sc.bridges, ifname(n.Bridge)), add(sc.same, pair(n.Bridge))}
 		if n.Internal {
-			errs = append(errs, add(setInternal, ifname(n.Bridge)))
+			errs = append(errs, add(sc.internal, ifname(n.Bridge)))
 		}
 		if !n.ICC {
-			errs = append(errs, add(setNoICC, pair(n.Bridge)))
+			errs = append(errs, add(sc.noicc, pair(n.Bridge)))
 		}
 		if err := errors.Join(errs...); err != nil {
 			return err
@@ -157,8 +177,9 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 			}
 			return &netns.OpError{Op: "nft.remove-network", NS: host.String(), Name: TableName, Err: err}
 		}
+		sc := newSchema()
 		dirty, left := false, 0
-		for _, s := range []*nftables.Set{setBridges, setInternal, setSame, setNoICC} {
+		for _, s := range sc.sets() {
 			key := ifname(bridge)
 			if s.Concatenation {
 				key = pair(bridge)
@@ -172,17 +193,17 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 					return err
 				}
 				dirty = true
-				if s == setBridges {
+				if s == sc.bridges {
 					left = len(elems) - 1
 				}
-			} else if s == setBridges {
+			} else if s == sc.bridges {
 				left = len(elems)
 			}
 		}
 		if left == 0 {
 			// The last network is gone: so is the table, in the same
 			// transaction, leaving nothing of nsnet behind.
-			c.DelTable(table)
+			c.DelTable(sc.table)
 		} else if !dirty {
 			return nil
 		}
@@ -193,7 +214,7 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 // Delete removes nsnet's table from host; a table that is gone is no error.
 func Delete(ctx context.Context, host *netns.NS) error {
 	return host.NFTables(func(c *nftables.Conn) error {
-		c.DelTable(table)
+		c.DelTable(newSchema().table)
 		if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("nft: delete table: %w", err)
 		}

@@ -18,12 +18,13 @@ func state(t *testing.T, ns *netns.NS) map[string]int {
 		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
 			return nil // no table: empty state
 		}
-		rules, err := c.GetRules(table, forward)
+		sc := newSchema()
+		rules, err := c.GetRules(sc.table, sc.forward)
 		if err != nil {
 			return err
 		}
 		out["rules"] = len(rules)
-		for _, s := range []*nftables.Set{setBridges, setInternal, setSame, setNoICC} {
+		for _, s := range sc.sets() {
 			elems, err := c.GetSetElements(s)
 			if err != nil {
 				return err
