@@ -1,0 +1,546 @@
+package ipam
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// subnet is a normalized SubnetConfig with what allocation needs of it.
+type subnet struct {
+	cfg      SubnetConfig
+	network  netip.Addr
+	bcast    netip.Addr // the IPv4 broadcast address; invalid for IPv6
+	first    netip.Addr // the first and last host address of the ip-range
+	last     netip.Addr
+	reserved map[netip.Addr]struct{}
+	capacity uint64 // addresses dynamic allocation may hand out (saturated)
+}
+
+func newSubnet(sc SubnetConfig) *subnet {
+	p := sc.Subnet
+	n := &subnet{cfg: sc, network: p.Addr(), first: p.Addr().Next()}
+	top := lastAddr(p)
+	if p.Addr().Is4() {
+		n.bcast = top
+	}
+	if !sc.Gateway.IsValid() {
+		sc.Gateway = n.first
+		n.cfg.Gateway = n.first
+	}
+	if len(sc.Reserved) > 0 {
+		n.reserved = make(map[netip.Addr]struct{}, len(sc.Reserved))
+		for _, a := range sc.Reserved {
+			n.reserved[a] = struct{}{}
+		}
+	}
+	rng := p
+	if sc.IPRange.IsValid() {
+		rng = sc.IPRange
+	}
+	n.first, n.last = rng.Addr(), lastAddr(rng)
+	if n.first == n.network {
+		n.first = n.first.Next()
+	}
+	if n.last == n.bcast {
+		n.last = n.last.Prev()
+	}
+	if !n.first.IsValid() || !n.last.IsValid() || n.last.Less(n.first) {
+		return n
+	}
+	size := uint64(math.MaxUint64)
+	if b := rng.Addr().BitLen() - rng.Bits(); b < 64 {
+		size = 1 << b
+	}
+	// Take out what is not a host address, the gateway and reserved ones.
+	out := uint64(0)
+	if rng.Contains(n.network) {
+		out++
+	}
+	if n.bcast.IsValid() && rng.Contains(n.bcast) {
+		out++
+	}
+	if rng.Contains(sc.Gateway) {
+		out++
+	}
+	for a := range n.reserved {
+		if rng.Contains(a) {
+			out++
+		}
+	}
+	if size > out {
+		n.capacity = size - out
+	}
+	return n
+}
+
+// lastAddr returns the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().As16()
+	start := 0
+	if p.Addr().Is4() {
+		start = 12
+	}
+	bits := p.Bits()
+	for i := start; i < 16; i++ {
+		pos := (i - start) * 8
+		switch {
+		case pos >= bits:
+			b[i] = 0xff
+		case pos+8 > bits:
+			b[i] |= 0xff >> (bits - pos)
+		}
+	}
+	a := netip.AddrFrom16(b)
+	if p.Addr().Is4() {
+		a = a.Unmap()
+	}
+	return a
+}
+
+// checkHost says why a cannot be an address of a host in the subnet, or "".
+func (n *subnet) checkHost(a netip.Addr) string {
+	switch {
+	case !a.IsValid():
+		return "not a valid address"
+	case a.Zone() != "" || a.Is4In6():
+		return "must be a plain IPv4 or IPv6 address"
+	case !n.cfg.Subnet.Contains(a):
+		return fmt.Sprintf("not in subnet %s", n.cfg.Subnet)
+	case a == n.network:
+		return fmt.Sprintf("the network address of %s", n.cfg.Subnet)
+	case a == n.bcast:
+		return fmt.Sprintf("the broadcast address of %s", n.cfg.Subnet)
+	}
+	return ""
+}
+
+// excluded reports whether a is never handed out.
+func (n *subnet) excluded(a netip.Addr) bool {
+	if a == n.network || a == n.bcast || a == n.cfg.Gateway {
+		return true
+	}
+	_, ok := n.reserved[a]
+	return ok
+}
+
+// inRange reports whether a counts against the subnet's capacity.
+func (n *subnet) inRange(a netip.Addr) bool {
+	return !a.Less(n.first) && !n.last.Less(a)
+}
+
+// poolRecord is a pool as the index stores it.
+type poolRecord struct {
+	ID      string         `json:"id"`
+	Subnets []SubnetConfig `json:"subnets"`
+	Created time.Time      `json:"created"`
+}
+
+// lease is one address held by an owner.
+type lease struct {
+	owner  string
+	addr   netip.Addr
+	sub    int // index of its subnet
+	static bool
+	time   int64 // unix nanoseconds
+}
+
+// poolState is the allocations of one pool, decoded.
+type poolState struct {
+	name    string
+	rec     *poolRecord
+	subnets []*subnet
+	cursor  []netip.Addr // per subnet: the address handed out last
+	used    []uint64     // per subnet: allocated addresses inside the ip-range
+	byAddr  map[netip.Addr]*lease
+	byOwner map[string][2]*lease // [0] IPv4, [1] IPv6
+	dirty   bool                 // changed since decoded or written
+}
+
+func newPoolState(name string, rec *poolRecord) *poolState {
+	st := &poolState{
+		name:    name,
+		rec:     rec,
+		subnets: make([]*subnet, len(rec.Subnets)),
+		cursor:  make([]netip.Addr, len(rec.Subnets)),
+		used:    make([]uint64, len(rec.Subnets)),
+		byAddr:  make(map[netip.Addr]*lease),
+		byOwner: make(map[string][2]*lease),
+	}
+	for i, sc := range rec.Subnets {
+		st.subnets[i] = newSubnet(sc)
+	}
+	return st
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
+}
+
+func (st *poolState) subnetOf(a netip.Addr) int {
+	for i, n := range st.subnets {
+		if n.cfg.Subnet.Contains(a) {
+			return i
+		}
+	}
+	return -1
+}
+
+// allocate gives owner one address of each family of the pool, or returns
+// what owner holds already. It changes nothing unless it succeeds.
+func (st *poolState) allocate(owner string, static []netip.Addr, now int64) (Allocation, error) {
+	if held, ok := st.byOwner[owner]; ok {
+		for _, a := range static {
+			if !a.IsValid() {
+				continue
+			}
+			a = a.Unmap()
+			if l := held[family(a)]; l == nil || l.addr != a {
+				return Allocation{}, &opError{fmt.Sprintf("allocate %s in pool %s for %s: owner holds %s", a, st.name, owner, st.ownerAddrs(held)), ErrExists}
+			}
+		}
+		return st.allocation(owner, held), nil
+	}
+	var want [2]netip.Addr
+	for i, a := range static {
+		field := fmt.Sprintf("static[%d]", i)
+		if !a.IsValid() {
+			continue
+		}
+		a = a.Unmap()
+		f := family(a)
+		if want[f].IsValid() {
+			return Allocation{}, invalid(field, a, "a second static address of the same family")
+		}
+		s := st.subnetOf(a)
+		if s < 0 {
+			return Allocation{}, invalid(field, a, "not in a subnet of pool %s", st.name)
+		}
+		n := st.subnets[s]
+		if why := n.checkHost(a); why != "" {
+			return Allocation{}, invalid(field, a, "%s", why)
+		}
+		if a == n.cfg.Gateway {
+			return Allocation{}, invalid(field, a, "the gateway of %s", n.cfg.Subnet)
+		}
+		if _, ok := n.reserved[a]; ok {
+			return Allocation{}, invalid(field, a, "a reserved address of %s", n.cfg.Subnet)
+		}
+		if l := st.byAddr[a]; l != nil {
+			return Allocation{}, &opError{fmt.Sprintf("allocate %s in pool %s for %s: held by %s", a, st.name, owner, l.owner), ErrAddrInUse}
+		}
+		want[f] = a
+	}
+	var picks [2]*lease
+	var hasFam [2]bool
+	for _, n := range st.subnets {
+		hasFam[family(n.network)] = true
+	}
+	for f := range 2 {
+		if want[f].IsValid() {
+			picks[f] = &lease{owner: owner, addr: want[f], sub: st.subnetOf(want[f]), static: true, time: now}
+			continue
+		}
+		if !hasFam[f] {
+			continue
+		}
+		for i, n := range st.subnets {
+			if family(n.network) != f || st.used[i] >= n.capacity {
+				continue
+			}
+			picks[f] = &lease{owner: owner, addr: st.next(i), sub: i, time: now}
+			break
+		}
+		if picks[f] == nil {
+			return Allocation{}, &opError{fmt.Sprintf("allocate in pool %s for %s: IPv%d", st.name, owner, 4+2*f), ErrExhausted}
+		}
+	}
+	for _, l := range picks {
+		if l != nil {
+			st.add(l)
+			if !l.static {
+				st.cursor[l.sub] = l.addr
+			}
+		}
+	}
+	st.dirty = true
+	return st.allocation(owner, picks), nil
+}
+
+// next returns the first free address after the cursor of subnet i, which
+// must have one, wrapping at the end of the range: released addresses are
+// not handed out again until the range has been gone through.
+func (st *poolState) next(i int) netip.Addr {
+	n := st.subnets[i]
+	a := n.first
+	if c := st.cursor[i]; c.IsValid() && n.inRange(c) && c != n.last {
+		a = c.Next()
+	}
+	for {
+		if _, taken := st.byAddr[a]; !taken && !n.excluded(a) {
+			return a
+		}
+		if a == n.last {
+			a = n.first
+		} else {
+			a = a.Next()
+		}
+	}
+}
+
+func (st *poolState) add(l *lease) {
+	st.byAddr[l.addr] = l
+	held := st.byOwner[l.owner]
+	held[family(l.addr)] = l
+	st.byOwner[l.owner] = held
+	if st.subnets[l.sub].inRange(l.addr) {
+		st.used[l.sub]++
+	}
+}
+
+func (st *poolState) remove(l *lease) {
+	delete(st.byAddr, l.addr)
+	held := st.byOwner[l.owner]
+	held[family(l.addr)] = nil
+	if held[0] == nil && held[1] == nil {
+		delete(st.byOwner, l.owner)
+	} else {
+		st.byOwner[l.owner] = held
+	}
+	if st.subnets[l.sub].inRange(l.addr) {
+		st.used[l.sub]--
+	}
+	st.dirty = true
+}
+
+// release frees what owner holds and returns it.
+func (st *poolState) release(owner string) (Allocation, bool) {
+	held, ok := st.byOwner[owner]
+	if !ok {
+		return Allocation{}, false
+	}
+	a := st.allocation(owner, held)
+	for _, l := range held {
+		if l != nil {
+			st.remove(l)
+		}
+	}
+	return a, true
+}
+
+func (st *poolState) allocation(owner string, held [2]*lease) Allocation {
+	a := Allocation{Pool: st.name, Owner: owner}
+	for f, l := range held {
+		if l == nil {
+			continue
+		}
+		n := st.subnets[l.sub]
+		ls := Lease{
+			Addr:    netip.PrefixFrom(l.addr, n.cfg.Subnet.Bits()),
+			Gateway: n.cfg.Gateway,
+			Static:  l.static,
+			Time:    time.Unix(0, l.time).UTC(),
+		}
+		if f == 0 {
+			a.IPv4 = ls
+		} else {
+			a.IPv6 = ls
+		}
+	}
+	return a
+}
+
+func (st *poolState) ownerAddrs(held [2]*lease) string {
+	s := ""
+	for _, l := range held {
+		if l != nil {
+			if s != "" {
+				s += " and "
+			}
+			s += l.addr.String()
+		}
+	}
+	return s
+}
+
+// allocations returns every allocation of the pool, ordered by owner.
+func (st *poolState) allocations() []Allocation {
+	out := make([]Allocation, 0, len(st.byOwner))
+	for o, held := range st.byOwner {
+		out = append(out, st.allocation(o, held))
+	}
+	slices.SortFunc(out, func(a, b Allocation) int {
+		switch {
+		case a.Owner < b.Owner:
+			return -1
+		case a.Owner > b.Owner:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// The value of a pool's state key:
+//
+//	'P' 1 | pool id | subnet count, the cursor of each subnet |
+//	lease count, then per lease: owner, address, flags (1: static),
+//	time (unix ns)
+//
+// with strings as uvarint length + bytes, addresses as a length byte (0,
+// 4, 16) + bytes, numbers as uvarints.
+const stateVersion = 1
+
+func (st *poolState) encode() []byte {
+	size := 8 + len(st.rec.ID) + 17*len(st.cursor)
+	for a, l := range st.byAddr {
+		size += len(l.owner) + a.BitLen()/8 + 2*binary.MaxVarintLen64
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, 'P', stateVersion)
+	buf = appendBytes(buf, []byte(st.rec.ID))
+	buf = binary.AppendUvarint(buf, uint64(len(st.cursor)))
+	for _, c := range st.cursor {
+		buf = appendAddr(buf, c)
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(st.byAddr)))
+	for _, l := range st.byAddr {
+		buf = binary.AppendUvarint(buf, uint64(len(l.owner)))
+		buf = append(buf, l.owner...)
+		buf = appendAddr(buf, l.addr)
+		flags := byte(0)
+		if l.static {
+			flags = 1
+		}
+		buf = append(buf, flags)
+		buf = binary.AppendUvarint(buf, uint64(l.time))
+	}
+	return buf
+}
+
+func appendAddr(buf []byte, a netip.Addr) []byte {
+	switch {
+	case !a.IsValid():
+		return append(buf, 0)
+	case a.Is4():
+		b := a.As4()
+		return append(append(buf, 4), b[:]...)
+	default:
+		b := a.As16()
+		return append(append(buf, 16), b[:]...)
+	}
+}
+
+func (d *decoder) addr() netip.Addr {
+	switch n := d.byte(); {
+	case d.err != nil || n == 0:
+		return netip.Addr{}
+	case n == 4 && len(d.buf) >= 4:
+		a := netip.AddrFrom4([4]byte(d.buf[:4]))
+		d.buf = d.buf[4:]
+		return a
+	case n == 16 && len(d.buf) >= 16:
+		a := netip.AddrFrom16([16]byte(d.buf[:16]))
+		d.buf = d.buf[16:]
+		return a
+	default:
+		d.err = errors.New("bad address")
+		return netip.Addr{}
+	}
+}
+
+// stateID returns the pool id a state value starts with.
+func stateID(buf []byte) (string, error) {
+	if len(buf) < 2 || buf[0] != 'P' || buf[1] != stateVersion {
+		return "", errors.New("not a pool state (or of another version)")
+	}
+	d := decoder{buf: buf[2:]}
+	id := d.bytes()
+	return string(id), d.err
+}
+
+// decodeState decodes the state of the pool rec, checking every lease
+// against the pool's subnets.
+func decodeState(name string, rec *poolRecord, buf []byte) (*poolState, error) {
+	id, err := stateID(buf)
+	if err != nil {
+		return nil, err
+	}
+	if id != rec.ID {
+		return nil, fmt.Errorf("state of pool id %q, index has %q", id, rec.ID)
+	}
+	st := newPoolState(name, rec)
+	d := decoder{buf: buf[2:]}
+	d.bytes()
+	if n := d.uvarint(); d.err == nil && n != uint64(len(st.cursor)) {
+		return nil, fmt.Errorf("%d cursors for %d subnets", n, len(st.cursor))
+	}
+	for i := range st.cursor {
+		st.cursor[i] = d.addr()
+		if c := st.cursor[i]; d.err == nil && c.IsValid() && !st.subnets[i].cfg.Subnet.Contains(c) {
+			return nil, fmt.Errorf("cursor %s outside subnet %s", c, st.subnets[i].cfg.Subnet)
+		}
+	}
+	count := d.uvarint()
+	if d.err == nil && count > uint64(len(d.buf)) {
+		return nil, errors.New("bad lease count")
+	}
+	for i := uint64(0); i < count && d.err == nil; i++ {
+		owner := d.bytes()
+		a := d.addr()
+		flags := d.byte()
+		t := d.uvarint()
+		if d.err != nil {
+			break
+		}
+		s := st.subnetOf(a)
+		switch {
+		case len(owner) == 0:
+			return nil, errors.New("lease without owner")
+		case s < 0 || st.subnets[s].checkHost(a) != "" || a == st.subnets[s].cfg.Gateway:
+			return nil, fmt.Errorf("lease of %s, not a host address of the pool", a)
+		case st.byAddr[a] != nil:
+			return nil, fmt.Errorf("address %s leased twice", a)
+		case st.byOwner[string(owner)][family(a)] != nil:
+			return nil, fmt.Errorf("owner %q holds two addresses of a family", owner)
+		case flags > 1:
+			return nil, fmt.Errorf("bad flags %d", flags)
+		}
+		st.add(&lease{owner: string(owner), addr: a, sub: s, static: flags == 1, time: int64(t)})
+	}
+	if d.err == nil && len(d.buf) != 0 {
+		d.err = fmt.Errorf("%d bytes after the last lease", len(d.buf))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	for i, n := range st.subnets {
+		if st.used[i] > n.capacity {
+			return nil, fmt.Errorf("%d leases in range of %s, more than its %d addresses", st.used[i], n.cfg.Subnet, n.capacity)
+		}
+	}
+	return st, nil
+}
+
+// opError is an error of an Allocator method: what it did, and a sentinel.
+type opError struct {
+	op  string
+	err error
+}
+
+func (e *opError) Error() string {
+	msg := e.err.Error()
+	if s, ok := e.err.(*sentinel); ok {
+		msg = s.msg
+	}
+	return "ipam: " + e.op + ": " + msg
+}
+
+func (e *opError) Unwrap() error { return e.err }
