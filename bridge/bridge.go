@@ -1,0 +1,149 @@
+package bridge
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/netns"
+)
+
+// Errors a caller can test for with errors.Is.
+var (
+	// ErrExists: a network or endpoint of that name exists with other
+	// settings, or its bridge name is taken by a link that is not nsnet's.
+	// It matches os.ErrExist.
+	ErrExists = errExists{}
+	// ErrNotFound: no such network or endpoint. It matches os.ErrNotExist.
+	ErrNotFound = errNotFound{}
+	// ErrInUse: the network still has endpoints (Delete without Force).
+	ErrInUse = errors.New("bridge: network has endpoints")
+	// ErrOverlap: a subnet overlaps a subnet of another network of the host
+	// (or another pool of the allocator). It is ipam.ErrOverlap.
+	ErrOverlap = ipam.ErrOverlap
+	// ErrHostMode: the container namespace is the host's own (Docker's
+	// --network host): there is nothing to attach, and attaching would
+	// rewire the host.
+	ErrHostMode = errors.New("bridge: container uses the host's namespace (host mode): nothing to attach")
+)
+
+type errExists struct{}
+
+func (errExists) Error() string          { return "bridge: exists with other settings" }
+func (errExists) Is(target error) bool   { return target == netns.ErrExists }
+func (errNotFound) Error() string        { return "bridge: not found" }
+func (errNotFound) Is(target error) bool { return target == netns.ErrNotFound }
+
+type errNotFound struct{}
+
+// Config describes a bridge network, like the arguments of `docker network
+// create --driver bridge`. The zero value with a Name is a valid network: a
+// bridge br-<12 hex digits> with the next free IPv4 subnet.
+type Config struct {
+	// Name names the network (Docker's network name); required: 1 to 64
+	// letters, digits, '_', '.' and '-', starting with a letter or digit.
+	// It is written on the bridge, so a later process finds the network by
+	// it, and names the network's IPAM pool, "bridge." + Name.
+	Name string
+	// Bridge is the bridge's interface name. Empty: "br-" followed by 12
+	// hex digits derived from Name, as Docker names its bridges.
+	Bridge string
+	// Subnets, with their gateways (zero: the first host address),
+	// ip-ranges and reserved addresses. Empty: one IPv4 subnet chosen by the
+	// IPAM from its default pools, overlapping no other pool, no other
+	// network of the host and no route of the host.
+	Subnets []ipam.SubnetConfig
+	// MTU of the bridge and of its endpoints. Zero: the MTU of the host's
+	// default-route interface, or 1500 if the host has no default route.
+	MTU int
+	// MAC of the bridge, pinned at creation so that it does not change as
+	// ports come and go. Nil: a random locally administered address.
+	MAC net.HardwareAddr
+	// DisableICC turns off traffic between the network's containers
+	// (Docker's com.docker.network.bridge.enable_icc=false): the ports are
+	// isolated on the bridge, and routed traffic from the bridge back to it
+	// is dropped.
+	DisableICC bool
+	// Internal networks have no egress: nothing is forwarded between the
+	// bridge and any other interface (docker network create --internal).
+	Internal bool
+	// Labels are the caller's, kept with the network (--label).
+	Labels map[string]string
+}
+
+// Network is a bridge network of one host. Its methods are safe for
+// concurrent use.
+type Network struct {
+	host  *netns.NS
+	alloc *ipam.Allocator
+	cfg   Config // as created: Bridge, Subnets (with gateways) and MTU filled in
+	index int    // the bridge's ifindex
+	pool  string
+}
+
+// Config returns the network's settings, with what was chosen at creation
+// (bridge name, subnets, gateways, MTU, MAC) filled in.
+func (n *Network) Config() Config { return n.cfg }
+
+// Host returns the namespace the network lives in.
+func (n *Network) Host() *netns.NS { return n.host }
+
+// EndpointConfig describes a container's attachment to a network, like
+// `docker network connect` or the --network part of `docker run`.
+type EndpointConfig struct {
+	// ID names the endpoint, e.g. the container's ID or name; required:
+	// 1 to 80 letters, digits, '_', '.' and '-', starting with a letter or
+	// digit. It is the owner of the endpoint's addresses in the IPAM:
+	// attaching the same ID again gives the same addresses.
+	ID string
+	// NS is the container's namespace. The host's own namespace is refused
+	// with ErrHostMode.
+	NS *netns.NS
+	// IfName is the interface name in the container. Empty: eth0, or the
+	// next free ethN when the container is on other networks already.
+	IfName string
+	// Addrs are static addresses (docker run --ip, --ip6), at most one per
+	// subnet of the network. The rest are allocated.
+	Addrs []netip.Addr
+	// MAC of the container's interface. Nil: random, locally administered.
+	MAC net.HardwareAddr
+	// DefaultRoute installs the container's default route via the
+	// network's gateway. A container on several networks gets its default
+	// route from the endpoint with the highest GatewayPriority among those
+	// marked (Docker's gw-priority): each installs its default route with a
+	// metric derived from the priority, so when one goes, the next takes
+	// over.
+	DefaultRoute    bool
+	GatewayPriority int
+}
+
+// Endpoint is a container's attachment to a network.
+type Endpoint struct {
+	ID      string
+	Network string
+	// NS is the container's namespace, when known (nil for endpoints found
+	// by Inspect, which sees them from the host).
+	NS *netns.NS
+	// IfName, MAC: the container's interface.
+	IfName string
+	MAC    net.HardwareAddr
+	// Addrs are the container's addresses with their prefix lengths.
+	Addrs []netip.Prefix
+	// HostVeth is the host-side end of the veth pair, a port of the bridge.
+	HostVeth     string
+	DefaultRoute bool
+	// Since is when the endpoint's addresses were allocated, if the IPAM
+	// knows.
+	Since time.Time
+}
+
+// Info is what Inspect and List report of a network.
+type Info struct {
+	Config
+	// Index is the bridge's interface index.
+	Index int
+	// Endpoints are the containers attached, read from the bridge's ports.
+	Endpoints []Endpoint
+}

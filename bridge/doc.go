@@ -1,0 +1,80 @@
+// Package bridge builds Docker-style bridge networks on one host: what
+// `docker network create/connect/disconnect/inspect/rm` do for the bridge
+// driver, as typed calls that act in a namespace the caller names.
+//
+// A network is a Linux bridge with the gateway addresses of its subnets
+// ([New]); a container joins it through a veth pair whose host end is a
+// port of the bridge and whose container end is created in the container's
+// namespace as eth0 ([Network.Attach]); [Network.Detach] takes it away
+// again, leaving the container's other networks alone. Containers on
+// different networks of one host cannot reach each other, although the host
+// routes both subnets (isolation rules in nsnet's nftables table); internal
+// networks forward nothing beyond their bridge; DisableICC keeps a network's
+// containers apart. [None], [HostMode] and [Join] give the three
+// `--network` modes that are not a network.
+//
+// Outbound NAT and published ports are not this package's: see nat and
+// portmap, which take a network's bridge and subnets.
+//
+// # Namespaces
+//
+// New, Open, List and a Network's methods act in the host namespace they
+// were given; Attach also acts in EndpointConfig.NS, the container's. No
+// call depends on the calling thread's namespace.
+//
+// # State and restarts
+//
+// Everything a later process needs is in the kernel and the allocator: the
+// bridge and the host-side veths carry nsnet's marks (their interface alias
+// names the network, the endpoint, the container's interface and MAC), and
+// the addresses are the allocator's. A new process finds a network with
+// [Open] or [List], inspects its endpoints and detaches those an earlier
+// process attached. Host-side veth names are derived from the network and
+// endpoint names, so Detach needs neither a listing nor the container's
+// namespace.
+//
+// # Idempotency
+//
+// New and Attach return what exists when it has the settings asked for,
+// and fail with ErrExists when it has others. Detach and Delete succeed for
+// what is gone, also when the container namespace, the veth or the bridge
+// already went. A failure half way undoes what was done: no veth is left,
+// and the addresses are released.
+//
+// # Privileges
+//
+// CAP_NET_ADMIN in the host and in the container namespaces.
+//
+// # Concurrency
+//
+// A Network is safe for concurrent use: Attach and Detach of different
+// endpoints may run at once (the tests attach 200 containers concurrently).
+// Two attaches of one container to two networks at the same moment may
+// both choose eth0, and one then fails: attach a container's networks one
+// after the other, or give EndpointConfig.IfName.
+//
+// # Performance
+//
+// Measured on the project's 2-core machine, as root:
+//
+//	go test -run '^$' -bench 'Attach$|Detach' -benchtime 300x -count 3 -benchmem ./bridge/
+//	BenchmarkAttach   1.13-1.35 ms/op   51 KB/op   419 allocs/op
+//	BenchmarkDetach   18.4-18.8 ms/op   10 KB/op    74 allocs/op
+//
+//	go test -run '^$' -bench Attach500 -benchtime 2x -count 2 ./bridge/
+//	BenchmarkAttach500   first 100: 1.22-1.38 ms/attach   last 100: 1.48-1.70 ms/attach
+//
+// Attach is the veth pair created in place (0.6 ms, see veth), the port
+// wiring and the container's addresses and routes. Detach is dominated by
+// the kernel unregistering the veth pair (RCU grace periods).
+//
+// Nothing nsnet does per attach walks the existing endpoints: the host
+// veth is found by its derived name, the IPAM commit is per pool. What
+// grows a little with hundreds of ports is in the kernel's bridge (adding a
+// port recomputes features, MTU and promiscuity over all ports: +0.8 ms at
+// 500 ports in a step-by-step measurement) and in the IPAM's pool record
+// (+0.17 ms at 500 allocations). Endpoint interfaces get no IPv6 unless the
+// network has an IPv6 subnet, as in Docker: before that change, each new
+// port's IPv6 link-local traffic was flooded to every other port and the
+// last 100 of 500 attaches took 3.0 ms.
+package bridge
