@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 )
@@ -67,8 +68,33 @@ type Env struct {
 	Host *netns.NS
 	// Dir is where the example keeps its named namespaces.
 	Dir netns.Dir
+	// Alloc is the example's address manager: an ipam.Allocator on a
+	// memory store (a real program would use ipam.OpenFileStore).
+	Alloc *ipam.Allocator
 	// Log prints the checks.
 	Log *Log
+
+	closers *[]func()
+}
+
+// Container returns a new namespace for a container, lo up, closed when
+// the example ends.
+func (e Env) Container() (*netns.NS, error) {
+	ns, err := netns.New()
+	if err != nil {
+		return nil, err
+	}
+	*e.closers = append(*e.closers, func() { ns.Close() })
+	if err := ns.LoopbackUp(); err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+func (e Env) close() {
+	for i := len(*e.closers) - 1; i >= 0; i-- {
+		(*e.closers)[i]()
+	}
 }
 
 // Main runs an example program: it makes a sandbox host namespace (lo up),
@@ -101,7 +127,13 @@ func Run(ctx context.Context, dir netns.Dir, w io.Writer, run func(ctx context.C
 	}
 	log := NewLog(w)
 	fmt.Fprintf(w, "sandbox host: %s (the machine's own namespace is not touched)\n", host)
-	if err := run(ctx, Env{Host: host, Dir: dir, Log: log}); err != nil {
+	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
+	if err != nil {
+		return err
+	}
+	env := Env{Host: host, Dir: dir, Log: log, Alloc: alloc, closers: new([]func())}
+	defer env.close()
+	if err := run(ctx, env); err != nil {
 		return err
 	}
 	return log.Err()
@@ -125,8 +157,13 @@ func Expect(err error, bad bool, format string, args ...any) error {
 func Test(t *testing.T, run func(ctx context.Context, env Env) error) {
 	t.Helper()
 	var out strings.Builder
-	env := Env{Host: nstest.Host(t), Dir: nstest.Dir(t), Log: NewLog(&out)}
-	err := run(t.Context(), env)
+	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := Env{Host: nstest.Host(t), Dir: nstest.Dir(t), Log: NewLog(&out), Alloc: alloc, closers: new([]func())}
+	defer env.close()
+	err = run(t.Context(), env)
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)
