@@ -57,7 +57,8 @@ type FileStore struct {
 	mu     sync.Mutex // guards the fields below and this process's use of the lock
 	id     uint64     // the random id of the state file read last; 0: none yet
 	rev    int64
-	maxRev int64 // highest revision seen, so revisions never go back
+	maxRev int64       // highest revision seen, so revisions never go back
+	fi     os.FileInfo // of the state file read or written last: unchanged, it need not be read
 	keys   map[string]KV
 	closed bool
 
@@ -228,11 +229,12 @@ func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 	if id == 0 {
 		id = newStoreID()
 	}
-	if err := s.write(id, rev, keys); err != nil {
+	fi, err := s.write(id, rev, keys)
+	if err != nil {
 		// The state on disk is the old one or, if the rename happened and
 		// only the directory fsync failed, possibly the new one: read it
 		// again next time.
-		s.id, s.rev = 0, 0
+		s.id, s.rev, s.fi = 0, 0, nil
 		for _, c := range calls {
 			if c.err == nil {
 				c.err = err
@@ -240,21 +242,26 @@ func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 		}
 		return
 	}
-	s.id, s.rev, s.maxRev, s.keys = id, rev, rev, keys
+	s.id, s.rev, s.maxRev, s.keys, s.fi = id, rev, rev, keys, fi
 	s.hub.publish(evs)
 }
 
 // write writes a new state file: tmp file, fsync, rename, fsync directory.
-func (s *FileStore) write(id uint64, rev int64, keys map[string]KV) error {
+// It returns the new file's FileInfo.
+func (s *FileStore) write(id uint64, rev int64, keys map[string]KV) (os.FileInfo, error) {
 	buf := encodeFile(id, rev, keys)
 	tmp := filepath.Join(s.dir, tmpFile)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("ipam: write state: %w", err)
+		return nil, fmt.Errorf("ipam: write state: %w", err)
 	}
 	_, err = f.Write(buf)
 	if err == nil {
 		err = f.Sync()
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -266,9 +273,9 @@ func (s *FileStore) write(id uint64, rev int64, keys map[string]KV) error {
 		err = s.dirf.Sync()
 	}
 	if err != nil {
-		return fmt.Errorf("ipam: write state %s: %w", s.path, err)
+		return nil, fmt.Errorf("ipam: write state %s: %w", s.path, err)
 	}
-	return nil
+	return fi, nil
 }
 
 // read brings the cached state up to date with the file, for a read.
@@ -292,31 +299,31 @@ func (s *FileStore) refresh() (bool, error) {
 		if s.id != 0 || len(s.keys) > 0 {
 			s.diff(map[string]KV{}, max(s.rev, s.maxRev)+1)
 		}
-		s.id, s.rev, s.keys = 0, 0, map[string]KV{}
+		s.id, s.rev, s.keys, s.fi = 0, 0, map[string]KV{}, nil
 		return true, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("ipam: read state: %w", err)
 	}
 	defer f.Close()
-	var hdr [fileHeader]byte
-	n, err := io.ReadFull(f, hdr[:])
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return false, fmt.Errorf("ipam: read state %s: %w", s.path, err)
-	}
-	if n == fileHeader && string(hdr[:8]) == fileMagic {
-		id := binary.BigEndian.Uint64(hdr[8:])
-		rev := int64(binary.BigEndian.Uint64(hdr[16:]))
-		if id == s.id && rev == s.rev && id != 0 {
-			return false, nil
-		}
-	}
-	st, err := f.Stat()
+	fi, err := f.Stat()
 	if err != nil {
 		return false, fmt.Errorf("ipam: read state %s: %w", s.path, err)
 	}
-	buf := make([]byte, st.Size())
-	copy(buf, hdr[:n])
+	buf := make([]byte, fi.Size())
+	n, err := io.ReadFull(f, buf[:min(len(buf), fileHeader)])
+	if err != nil {
+		return false, &CorruptError{File: s.path, Err: fmt.Errorf("short read: %w", err)}
+	}
+	// The file read or written last, untouched? Its revision says whether
+	// it is the same state (inode numbers are reused, and modification
+	// times can be coarser than writes), its inode and time whether it was
+	// changed in place.
+	if n == fileHeader && s.fi != nil && string(buf[:8]) == fileMagic &&
+		binary.BigEndian.Uint64(buf[8:]) == s.id && int64(binary.BigEndian.Uint64(buf[16:])) == s.rev &&
+		os.SameFile(fi, s.fi) && fi.Size() == s.fi.Size() && fi.ModTime().Equal(s.fi.ModTime()) {
+		return false, nil
+	}
 	if _, err := io.ReadFull(f, buf[n:]); err != nil {
 		return false, &CorruptError{File: s.path, Err: fmt.Errorf("short read: %w", err)}
 	}
@@ -332,7 +339,7 @@ func (s *FileStore) refresh() (bool, error) {
 	if s.id != 0 || len(s.keys) > 0 {
 		s.diff(keys, rev)
 	}
-	s.id, s.rev, s.maxRev, s.keys = id, rev, max(s.maxRev, rev), keys
+	s.id, s.rev, s.maxRev, s.keys, s.fi = id, rev, max(s.maxRev, rev), keys, fi
 	return true, nil
 }
 
