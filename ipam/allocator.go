@@ -111,27 +111,27 @@ func New(store Store, cfg Config) (*Allocator, error) {
 // poolHandle is what an Allocator keeps per pool: the batch of requests
 // waiting to be committed and the last state it read or wrote.
 type poolHandle struct {
-	name string
-	key  string
-	g    *group[*poolReq]
+	name   string
+	key    string
+	g      *group[poolReq]
+	commit func(context.Context, []*call[poolReq]) // a.commit on this pool
 
 	// Used by the goroutine holding g.sem only.
 	st  *poolState // nil: read it again
 	rev int64
 }
 
-// poolReq is one request on a pool: fn reads or changes the state (st is
+// poolReq is one request on a pool: it reads or changes the state (st is
 // nil if the pool does not exist) and changes nothing if it fails.
-type poolReq struct {
-	fn func(st *poolState) error
-}
+type poolReq = func(st *poolState) error
 
 func (a *Allocator) handle(pool string) *poolHandle {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	h := a.pools[pool]
 	if h == nil {
-		h = &poolHandle{name: pool, key: a.poolPrefix + pool, g: newGroup[*poolReq]()}
+		h = &poolHandle{name: pool, key: a.poolPrefix + pool, g: newGroup[poolReq]()}
+		h.commit = func(ctx context.Context, calls []*call[poolReq]) { a.commit(ctx, h, calls) }
 		a.pools[pool] = h
 	}
 	return h
@@ -140,14 +140,12 @@ func (a *Allocator) handle(pool string) *poolHandle {
 // do runs fn on the pool's current state, batched with concurrent
 // requests, and writes the state if fn changed it. It returns fn's error or
 // the store's.
-func (a *Allocator) do(ctx context.Context, pool string, fn func(*poolState) error) error {
+func (a *Allocator) do(ctx context.Context, pool string, fn poolReq) error {
 	h := a.handle(pool)
-	return h.g.do(ctx, &poolReq{fn: fn}, func(ctx context.Context, calls []*call[*poolReq]) {
-		a.commit(ctx, h, calls)
-	})
+	return h.g.do(ctx, fn, h.commit)
 }
 
-func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[*poolReq]) {
+func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poolReq]) {
 	fail := func(err error) {
 		for _, c := range calls {
 			c.err = err
@@ -167,14 +165,14 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[*po
 		}
 		if h.st == nil { // no such pool
 			for _, c := range calls {
-				c.err = c.req.fn(nil)
+				c.err = c.req(nil)
 			}
 			return
 		}
 		st := h.st
 		st.dirty = false
 		for _, c := range calls {
-			c.err = c.req.fn(st)
+			c.err = c.req(st)
 		}
 		if !st.dirty {
 			if cached {

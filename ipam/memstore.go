@@ -71,7 +71,8 @@ func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 		}
 	}
 	s.rev++
-	evs := make([]Event, 0, len(ops))
+	var one [1]Event // the usual CAS has one op; publish copies evs
+	evs := one[:0]
 	for _, op := range ops {
 		if op.Delete {
 			if _, ok := s.keys[op.Key]; ok {

@@ -83,7 +83,7 @@ type hub struct {
 	mu        sync.Mutex
 	history   []Event // ascending Rev
 	compacted int64   // events up to this revision are no longer in history
-	max       int     // history length kept
+	max       int     // history length kept (at least; up to twice)
 	watchers  map[*watcher]struct{}
 }
 
@@ -111,7 +111,9 @@ func (h *hub) publish(evs []Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.history = append(h.history, evs...)
-	if n := len(h.history) - h.max; n > 0 {
+	// Trim to max once history holds twice that: a copy per max events,
+	// not per publish.
+	if n := len(h.history) - h.max; n > h.max {
 		h.compacted = h.history[n-1].Rev
 		h.history = append(h.history[:0], h.history[n:]...)
 	}

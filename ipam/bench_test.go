@@ -1,0 +1,87 @@
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nsnet/nsnet/internal/etcdtest"
+)
+
+// BenchmarkAllocateRelease measures one Allocate and one Release, each
+// committed to the store, per iteration. With the file and etcd stores both
+// are durable when they return. The "8callers" runs are 8 goroutines at once
+// on one pool, whatever GOMAXPROCS is; their commits are batched (one write
+// and fsync for many callers).
+//
+//	go test -run '^$' -bench AllocateRelease -benchmem ./ipam/
+func BenchmarkAllocateRelease(b *testing.B) {
+	stores := []struct {
+		name string
+		open func(b *testing.B) Store
+	}{
+		{"memory", func(*testing.B) Store { return NewMemoryStore() }},
+		{"file", func(b *testing.B) Store { return openFile(b, b.TempDir()) }},
+		{"etcd", func() func(*testing.B) Store {
+			// One server for every etcd run, stopped when the parent ends:
+			// a sub-benchmark's cleanups run after each of its rounds.
+			var srv *etcdtest.Server
+			n := 0
+			return func(sub *testing.B) Store {
+				if srv == nil {
+					srv = etcdtest.Start(b)
+				}
+				n++
+				return NewEtcdStore(srv.Client(sub), fmt.Sprintf("/nsnet-bench/%d/", n))
+			}
+		}()},
+	}
+	for _, st := range stores {
+		for _, callers := range []int{1, 8} {
+			b.Run(fmt.Sprintf("%s/%dcallers", st.name, callers), func(b *testing.B) {
+				a, err := New(st.open(b), Config{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				mustPool(b, a, PoolConfig{Name: "n", Subnets: []SubnetConfig{{Subnet: pfx("10.60.0.0/16")}}})
+				benchAllocateRelease(b, a, callers)
+			})
+		}
+	}
+}
+
+func benchAllocateRelease(b *testing.B, a *Allocator, callers int) {
+	ctx := context.Background()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	if callers == 1 {
+		for b.Loop() {
+			if err := allocRelease(ctx, a, "owner"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	} else {
+		// RunParallel starts parallelism × GOMAXPROCS goroutines.
+		b.SetParallelism((callers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+		b.RunParallel(func(pb *testing.PB) {
+			owner := fmt.Sprintf("owner-%d", next.Add(1))
+			for pb.Next() {
+				if err := allocRelease(ctx, a, owner); err != nil {
+					b.Error(err) // not Fatal: this is not the benchmark's goroutine
+					return
+				}
+			}
+		})
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+}
+
+func allocRelease(ctx context.Context, a *Allocator, owner string) error {
+	if _, err := a.Allocate(ctx, "n", owner); err != nil {
+		return err
+	}
+	return a.Release(ctx, "n", owner)
+}
