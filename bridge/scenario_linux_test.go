@@ -486,3 +486,94 @@ func TestManyContainers(t *testing.T) {
 		t.Fatalf("Inspect after detaching all: %d endpoints", len(info.Endpoints))
 	}
 }
+
+// TestDualStack: a network with an IPv4 and an IPv6 subnet gives each
+// container an address of each, a default route of each family via the
+// gateways, and traffic over both; isolation between networks holds for
+// IPv6 as for IPv4 (`docker network create --ipv6`).
+func TestDualStack(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+		if err := host.SetSysctl(k, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alloc := newAlloc(t)
+	dual := func(v4, v6 string) []ipam.SubnetConfig {
+		return append(subnet(v4, ""), subnet(v6, "")...)
+	}
+	a := newNet(t, host, alloc, Config{Name: "a", Subnets: dual("10.11.0.0/24", "fd00:11::/64")})
+	b := newNet(t, host, alloc, Config{Name: "b", Subnets: dual("10.12.0.0/24", "fd00:12::/64")})
+	if got := a.Config().Subnets; len(got) != 2 || got[1].Gateway != addr("fd00:11::1") {
+		t.Fatalf("subnets of a: %+v, want an IPv6 gateway fd00:11::1", got)
+	}
+	c1, e1 := attach(t, a, "c1", EndpointConfig{DefaultRoute: true})
+	c2, e2 := attach(t, a, "c2", EndpointConfig{DefaultRoute: true})
+	cb, eb := attach(t, b, "cb", EndpointConfig{DefaultRoute: true})
+	v6 := func(e Endpoint) netip.Addr {
+		t.Helper()
+		for _, p := range e.Addrs {
+			if p.Addr().Is6() {
+				if p.Bits() != 64 {
+					t.Errorf("%s: %s, want a /64", e.ID, p)
+				}
+				return p.Addr()
+			}
+		}
+		t.Fatalf("%s has no IPv6 address: %v", e.ID, e.Addrs)
+		return netip.Addr{}
+	}
+	a1, a2, ab := v6(e1), v6(e2), v6(eb)
+	if !netip.MustParsePrefix("fd00:11::/64").Contains(a1) {
+		t.Fatalf("c1's IPv6 address %s is not in a's subnet", a1)
+	}
+
+	// The container sees its addresses and both default routes.
+	err := c1.Do(func() error {
+		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+			rs, err := netlink.RouteList(nil, fam)
+			if err != nil {
+				return err
+			}
+			if !slices.ContainsFunc(rs, func(r netlink.Route) bool {
+				return isDefault(r) && r.Gw != nil && (r.Gw.Equal(net.ParseIP("10.11.0.1")) || r.Gw.Equal(net.ParseIP("fd00:11::1")))
+			}) {
+				return fmt.Errorf("no default route via a's gateway for family %d: %v", fam, rs)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	mustPing(t, "c1 to its IPv6 gateway", c1, addr("fd00:11::1"))
+	mustPing(t, "c1 to c2 over IPv6", c1, a2)
+	mustPing(t, "host to c1 over IPv6", host, a1)
+	mustPing(t, "c1 to c2 over IPv4", c1, e2.Addrs[0].Addr())
+	srv := nstest.Serve(t, c2, "tcp", "[::]:8080")
+	r, err := nstest.Exchange(t.Context(), c1, "tcp", netip.AddrPortFrom(a2, srv.Addr.Port()).String(), "x")
+	if err != nil || r.Peer.Addr() != a1 {
+		t.Errorf("TCP over IPv6 from c1 to c2: %+v, %v; want the peer %s", r, err, a1)
+	}
+
+	// Isolation holds for IPv6: the host routes fd00:11::/64 and
+	// fd00:12::/64 and forwards, but a and b do not reach each other.
+	mustPing(t, "host to cb over IPv6", host, ab)
+	mustNotPing(t, "a to b over IPv6", c1, ab)
+	mustNotPing(t, "b to a over IPv6", cb, a1)
+	srvb := nstest.Serve(t, cb, "tcp", "[::]:8080")
+	if _, err := nstest.Exchange(t.Context(), c1, "tcp", netip.AddrPortFrom(ab, srvb.Addr.Port()).String(), "x"); err == nil {
+		t.Error("TCP over IPv6 from a to b got through")
+	}
+
+	// Detach frees both addresses.
+	if err := a.Detach(t.Context(), "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if h := held(t, a, "c2"); len(h) != 0 {
+		t.Errorf("after detach, c2 still holds %+v", h)
+	}
+	mustNotPing(t, "c1 to the detached c2 over IPv6", c1, a2)
+}
