@@ -258,7 +258,35 @@ func TestFileStore_twoProcesses(t *testing.T) {
 			}
 		})
 	}
+	// Meanwhile this process reads, without the lock, what the children
+	// write, log compactions included: never an error, never going back.
+	done := make(chan struct{})
+	reads := make(chan int)
+	go func() {
+		n, last, held := 0, int64(0), 0
+		defer func() { reads <- n }()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			_, rev, err := s.List(t.Context(), "")
+			_, als, ierr := a.Inspect(t.Context(), "shared")
+			if err = errors.Join(err, ierr); err != nil {
+				t.Errorf("reading while the children write: %v", err)
+				return
+			}
+			if rev < last || len(als) < held {
+				t.Errorf("read revision %d with %d allocations after %d with %d", rev, len(als), last, held)
+			}
+			last, held = rev, len(als)
+			n++
+		}
+	}()
 	wg.Wait()
+	close(done)
+	t.Logf("%d reads while the children wrote", <-reads)
 	checkPool(t, a, "shared", got, procs*workers*each)
 }
 
@@ -334,7 +362,7 @@ func TestFileStore_crash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, tmpFile)); err == nil {
+	if _, err := os.Stat(filepath.Join(dir, stateFile+tmpSuffix)); err == nil {
 		t.Logf("a temporary file was left behind by the kill (harmless: replaced by the next write)")
 	}
 }

@@ -7,4 +7,10 @@ import (
 	"os"
 )
 
-func flock(f *os.File, exclusive bool) error { return errors.ErrUnsupported }
+const (
+	lockEx = iota
+	lockSh
+	lockUn
+)
+
+func flock(f *os.File, how int) error { return errors.ErrUnsupported }

@@ -7,12 +7,15 @@ import (
 	"syscall"
 )
 
-// flock takes (exclusive) or drops the lock on f, like flock(1).
-func flock(f *os.File, exclusive bool) error {
-	how := syscall.LOCK_UN
-	if exclusive {
-		how = syscall.LOCK_EX
-	}
+// How flock locks.
+const (
+	lockEx = syscall.LOCK_EX
+	lockSh = syscall.LOCK_SH
+	lockUn = syscall.LOCK_UN
+)
+
+// flock takes (lockEx, lockSh) or drops (lockUn) the lock on f, like flock(1).
+func flock(f *os.File, how int) error {
 	for {
 		err := syscall.Flock(int(f.Fd()), how)
 		if err != syscall.EINTR {
