@@ -9,10 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
+	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/nsnet/nsnet/netns"
 	"golang.org/x/sys/unix"
 )
@@ -22,12 +21,35 @@ const TableName = "nsnet"
 
 // schema is nsnet's table and its objects. google/nftables writes into
 // these values (AddSet assigns set IDs), so every operation makes its own.
+//
+//	table inet nsnet {
+//	  chain forward { type filter hook forward priority filter
+//	    jump user
+//	    iifname . oifname @noicc drop; iifname . oifname @same accept
+//	    iifname @internal drop; oifname @internal drop
+//	    ct status dnat accept                      # published ports
+//	    iifname @bridges oifname @bridges drop     # isolation
+//	    oifname @bridges ct state established,related accept
+//	    oifname @bridges drop }                    # no direct access
+//	  chain user {}                                # the user's, never flushed
+//	  chain guard { type filter hook prerouting priority raw
+//	    iifname != "lo" ip daddr 127.0.0.0/8 drop }
+//	  chain prerouting { type nat hook prerouting priority dstnat; jump ports }
+//	  chain output { type nat hook output priority dstnat; jump ports }
+//	  chain ports { fib daddr type != local return
+//	    dnat ip to ip daddr . meta l4proto . th dport map @dnat4
+//	    dnat ip to meta l4proto . th dport map @dnat4any    # and ip6 alike }
+//	  chain postrouting { type nat hook postrouting priority srcnat
+//	    ct status dnat oifname . ip saddr @own4 masquerade # hairpin
+//	    oifname . ip saddr @own4 return
+//	    ip saddr @masq4 masquerade
+//	    oifname @bridges ip saddr 127.0.0.0/8 masquerade  # and ip6 alike }
+//	}
 type schema struct {
-	table   *nftables.Table
-	forward *nftables.Chain
-	// user is evaluated first by forward, like Docker's DOCKER-USER chain:
-	// the place for the user's own policy. nsnet never flushes it.
-	user *nftables.Chain
+	table *nftables.Table
+
+	forward, user, guard, prerouting, output, ports, postrouting *nftables.Chain
+
 	// bridges: every nsnet bridge of the host.
 	bridges *nftables.Set
 	// internal: bridges of internal networks (no egress).
@@ -36,29 +58,85 @@ type schema struct {
 	same *nftables.Set
 	// noicc: "br . br" for networks with inter-container traffic off.
 	noicc *nftables.Set
+	// own4, own6: "br . subnet" of every network with masquerade: traffic
+	// into its own bridge is not masqueraded, unless DNATed (hairpin).
+	own4, own6 *nftables.Set
+	// masq4, masq6: the subnets to masquerade.
+	masq4, masq6 *nftables.Set
+	// dnat4, dnat6: "host address . protocol . port" to "container
+	// address . port"; dnat4any, dnat6any: "protocol . port" for mappings
+	// on every local address.
+	dnat4, dnat4any, dnat6, dnat6any *nftables.Set
 }
 
 func newSchema() *schema {
 	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-	concat := nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+	concat := nftables.MustConcatSetType
+	ifPair := concat(nftables.TypeIFName, nftables.TypeIFName)
+	natChain := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return &nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: hook, Priority: prio}
+	}
+	// The IDs name the sets within one transaction. They are set here
+	// because google/nftables would otherwise take them from a package
+	// counter that it increments without a lock: a data race between
+	// connections of different namespaces.
+	set := func(id uint32, name string, key nftables.SetDatatype) *nftables.Set {
+		return &nftables.Set{Table: t, ID: id, Name: name, KeyType: key, Concatenation: strings.Contains(key.Name, " . ")}
+	}
+	ownSet := func(id uint32, name string, addr nftables.SetDatatype) *nftables.Set {
+		s := set(id, name, concat(nftables.TypeIFName, addr))
+		s.Interval = true
+		return s
+	}
+	masqSet := func(id uint32, name string, addr nftables.SetDatatype) *nftables.Set {
+		s := set(id, name, addr)
+		s.Interval = true
+		return s
+	}
+	natMap := func(id uint32, name string, key, data nftables.SetDatatype) *nftables.Set {
+		s := set(id, name, key)
+		s.IsMap, s.DataType = true, data
+		return s
+	}
+	v4, v6 := nftables.TypeIPAddr, nftables.TypeIP6Addr
+	proto, port := nftables.TypeInetProto, nftables.TypeInetService
 	return &schema{
 		table: t,
 		forward: &nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: ptr(nftables.ChainPolicyAccept)},
+		// user is evaluated first by forward, like Docker's DOCKER-USER
+		// chain: the place for the user's own policy. nsnet never flushes it.
 		user: &nftables.Chain{Name: "user", Table: t},
-		// The IDs name the sets within one transaction. They are set here
-		// because google/nftables would otherwise take them from a
-		// package counter that it increments without a lock: a data race
-		// between connections of different namespaces.
-		bridges:  &nftables.Set{Table: t, ID: 1, Name: "bridges", KeyType: nftables.TypeIFName},
-		internal: &nftables.Set{Table: t, ID: 2, Name: "internal", KeyType: nftables.TypeIFName},
-		same:     &nftables.Set{Table: t, ID: 3, Name: "same", KeyType: concat, Concatenation: true},
-		noicc:    &nftables.Set{Table: t, ID: 4, Name: "noicc", KeyType: concat, Concatenation: true},
+		guard: &nftables.Chain{Name: "guard", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: ptr(nftables.ChainPolicyAccept)},
+		prerouting:  natChain("prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
+		output:      natChain("output", nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
+		ports:       &nftables.Chain{Name: "ports", Table: t},
+		postrouting: natChain("postrouting", nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
+
+		bridges:  set(1, "bridges", nftables.TypeIFName),
+		internal: set(2, "internal", nftables.TypeIFName),
+		same:     set(3, "same", ifPair),
+		noicc:    set(4, "noicc", ifPair),
+		own4:     ownSet(5, "own4", v4),
+		own6:     ownSet(6, "own6", v6),
+		masq4:    masqSet(7, "masq4", v4),
+		masq6:    masqSet(8, "masq6", v6),
+		dnat4:    natMap(9, "dnat4", concat(v4, proto, port), concat(v4, port)),
+		dnat4any: natMap(10, "dnat4any", concat(proto, port), concat(v4, port)),
+		dnat6:    natMap(11, "dnat6", concat(v6, proto, port), concat(v6, port)),
+		dnat6any: natMap(12, "dnat6any", concat(proto, port), concat(v6, port)),
 	}
 }
 
 func (sc *schema) sets() []*nftables.Set {
-	return []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc}
+	return []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc, sc.own4, sc.own6, sc.masq4, sc.masq6,
+		sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any}
+}
+
+// chains are the chains the skeleton owns the rules of (not user).
+func (sc *schema) chains() []*nftables.Chain {
+	return []*nftables.Chain{sc.forward, sc.guard, sc.prerouting, sc.output, sc.ports, sc.postrouting}
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -71,6 +149,9 @@ type Network struct {
 	// ICC false drops traffic routed from the bridge back to itself
 	// (Docker's icc=false).
 	ICC bool
+	// Masquerade: the network's subnets are masqueraded (see
+	// AddMasquerade); for Reconcile.
+	Masquerade bool
 }
 
 func ifname(name string) []byte {
@@ -81,35 +162,30 @@ func ifname(name string) []byte {
 
 func pair(name string) []byte { return append(ifname(name), ifname(name)...) }
 
-// skeleton adds to c's batch the table, chains, sets and the constant rules
-// of the forward chain, which it flushes first: applied to an existing
+// skeleton adds to c's batch the table, chains, sets and the constant
+// rules, flushing nsnet's chains first (not user): applied to an existing
 // table it changes nothing, applied after a flush it restores it.
 func (sc *schema) skeleton(c *nftables.Conn) error {
 	c.AddTable(sc.table)
-	c.AddChain(sc.forward)
 	c.AddChain(sc.user)
+	c.AddChain(sc.ports)
+	for _, ch := range sc.chains() {
+		if ch != sc.ports {
+			c.AddChain(ch)
+		}
+	}
 	for _, s := range sc.sets() {
 		if err := c.AddSet(s, nil); err != nil {
 			return err
 		}
 	}
-	c.FlushChain(sc.forward)
-	iif := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}
-	oif := &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}
-	oif2 := &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 2}
-	lookup := func(s *nftables.Set) *expr.Lookup {
-		return &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID}
+	for _, ch := range sc.chains() {
+		c.FlushChain(ch)
 	}
-	verdict := func(k expr.VerdictKind) *expr.Verdict { return &expr.Verdict{Kind: k} }
-	for _, r := range [][]expr.Any{
-		{&expr.Verdict{Kind: expr.VerdictJump, Chain: sc.user.Name}},
-		{iif, oif2, lookup(sc.noicc), verdict(expr.VerdictDrop)},
-		{iif, oif2, lookup(sc.same), verdict(expr.VerdictAccept)},
-		{iif, lookup(sc.internal), verdict(expr.VerdictDrop)},
-		{oif, lookup(sc.internal), verdict(expr.VerdictDrop)},
-		{iif, lookup(sc.bridges), oif, lookup(sc.bridges), verdict(expr.VerdictDrop)},
-	} {
-		c.AddRule(&nftables.Rule{Table: sc.table, Chain: sc.forward, Exprs: r, UserData: []byte("nsnet isolation")})
+	for _, cr := range sc.rules() {
+		for _, r := range cr.rules {
+			c.AddRule(&nftables.Rule{Table: sc.table, Chain: cr.chain, Exprs: r, UserData: []byte("nsnet")})
+		}
 	}
 	return nil
 }
@@ -137,7 +213,8 @@ func flush(host *netns.NS, c *nftables.Conn, op string) error {
 }
 
 // AddNetwork puts a network's bridge into the isolation sets, creating the
-// table if needed, in one transaction. Adding it again changes nothing.
+// table if needed, in one transaction; it restores the constant rules too.
+// Adding it again changes nothing. Its masquerade is AddMasquerade's.
 func AddNetwork(ctx context.Context, host *netns.NS, n Network) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -147,68 +224,123 @@ func AddNetwork(ctx context.Context, host *netns.NS, n Network) error {
 		if err := sc.skeleton(c); err != nil {
 			return err
 		}
-		add := func(s *nftables.Set, key []byte) error {
-			return c.SetAddElements(s, []nftables.SetElement{{Key: key}})
-		}
-		errs := []error{add(sc.bridges, ifname(n.Bridge)), add(sc.same, pair(n.Bridge))}
-		if n.Internal {
-			errs = append(errs, add(sc.internal, ifname(n.Bridge)))
-		}
-		if !n.ICC {
-			errs = append(errs, add(sc.noicc, pair(n.Bridge)))
-		}
-		if err := errors.Join(errs...); err != nil {
+		if err := addNetwork(c, sc, n); err != nil {
 			return err
 		}
 		return flush(host, c, "nft.add-network")
 	})
 }
 
-// RemoveNetwork takes a bridge out of every set. A bridge (or a table) that
-// is not there is no error.
-func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
-	if err := ctx.Err(); err != nil {
-		return err
+func addNetwork(c *nftables.Conn, sc *schema, n Network) error {
+	add := func(s *nftables.Set, key []byte) error {
+		return c.SetAddElements(s, []nftables.SetElement{{Key: key}})
 	}
-	return host.NFTables(func(c *nftables.Conn) error {
-		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				return nil
-			}
-			return &netns.OpError{Op: "nft.remove-network", NS: host.String(), Name: TableName, Err: err}
-		}
-		sc := newSchema()
-		dirty, left := false, 0
-		for _, s := range sc.sets() {
+	errs := []error{add(sc.bridges, ifname(n.Bridge)), add(sc.same, pair(n.Bridge))}
+	if n.Internal {
+		errs = append(errs, add(sc.internal, ifname(n.Bridge)))
+	}
+	if !n.ICC {
+		errs = append(errs, add(sc.noicc, pair(n.Bridge)))
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveNetwork takes a bridge out of every set, its masquerade included.
+// A bridge (or a table) that is not there is no error. When nothing of
+// nsnet's is left (no bridge, no mapping), the table goes too, in the same
+// transaction.
+func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
+	return change(ctx, host, "nft.remove-network", false, func(c *nftables.Conn, sc *schema) (bool, error) {
+		dirty := false
+		for _, s := range []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc} {
 			key := ifname(bridge)
 			if s.Concatenation {
 				key = pair(bridge)
 			}
-			elems, err := c.GetSetElements(s)
+			n, err := deleteElems(c, s, func(e nftables.SetElement) bool { return string(e.Key) == string(key) })
 			if err != nil {
-				return &netns.OpError{Op: "nft.remove-network", NS: host.String(), Name: s.Name, Err: err}
+				return false, err
 			}
-			if slices.ContainsFunc(elems, func(e nftables.SetElement) bool { return string(e.Key) == string(key) }) {
-				if err := c.SetDeleteElements(s, []nftables.SetElement{{Key: key}}); err != nil {
-					return err
-				}
-				dirty = true
-				if s == sc.bridges {
-					left = len(elems) - 1
-				}
-			} else if s == sc.bridges {
-				left = len(elems)
+			dirty = dirty || n > 0
+		}
+		n, err := removeMasq(c, sc, bridge)
+		if err != nil {
+			return false, err
+		}
+		dirty = dirty || n > 0
+		if !dirty {
+			return false, nil
+		}
+		return true, dropIfEmpty(c, sc, bridge)
+	})
+}
+
+// dropIfEmpty deletes the table in c's batch if, once that batch is
+// applied, no bridge (but gone) and no mapping is left in it.
+func dropIfEmpty(c *nftables.Conn, sc *schema, gone string) error {
+	for _, s := range []*nftables.Set{sc.bridges, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any} {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return err
+		}
+		for _, e := range elems {
+			if s != sc.bridges || string(e.Key) != string(ifname(gone)) {
+				return nil
 			}
 		}
-		if left == 0 {
-			// The last network is gone: so is the table, in the same
-			// transaction, leaving nothing of nsnet behind.
-			c.DelTable(sc.table)
-		} else if !dirty {
+	}
+	c.DelTable(sc.table)
+	return nil
+}
+
+// change runs fn on a connection to host's nsnet table and flushes what it
+// batched if it reports a change. Without the table, create says whether
+// to make it (the skeleton) first or to do nothing.
+func change(ctx context.Context, host *netns.NS, op string, create bool, fn func(*nftables.Conn, *schema) (bool, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return host.NFTables(func(c *nftables.Conn) error {
+		sc := newSchema()
+		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				return &netns.OpError{Op: op, NS: host.String(), Name: TableName, Err: err}
+			}
+			if !create {
+				return nil
+			}
+			if err := sc.skeleton(c); err != nil {
+				return err
+			}
+		}
+		dirty, err := fn(c, sc)
+		if err != nil {
+			return &netns.OpError{Op: op, NS: host.String(), Name: TableName, Err: err}
+		}
+		if !dirty {
 			return nil
 		}
-		return flush(host, c, "nft.remove-network")
+		return flush(host, c, op)
 	})
+}
+
+// deleteElems batches the deletion of the elements of s for which match is
+// true and returns how many.
+func deleteElems(c *nftables.Conn, s *nftables.Set, match func(nftables.SetElement) bool) (int, error) {
+	elems, err := c.GetSetElements(s)
+	if err != nil {
+		return 0, err
+	}
+	var del []nftables.SetElement
+	for _, e := range elems {
+		if match(e) {
+			del = append(del, e)
+		}
+	}
+	if len(del) == 0 {
+		return 0, nil
+	}
+	return len(del), c.SetDeleteElements(s, del)
 }
 
 // Delete removes nsnet's table from host; a table that is gone is no error.

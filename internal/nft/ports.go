@@ -1,0 +1,156 @@
+package nft
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/nsnet/nsnet/netns"
+)
+
+// Mapping is one published port: one element of a DNAT map. A port range
+// is one Mapping per port.
+type Mapping struct {
+	Proto    uint8      // IPPROTO_TCP, _UDP or _SCTP
+	HostAddr netip.Addr // the zero Addr: every local address of CtrAddr's family
+	HostPort uint16
+	CtrAddr  netip.Addr
+	CtrPort  uint16
+	ID       string // the element's comment: whose mapping it is
+}
+
+func (m Mapping) set(sc *schema) *nftables.Set {
+	switch {
+	case m.CtrAddr.Is4() && m.HostAddr.IsValid():
+		return sc.dnat4
+	case m.CtrAddr.Is4():
+		return sc.dnat4any
+	case m.HostAddr.IsValid():
+		return sc.dnat6
+	default:
+		return sc.dnat6any
+	}
+}
+
+// key is the element's key: [host address .] protocol . port, each field
+// padded to 4 bytes as in every concatenation.
+func (m Mapping) key() []byte {
+	var b []byte
+	if m.HostAddr.IsValid() {
+		b = m.HostAddr.AsSlice()
+	}
+	b = append(b, m.Proto, 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, m.HostPort)
+	return append(b, 0, 0)
+}
+
+func (m Mapping) elem() nftables.SetElement {
+	val := binary.BigEndian.AppendUint16(m.CtrAddr.AsSlice(), m.CtrPort)
+	return nftables.SetElement{Key: m.key(), Val: append(val, 0, 0), Comment: m.ID}
+}
+
+// decode reads back an element of the map s.
+func decode(sc *schema, s *nftables.Set, e nftables.SetElement) (Mapping, error) {
+	alen := 4
+	if s == sc.dnat6 || s == sc.dnat6any {
+		alen = 16
+	}
+	var m Mapping
+	key := e.Key
+	if s == sc.dnat4 || s == sc.dnat6 {
+		if len(key) < alen {
+			return m, fmt.Errorf("element of %s: key of %d bytes", s.Name, len(key))
+		}
+		m.HostAddr, _ = netip.AddrFromSlice(key[:alen])
+		key = key[alen:]
+	}
+	if len(key) != 8 || len(e.Val) != alen+4 {
+		return m, fmt.Errorf("element of %s: key of %d bytes, value of %d", s.Name, len(e.Key), len(e.Val))
+	}
+	m.Proto, m.HostPort = key[0], binary.BigEndian.Uint16(key[4:])
+	m.CtrAddr, _ = netip.AddrFromSlice(e.Val[:alen])
+	m.CtrPort = binary.BigEndian.Uint16(e.Val[alen:])
+	m.ID = e.Comment
+	return m, nil
+}
+
+// AddMappings adds mappings in one transaction, creating the table if
+// needed. A mapping whose key is there already is replaced.
+func AddMappings(ctx context.Context, host *netns.NS, ms []Mapping) error {
+	return change(ctx, host, "nft.add-mappings", true, func(c *nftables.Conn, sc *schema) (bool, error) {
+		return true, addMappings(c, sc, ms)
+	})
+}
+
+func addMappings(c *nftables.Conn, sc *schema, ms []Mapping) error {
+	bySet := map[*nftables.Set][]nftables.SetElement{}
+	for _, m := range ms {
+		bySet[m.set(sc)] = append(bySet[m.set(sc)], m.elem())
+	}
+	for _, s := range sc.sets() {
+		if elems := bySet[s]; len(elems) > 0 {
+			if err := c.SetAddElements(s, elems); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// RemoveMappings removes the mappings' elements (by key) in one
+// transaction; those that are not there are no error.
+func RemoveMappings(ctx context.Context, host *netns.NS, ms []Mapping) error {
+	return change(ctx, host, "nft.remove-mappings", false, func(c *nftables.Conn, sc *schema) (bool, error) {
+		have, err := mappings(c, sc)
+		if err != nil {
+			return false, err
+		}
+		bySet := map[*nftables.Set][]nftables.SetElement{}
+		for _, m := range ms {
+			if slices.ContainsFunc(have, func(h Mapping) bool { return h.set(sc) == m.set(sc) && string(h.key()) == string(m.key()) }) {
+				bySet[m.set(sc)] = append(bySet[m.set(sc)], nftables.SetElement{Key: m.key()})
+			}
+		}
+		if len(bySet) == 0 {
+			return false, nil
+		}
+		for s, elems := range bySet {
+			if err := c.SetDeleteElements(s, elems); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	})
+}
+
+// Mappings reads every mapping back from the table.
+func Mappings(ctx context.Context, host *netns.NS) ([]Mapping, error) {
+	var out []Mapping
+	err := change(ctx, host, "nft.mappings", false, func(c *nftables.Conn, sc *schema) (bool, error) {
+		var err error
+		out, err = mappings(c, sc)
+		return false, err
+	})
+	return out, err
+}
+
+func mappings(c *nftables.Conn, sc *schema) ([]Mapping, error) {
+	var out []Mapping
+	for _, s := range []*nftables.Set{sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any} {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range elems {
+			m, err := decode(sc, s, e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}

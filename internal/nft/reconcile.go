@@ -1,0 +1,47 @@
+package nft
+
+import (
+	"context"
+
+	"github.com/google/nftables"
+	"github.com/nsnet/nsnet/netns"
+)
+
+// State is everything nsnet keeps in a host's table.
+type State struct {
+	Networks []Network
+	Mappings []Mapping
+}
+
+// Reconcile makes nsnet's table in host hold exactly st, in one
+// transaction: after someone deleted or flushed it (a firewall reload, `nft
+// flush ruleset`), or to drop what a crashed process left. The user chain
+// keeps its rules.
+func Reconcile(ctx context.Context, host *netns.NS, st State) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return host.NFTables(func(c *nftables.Conn) error {
+		sc := newSchema()
+		if err := sc.skeleton(c); err != nil {
+			return err
+		}
+		for _, s := range sc.sets() {
+			c.FlushSet(s)
+		}
+		for _, n := range st.Networks {
+			if err := addNetwork(c, sc, n); err != nil {
+				return err
+			}
+			if n.Masquerade && !n.Internal {
+				if err := addMasq(c, sc, n.Bridge, n.Subnets); err != nil {
+					return err
+				}
+			}
+		}
+		if err := addMappings(c, sc, st.Mappings); err != nil {
+			return err
+		}
+		return flush(host, c, "nft.reconcile")
+	})
+}
