@@ -22,7 +22,10 @@ func AddMasquerade(ctx context.Context, host *netns.NS, bridge string, subnets [
 func RemoveMasquerade(ctx context.Context, host *netns.NS, bridge string) error {
 	return change(ctx, host, "nft.remove-masquerade", false, func(c *nftables.Conn, sc *schema) (bool, error) {
 		n, err := removeMasq(c, sc, bridge)
-		return n > 0, err
+		if n == 0 || err != nil {
+			return false, err
+		}
+		return true, dropIfEmpty(c, sc, bridge, false)
 	})
 }
 

@@ -5,6 +5,7 @@
 package nft
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -271,20 +272,25 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 		if !dirty {
 			return false, nil
 		}
-		return true, dropIfEmpty(c, sc, bridge)
+		return true, dropIfEmpty(c, sc, bridge, true)
 	})
 }
 
 // dropIfEmpty deletes the table in c's batch if, once that batch is
-// applied, no bridge (but gone) and no mapping is left in it.
-func dropIfEmpty(c *nftables.Conn, sc *schema, gone string) error {
-	for _, s := range []*nftables.Set{sc.bridges, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any} {
+// applied, nothing of nsnet's is left in it: no bridge (but bridge, if
+// bridgeGone), no masquerade but bridge's, no mapping.
+func dropIfEmpty(c *nftables.Conn, sc *schema, bridge string, bridgeGone bool) error {
+	for _, s := range []*nftables.Set{sc.bridges, sc.own4, sc.own6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any} {
 		elems, err := c.GetSetElements(s)
 		if err != nil {
 			return err
 		}
+		gone := bytes.HasPrefix
+		if s == sc.bridges && !bridgeGone || s.IsMap {
+			gone = func([]byte, []byte) bool { return false }
+		}
 		for _, e := range elems {
-			if s != sc.bridges || string(e.Key) != string(ifname(gone)) {
+			if !gone(e.Key, ifname(bridge)) {
 				return nil
 			}
 		}
