@@ -1,0 +1,475 @@
+package portmap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/nsnet/nsnet/internal/nft"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures a Mapper.
+type Config struct {
+	// EphemeralPorts is the range ephemeral host ports come from; zero:
+	// 32768 to 60999 (Linux's default ip_local_port_range, which Docker
+	// uses).
+	EphemeralPorts [2]int
+}
+
+// Mapper publishes ports in one host namespace and holds their
+// reservations. Safe for concurrent use.
+type Mapper struct {
+	host *netns.NS
+	cfg  Config
+
+	mu       sync.Mutex
+	reserved map[resKey]io.Closer
+}
+
+// resKey is one reserved host port.
+type resKey struct {
+	proto uint8
+	addr  netip.Addr // the zero Addr of the family: every address
+	v6    bool
+	port  int
+}
+
+// New returns a Mapper for host.
+func New(host *netns.NS, cfg Config) *Mapper {
+	if cfg.EphemeralPorts == [2]int{} {
+		cfg.EphemeralPorts = [2]int{32768, 60999}
+	}
+	return &Mapper{host: host, cfg: cfg, reserved: map[resKey]io.Closer{}}
+}
+
+// elems are the table elements of m, one per port.
+func (m Mapping) elems() []nft.Mapping {
+	out := make([]nft.Mapping, m.length())
+	for i := range out {
+		out[i] = nft.Mapping{Proto: protos[m.proto()], HostAddr: m.HostAddr, HostPort: uint16(m.HostPort + i),
+			CtrAddr: m.CtrAddr, CtrPort: uint16(m.CtrPort + i), ID: m.ID}
+	}
+	return out
+}
+
+func (m Mapping) resKeys() []resKey {
+	out := make([]resKey, m.length())
+	for i := range out {
+		out[i] = resKey{protos[m.proto()], m.HostAddr, m.CtrAddr.Is6(), m.HostPort + i}
+	}
+	return out
+}
+
+// overlaps reports whether an existing element e and a new one n catch the
+// same packets: same protocol, port and family, and the same host address
+// or either on every address.
+func overlaps(e, n nft.Mapping) bool {
+	return e.Proto == n.Proto && e.HostPort == n.HostPort && e.CtrAddr.Is4() == n.CtrAddr.Is4() &&
+		(e.HostAddr == n.HostAddr || !e.HostAddr.IsValid() || !n.HostAddr.IsValid())
+}
+
+// Add publishes m: it reserves the host ports, deletes the conntrack
+// entries that would still send their packets elsewhere, and adds m's
+// elements in one nftables transaction. HostPort 0 picks a free ephemeral
+// port; Add returns m with it. Adding a mapping that exists, the same in
+// every field, returns it. Errors: *ValidationError; ErrConflict if a port
+// is published for an overlapping address; ErrPortInUse if a program of the
+// host holds it.
+func (mp *Mapper) Add(ctx context.Context, m Mapping) (Mapping, error) {
+	if err := m.Validate(); err != nil {
+		return Mapping{}, err
+	}
+	m.Proto = m.proto()
+	if err := mp.hostHas(m.HostAddr); err != nil {
+		return Mapping{}, err
+	}
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	have, err := nft.Mappings(ctx, mp.host)
+	if err != nil {
+		return Mapping{}, err
+	}
+	if m.HostPort == 0 {
+		if m, err = mp.pick(m, have); err != nil {
+			return Mapping{}, err
+		}
+	} else {
+		same := 0
+		for _, n := range m.elems() {
+			for _, e := range have {
+				if overlaps(e, n) {
+					if e != n {
+						return Mapping{}, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
+					}
+					same++
+				}
+			}
+		}
+		if same == m.length() { // there already: make sure of its reservation
+			return m, mp.reserve(m)
+		}
+	}
+	if err := mp.reserve(m); err != nil {
+		return Mapping{}, err
+	}
+	if err := mp.publish(ctx, m); err != nil {
+		mp.release(m)
+		return Mapping{}, err
+	}
+	return m, nil
+}
+
+// pick finds a free ephemeral port for m and reserves nothing yet.
+func (mp *Mapper) pick(m Mapping, have []nft.Mapping) (Mapping, error) {
+	lo, hi := mp.cfg.EphemeralPorts[0], mp.cfg.EphemeralPorts[1]
+	n := hi - lo + 1
+	start := rand.IntN(n)
+	for i := range n {
+		m.HostPort = lo + (start+i)%n
+		if slices.ContainsFunc(have, func(e nft.Mapping) bool { return overlaps(e, m.elems()[0]) }) {
+			continue
+		}
+		if _, held := mp.reserved[m.resKeys()[0]]; held {
+			continue
+		}
+		if err := mp.reserve(m); err == nil {
+			mp.release(m) // Add reserves it again, with the others
+			return m, nil
+		}
+	}
+	return m, ErrExhausted
+}
+
+// publish deletes stale conntrack entries and adds the elements; after a
+// failed transaction it reads the table back, since the kernel may have
+// applied a batch reported as failed.
+func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
+	elems := m.elems()
+	if err := mp.localnet(m); err != nil {
+		return err
+	}
+	if err := mp.forget(m); err != nil {
+		return err
+	}
+	err := nft.AddMappings(ctx, mp.host, elems)
+	if err != nil {
+		have, rerr := nft.Mappings(context.WithoutCancel(ctx), mp.host)
+		if rerr == nil && contains(have, elems) {
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+func contains(have, want []nft.Mapping) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// localnet lets packets from 127.0.0.1 that are DNATed to the container
+// leave through its bridge (route_localnet on that interface only), for a
+// mapping that covers 127.0.0.1. nsnet's table drops packets for
+// 127.0.0.0/8 that did not come in on lo, which is what makes this safe.
+func (mp *Mapper) localnet(m Mapping) error {
+	if !m.CtrAddr.Is4() || m.HostAddr.IsValid() && !m.HostAddr.IsLoopback() {
+		return nil
+	}
+	h, err := mp.host.Netlink()
+	if err != nil {
+		return err
+	}
+	routes, err := h.RouteGet(m.CtrAddr.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return nil // no route to the container (yet): nothing to do
+	}
+	l, err := h.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return nil
+	}
+	return mp.host.SetSysctl("net/ipv4/conf/"+l.Attrs().Name+"/route_localnet", "1")
+}
+
+// forget deletes the conntrack entries of m's host ports: by protocol,
+// host address (if m has one) and host port, never wider.
+func (mp *Mapper) forget(m Mapping) error {
+	h, err := mp.host.Netlink()
+	if err != nil {
+		return err
+	}
+	fam := netlink.FAMILY_V4
+	if m.CtrAddr.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	var filters []netlink.CustomConntrackFilter
+	for _, e := range m.elems() {
+		f := &netlink.ConntrackFilter{}
+		err := errors.Join(f.AddProtocol(e.Proto), f.AddPort(netlink.ConntrackOrigDstPort, e.HostPort))
+		if e.HostAddr.IsValid() {
+			err = errors.Join(err, f.AddIP(netlink.ConntrackOrigDstIP, e.HostAddr.AsSlice()))
+		}
+		if err != nil {
+			return err
+		}
+		filters = append(filters, f)
+	}
+	if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(fam), filters...); err != nil {
+		return fmt.Errorf("portmap: delete conntrack entries of %s: %w", m, err)
+	}
+	return nil
+}
+
+// Remove unpublishes m (by protocol, host address and ports; the other
+// fields need not match): its elements go, then its conntrack entries, so
+// a running UDP stream stops reaching the old container, then its
+// reservations. A mapping that is not there is no error.
+func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
+	m.Proto = m.proto()
+	if _, ok := protos[m.Proto]; !ok {
+		return &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}
+	}
+	if !m.CtrAddr.IsValid() {
+		m.CtrAddr = netip.IPv4Unspecified()
+		if m.HostAddr.Is6() {
+			m.CtrAddr = netip.IPv6Unspecified()
+		}
+	}
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	if err := nft.RemoveMappings(ctx, mp.host, m.elems()); err != nil {
+		return err
+	}
+	if err := mp.forget(m); err != nil {
+		return err
+	}
+	mp.release(m)
+	return nil
+}
+
+// List reads the mappings back from the table, one per port, ordered by
+// protocol, host address and port.
+func (mp *Mapper) List(ctx context.Context) ([]Mapping, error) {
+	return List(ctx, mp.host)
+}
+
+// List reads the mappings of host back from nsnet's table, one per port.
+func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
+	elems, err := nft.Mappings(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Mapping, 0, len(elems))
+	for _, e := range elems {
+		proto := ""
+		for name, p := range protos {
+			if p == e.Proto {
+				proto = name
+			}
+		}
+		out = append(out, Mapping{Proto: proto, HostAddr: e.HostAddr, HostPort: int(e.HostPort),
+			CtrAddr: e.CtrAddr, CtrPort: int(e.CtrPort), ID: e.ID})
+	}
+	slices.SortFunc(out, func(a, b Mapping) int {
+		if a.Proto != b.Proto {
+			return compare(a.Proto, b.Proto)
+		}
+		if c := a.HostAddr.Compare(b.HostAddr); c != 0 {
+			return c
+		}
+		return a.HostPort - b.HostPort
+	})
+	return out, nil
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Reserve takes the reservations of mappings that exist already, for a
+// process that restarted and found them with List.
+func (mp *Mapper) Reserve(m Mapping) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	m.Proto = m.proto()
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	return mp.reserve(m)
+}
+
+// Close releases every reservation. The mappings stay.
+func (mp *Mapper) Close() error {
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	for k, c := range mp.reserved {
+		c.Close()
+		delete(mp.reserved, k)
+	}
+	return nil
+}
+
+// reserve holds a socket on each host port of m that is not held yet; on
+// failure it releases what it took.
+func (mp *Mapper) reserve(m Mapping) error {
+	var took []resKey
+	for _, k := range m.resKeys() {
+		if _, ok := mp.reserved[k]; ok {
+			continue
+		}
+		c, err := mp.bind(k)
+		if err != nil {
+			for _, t := range took {
+				mp.reserved[t].Close()
+				delete(mp.reserved, t)
+			}
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, m.Proto, k.port, err)
+			}
+			return err
+		}
+		if c != nil {
+			mp.reserved[k] = c
+			took = append(took, k)
+		}
+	}
+	return nil
+}
+
+func (mp *Mapper) release(m Mapping) {
+	for _, k := range m.resKeys() {
+		if c, ok := mp.reserved[k]; ok {
+			c.Close()
+			delete(mp.reserved, k)
+		}
+	}
+}
+
+// bind opens the reservation socket of k in the host namespace; nil for an
+// SCTP port on a kernel without SCTP.
+func (mp *Mapper) bind(k resKey) (io.Closer, error) {
+	addr := k.addr
+	if !addr.IsValid() {
+		addr = netip.IPv4Unspecified()
+		if k.v6 {
+			addr = netip.IPv6Unspecified()
+		}
+	}
+	ap := netip.AddrPortFrom(addr, uint16(k.port)).String()
+	suffix := "4"
+	if k.v6 {
+		suffix = "6"
+	}
+	switch k.proto {
+	case unix.IPPROTO_TCP:
+		l, err := mp.host.Listen("tcp"+suffix, ap)
+		if err != nil {
+			return nil, err
+		}
+		// Connections that get here went around the DNAT: close them.
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		return l, nil
+	case unix.IPPROTO_UDP:
+		c, err := mp.host.ListenPacket("udp"+suffix, ap)
+		if err != nil {
+			return nil, err
+		}
+		go func() {
+			buf := make([]byte, 1)
+			for {
+				if _, _, err := c.ReadFrom(buf); err != nil && errors.Is(err, net.ErrClosed) {
+					return
+				}
+			}
+		}()
+		return c, nil
+	default:
+		return mp.bindSCTP(addr, k.port)
+	}
+}
+
+type fdCloser int
+
+func (f fdCloser) Close() error { return unix.Close(int(f)) }
+
+func (mp *Mapper) bindSCTP(addr netip.Addr, port int) (io.Closer, error) {
+	var fd int
+	err := mp.host.Do(func() error {
+		dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
+		if addr.Is6() {
+			dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
+		}
+		var err error
+		fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
+		if err != nil {
+			return err
+		}
+		if addr.Is6() {
+			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		if err := unix.Listen(fd, 0); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		return nil
+	})
+	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
+		return nil, nil // no SCTP in this kernel: nothing can take the port
+	}
+	if err != nil {
+		return nil, err
+	}
+	return fdCloser(fd), nil
+}
+
+// hostHas checks that the host has addr (the zero Addr: yes).
+func (mp *Mapper) hostHas(addr netip.Addr) error {
+	if !addr.IsValid() || addr.IsLoopback() && addr.Is4() {
+		return nil
+	}
+	fam := netlink.FAMILY_V4
+	if addr.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	addrs, err := mp.host.Addrs(nil, fam)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == addr {
+			return nil
+		}
+	}
+	return &ValidationError{"HostAddr", addr, "not an address of the host"}
+}

@@ -1,0 +1,176 @@
+// Package portmap publishes container ports on the host, as `docker run -p`
+// and `-P` do: a packet for a host address and port is DNATed to a
+// container's address and port, by nftables rules in nsnet's own table
+// ("inet nsnet") of the host namespace.
+//
+// Every mapping is one element of a DNAT map (one per port of a range), so
+// the rules are the same for 10 mappings and for 10,000, on the control
+// path and on the packet path. A published port is reachable from outside
+// through the host's addresses, from the host itself (its own addresses
+// and 127.0.0.1), from containers of the same network (hairpin: the
+// connection is masqueraded so that the reply comes back the same way) and
+// of other networks. Packets for a host port that are not addressed to a
+// local address of the host (and, for a mapping on one address, to that
+// address) are never DNATed. Packets for 127.0.0.0/8 that did not come in
+// on lo are dropped before NAT (CVE-2020-8558), so a mapping on 127.0.0.1
+// is reachable from the host only.
+//
+// # Port reservation
+//
+// While a mapping exists, its Mapper holds a socket on the host address and
+// port in the host namespace (TCP: listening; UDP: bound; SCTP: listening,
+// where the kernel has SCTP), as dockerd does: no local program can bind
+// the port and lose its traffic to the DNAT without knowing, and a port
+// that a program holds already cannot be published (ErrPortInUse). The
+// reservations end with the Mapper (Close) or the process; the rules stay
+// until Remove, so a restarted process calls Reserve for the mappings it
+// finds with List. A kernel without SCTP has no SCTP sockets to reserve
+// against, so SCTP mappings need none there.
+package portmap
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/nsnet/nsnet/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Mapping is one published port or range of ports.
+type Mapping struct {
+	// Proto is "tcp" (the default, ""), "udp" or "sctp".
+	Proto string
+	// HostAddr is the host address the mapping is on (`-p
+	// 127.0.0.1:8080:80`); the zero Addr means every address of the host of
+	// CtrAddr's family. It must be an address of the host.
+	HostAddr netip.Addr
+	// HostPort is the host port, or the first of a range that ends at
+	// HostPortEnd; 0 asks for an ephemeral port (`-P`), which Add returns.
+	HostPort, HostPortEnd int
+	// CtrAddr and CtrPort (to CtrPortEnd) are the container's address and
+	// port or range, of the same length as the host's.
+	CtrAddr             netip.Addr
+	CtrPort, CtrPortEnd int
+	// ID names the mapping's owner (a container ID, say); List returns it.
+	// At most 128 bytes.
+	ID string
+}
+
+// String renders m like docker port: "tcp 127.0.0.1:8080 -> 172.17.0.2:80".
+func (m Mapping) String() string {
+	host := "*"
+	if m.HostAddr.IsValid() {
+		host = m.HostAddr.String()
+	}
+	ports := func(a, b int) string {
+		if b > a {
+			return fmt.Sprintf("%d-%d", a, b)
+		}
+		return strconv.Itoa(a)
+	}
+	return fmt.Sprintf("%s %s -> %s (%s)", m.proto(),
+		joinHostPort(host, ports(m.HostPort, m.HostPortEnd)),
+		joinHostPort(m.CtrAddr.String(), ports(m.CtrPort, m.CtrPortEnd)), m.ID)
+}
+
+func joinHostPort(host, port string) string {
+	if strings.Contains(host, ":") {
+		return "[" + host + "]:" + port
+	}
+	return host + ":" + port
+}
+
+func (m Mapping) proto() string {
+	if m.Proto == "" {
+		return "tcp"
+	}
+	return m.Proto
+}
+
+var protos = map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}
+
+// length is the number of ports of m (1 for a single port).
+func (m Mapping) length() int {
+	if m.HostPortEnd == 0 {
+		return 1
+	}
+	return m.HostPortEnd - m.HostPort + 1
+}
+
+// Errors.
+var (
+	// ErrConflict: the host port is published already, for the same
+	// protocol on the same or an overlapping host address. It matches
+	// netns.ErrExists.
+	ErrConflict = fmt.Errorf("portmap: port already published: %w", netns.ErrExists)
+	// ErrPortInUse: a program of the host holds the port.
+	ErrPortInUse = errors.New("portmap: port in use on the host")
+	// ErrExhausted: no ephemeral port is free.
+	ErrExhausted = errors.New("portmap: no free ephemeral port")
+)
+
+// ValidationError is bad input, refused before the table is touched.
+type ValidationError struct {
+	Field  string
+	Value  any
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("portmap: %s %v: %s", e.Field, e.Value, e.Reason)
+}
+
+// Validate checks m without touching the kernel (but for whether the host
+// has HostAddr, which Add checks).
+func (m Mapping) Validate() error {
+	bad := func(f string, v any, format string, args ...any) error {
+		return &ValidationError{f, v, fmt.Sprintf(format, args...)}
+	}
+	if _, ok := protos[m.proto()]; !ok {
+		return bad("Proto", m.Proto, "not tcp, udp or sctp")
+	}
+	if !m.CtrAddr.IsValid() || m.CtrAddr.Zone() != "" || m.CtrAddr.Is4In6() || m.CtrAddr.IsUnspecified() || m.CtrAddr.IsMulticast() {
+		return bad("CtrAddr", m.CtrAddr, "not a unicast IPv4 or IPv6 address")
+	}
+	if m.HostAddr.IsValid() {
+		switch {
+		case m.HostAddr.Is4In6() || m.HostAddr.Zone() != "" || m.HostAddr.IsUnspecified() || m.HostAddr.IsMulticast():
+			return bad("HostAddr", m.HostAddr, "not a unicast address (leave it unset for every address)")
+		case m.HostAddr.Is4() != m.CtrAddr.Is4():
+			return bad("HostAddr", m.HostAddr, "not of the family of the container address %s", m.CtrAddr)
+		case m.HostAddr == netip.IPv6Loopback():
+			return bad("HostAddr", m.HostAddr, "the kernel cannot forward from ::1")
+		}
+	}
+	for _, p := range []struct {
+		f string
+		v int
+	}{{"HostPort", m.HostPort}, {"HostPortEnd", m.HostPortEnd}, {"CtrPort", m.CtrPort}, {"CtrPortEnd", m.CtrPortEnd}} {
+		if p.v < 0 || p.v > 65535 {
+			return bad(p.f, p.v, "not a port (0 to 65535)")
+		}
+	}
+	if m.CtrPort == 0 {
+		return bad("CtrPort", 0, "port 0 is not a container port")
+	}
+	if m.HostPortEnd != 0 && m.HostPortEnd < m.HostPort || m.CtrPortEnd != 0 && m.CtrPortEnd < m.CtrPort {
+		return bad("HostPortEnd", m.HostPortEnd, "a range ends before it starts")
+	}
+	hostLen, ctrLen := m.length(), 1
+	if m.CtrPortEnd != 0 {
+		ctrLen = m.CtrPortEnd - m.CtrPort + 1
+	}
+	if hostLen != ctrLen {
+		return bad("CtrPortEnd", m.CtrPortEnd, "the container range has %d ports, the host range %d", ctrLen, hostLen)
+	}
+	if m.HostPort == 0 && m.HostPortEnd != 0 {
+		return bad("HostPort", 0, "an ephemeral port is one port, not a range")
+	}
+	if len(m.ID) > 128 || strings.ContainsRune(m.ID, 0) {
+		return bad("ID", m.ID, "over 128 bytes or with a NUL")
+	}
+	return nil
+}
