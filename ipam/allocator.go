@@ -119,6 +119,7 @@ type poolHandle struct {
 	// Used by the goroutine holding g.sem only.
 	st  *poolState // nil: read it again
 	rev int64
+	op  [1]Op // the CAS's argument, here so that it is not allocated per commit
 }
 
 // poolReq is one request on a pool: it reads or changes the state (st is
@@ -189,7 +190,9 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poo
 			}
 			return
 		}
-		rev, err := a.store.CAS(ctx, Op{Key: h.key, Rev: h.rev, Value: st.encode()})
+		h.op[0] = Op{Key: h.key, Rev: h.rev, Value: st.encode()}
+		rev, err := a.store.CAS(ctx, h.op[:]...)
+		h.op[0] = Op{}
 		if err != nil {
 			h.st = nil
 			if errors.Is(err, ErrConflict) {

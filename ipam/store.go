@@ -117,6 +117,9 @@ func (h *hub) publish(evs []Event) {
 		h.compacted = h.history[n-1].Rev
 		h.history = append(h.history[:0], h.history[n:]...)
 	}
+	if len(h.watchers) == 0 {
+		return // the usual case: no watch open
+	}
 	for w := range h.watchers {
 		if w.failed {
 			continue

@@ -1,0 +1,60 @@
+// Package ipam manages the addresses of container networks with Docker's
+// semantics: pools of IPv4 and IPv6 subnets (dual stack), gateways, ip-ranges
+// and reserved addresses; the next free subnet from default pools
+// (172.17.0.0/16 to 172.31.0.0/16, then 192.168.0.0/16 as /20s); addresses
+// handed out once, idempotently per owner, continuing after the last one
+// handed out; static addresses (`docker run --ip`) that stay reserved for
+// their owner until released on purpose; garbage collection of owners that
+// are gone. It never touches the kernel.
+//
+// An Allocator keeps its state in a Store. Three come with the package, and
+// an Allocator behaves the same on each:
+//
+//	// Tests, and programs whose addresses need not outlive them.
+//	a, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
+//
+//	// One machine, the embedded default: a directory ("" is
+//	// /var/lib/nsnet) that several processes may use at once.
+//	st, err := ipam.OpenFileStore("/var/lib/mynet")
+//	defer st.Close()
+//	a, err := ipam.New(st, ipam.Config{})
+//
+//	// Several hosts allocating from the same pools: etcd.
+//	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:2379"}})
+//	defer c.Close()
+//	a, err := ipam.New(ipam.NewEtcdStore(c, "/mynet/"), ipam.Config{})
+//
+// Then, as `docker network create` and `docker run` would:
+//
+//	p, err := a.CreatePool(ctx, ipam.PoolConfig{Name: "mynet"}) // 172.18.0.0/16 after docker0's 172.17.0.0/16
+//	al, err := a.Allocate(ctx, "mynet", containerID+"/eth0")     // 172.18.0.2/16, gateway 172.18.0.1
+//	err = a.Release(ctx, "mynet", containerID+"/eth0")
+//
+// # Durability and concurrency
+//
+// Allocate and Release return when their change is durable in the store.
+// Concurrent calls on one pool are committed together, one store write for
+// many callers. Allocators in several processes (file store) or on several
+// hosts (etcd) never hand out one address twice: every write is a
+// compare-and-swap on the pool's revision, retried on conflict.
+//
+// The file store appends each change to a log and fdatasyncs it before the
+// call returns, and folds the log into a snapshot every megabyte. A process
+// killed at any point leaves every acknowledged allocation in place; a
+// damaged snapshot or log is a *CorruptError naming the file, never a
+// silent reset. See FileStore.
+//
+// # Speed
+//
+// Allocate + Release of one owner, both durable where the store is, on a
+// 2-core VM with an ext4 disk and etcd 3.7 on loopback
+// (go test -run '^$' -bench AllocateRelease -benchmem ./ipam/):
+//
+//	store    callers  allocate+release per second
+//	memory   1        400,000 to 550,000 (1.8 to 2.5 µs, 8 allocations)
+//	memory   8        250,000 to 330,000
+//	file     1        1,750 (0.57 ms)
+//	file     8        8,400 to 9,100 (fsyncs shared)
+//	etcd     1        430 (2.3 ms: two transactions; a bare etcd Put takes 0.86 ms here)
+//	etcd     8        2,500
+package ipam
