@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nsnet/nsnet/internal/ipnet"
 	"net/netip"
 	"slices"
 	"sort"
@@ -379,7 +380,7 @@ func (a *Allocator) pick(idx map[string]*poolRecord, avoid []netip.Prefix) (neti
 			if free {
 				return p, true
 			}
-			next := lastAddr(p).Next()
+			next := ipnet.Last(p).Next()
 			if !next.IsValid() {
 				break
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nsnet/nsnet/internal/ipnet"
 	"net/netip"
 	"testing"
 )
@@ -80,7 +81,7 @@ func checkLease(t *testing.T, p Pool, l Lease) {
 		if l.Addr.Bits() != sc.Subnet.Bits() || l.Gateway != sc.Gateway {
 			t.Fatalf("lease %s gw %s in subnet %s gw %s", l.Addr, l.Gateway, sc.Subnet, sc.Gateway)
 		}
-		last := lastAddr(sc.Subnet)
+		last := ipnet.Last(sc.Subnet)
 		switch {
 		case a == sc.Subnet.Addr(), a.Is4() && a == last:
 			t.Fatalf("%s: not a host address of %s", a, sc.Subnet)

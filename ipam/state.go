@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/nsnet/nsnet/internal/ipnet"
 	"math"
 	"net/netip"
 	"slices"
@@ -24,7 +25,7 @@ type subnet struct {
 func newSubnet(sc SubnetConfig) *subnet {
 	p := sc.Subnet
 	n := &subnet{cfg: sc, network: p.Addr(), first: p.Addr().Next()}
-	top := lastAddr(p)
+	top := ipnet.Last(p)
 	if p.Addr().Is4() {
 		n.bcast = top
 	}
@@ -42,7 +43,7 @@ func newSubnet(sc SubnetConfig) *subnet {
 	if sc.IPRange.IsValid() {
 		rng = sc.IPRange
 	}
-	n.first, n.last = rng.Addr(), lastAddr(rng)
+	n.first, n.last = rng.Addr(), ipnet.Last(rng)
 	if n.first == n.network {
 		n.first = n.first.Next()
 	}
@@ -76,30 +77,6 @@ func newSubnet(sc SubnetConfig) *subnet {
 		n.capacity = size - out
 	}
 	return n
-}
-
-// lastAddr returns the last address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().As16()
-	start := 0
-	if p.Addr().Is4() {
-		start = 12
-	}
-	bits := p.Bits()
-	for i := start; i < 16; i++ {
-		pos := (i - start) * 8
-		switch {
-		case pos >= bits:
-			b[i] = 0xff
-		case pos+8 > bits:
-			b[i] |= 0xff >> (bits - pos)
-		}
-	}
-	a := netip.AddrFrom16(b)
-	if p.Addr().Is4() {
-		a = a.Unmap()
-	}
-	return a
 }
 
 // checkHost says why a cannot be an address of a host in the subnet, or "".

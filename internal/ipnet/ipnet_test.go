@@ -13,3 +13,14 @@ func TestFrom(t *testing.T) {
 		}
 	}
 }
+
+func TestLast(t *testing.T) {
+	for p, want := range map[string]string{
+		"10.0.0.0/24": "10.0.0.255", "10.0.0.7/30": "10.0.0.7", "0.0.0.0/0": "255.255.255.255",
+		"172.21.0.0/16": "172.21.255.255", "fd00::/64": "fd00::ffff:ffff:ffff:ffff", "fd00::1/128": "fd00::1",
+	} {
+		if got := Last(netip.MustParsePrefix(p)); got != netip.MustParseAddr(want) {
+			t.Errorf("Last(%s) = %s, want %s", p, got, want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"context"
+	"github.com/nsnet/nsnet/internal/ipnet"
 	"net/netip"
 
 	"github.com/google/nftables"
@@ -56,7 +57,7 @@ func addMasq(c *nftables.Conn, sc *schema, bridge string, subnets []netip.Prefix
 		if p.Addr().Is6() {
 			own, masq = sc.own6, sc.masq6
 		}
-		first, last := p.Addr(), lastAddr(p)
+		first, last := p.Addr(), ipnet.Last(p)
 		if err := c.SetAddElements(own, []nftables.SetElement{{
 			Key:    append(ifname(bridge), first.AsSlice()...),
 			KeyEnd: append(ifname(bridge), last.AsSlice()...),
@@ -88,7 +89,7 @@ func removeMasq(c *nftables.Conn, sc *schema, bridge string) (int, error) {
 			if err := c.SetDeleteElements(own, []nftables.SetElement{e}); err != nil {
 				return 0, err
 			}
-			if err := c.SetDeleteElements(masq, intervalElems(p.Addr(), lastAddr(p))); err != nil {
+			if err := c.SetDeleteElements(masq, intervalElems(p.Addr(), ipnet.Last(p))); err != nil {
 				return 0, err
 			}
 			n++
@@ -108,7 +109,7 @@ func ownPrefix(e nftables.SetElement, bridge string) (netip.Prefix, bool) {
 		return netip.Prefix{}, false
 	}
 	for bits := 0; bits <= first.BitLen(); bits++ {
-		if p := netip.PrefixFrom(first, bits); p.Masked().Addr() == first && lastAddr(p) == last {
+		if p := netip.PrefixFrom(first, bits); p.Masked().Addr() == first && ipnet.Last(p) == last {
 			return p, true
 		}
 	}
@@ -123,13 +124,4 @@ func intervalElems(first, last netip.Addr) []nftables.SetElement {
 		elems = append(elems, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
 	}
 	return elems
-}
-
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
