@@ -40,8 +40,9 @@ type Allocator struct {
 	indexKey   string
 	poolPrefix string
 
-	mu    sync.Mutex
-	pools map[string]*poolHandle
+	// Pool name to *poolHandle: written once per pool, then only read, by
+	// every call, which sync.Map does without a lock.
+	pools sync.Map
 }
 
 // Allocation is what an owner holds in a pool: one address of each IP
@@ -105,7 +106,6 @@ func New(store Store, cfg Config) (*Allocator, error) {
 		defaults:   slices.Clone(defaults),
 		indexKey:   prefix + "pools",
 		poolPrefix: prefix + "pool/",
-		pools:      make(map[string]*poolHandle),
 	}, nil
 }
 
@@ -123,28 +123,77 @@ type poolHandle struct {
 	op  [1]Op // the CAS's argument, here so that it is not allocated per commit
 }
 
-// poolReq is one request on a pool: it reads or changes the state (st is
-// nil if the pool does not exist) and changes nothing if it fails.
-type poolReq = func(st *poolState) error
-
-func (a *Allocator) handle(pool string) *poolHandle {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	h := a.pools[pool]
-	if h == nil {
-		h = &poolHandle{name: pool, key: a.poolPrefix + pool, g: newGroup[poolReq]()}
-		h.commit = func(ctx context.Context, calls []*call[poolReq]) { a.commit(ctx, h, calls) }
-		a.pools[pool] = h
-	}
-	return h
+// poolReq is one request on a pool: it reads or changes the state and
+// changes nothing if it fails. Allocate and Release, the hot path, are
+// plain values: as closures they would cost an allocation per call, and
+// Allocate's captured result another. Other requests are a function, fn.
+type poolReq struct {
+	kind   reqKind
+	owner  string       // reqAllocate, reqRelease
+	static []netip.Addr // reqAllocate
+	now    int64        // reqAllocate: the leases' time
+	res    *allocResult // reqAllocate: where the result goes
+	fn     func(st *poolState) error
 }
 
-// do runs fn on the pool's current state, batched with concurrent
-// requests, and writes the state if fn changed it. It returns fn's error or
-// the store's.
-func (a *Allocator) do(ctx context.Context, pool string, fn poolReq) error {
+// allocResult is what an allocate request hands back: Allocate makes the
+// Allocation from it after the commit, outside the pool's lock, and it is
+// smaller than an Allocation to allocate.
+type allocResult struct {
+	held    [2]lease
+	subnets []*subnet // the state's, which do not change
+}
+
+type reqKind uint8
+
+const (
+	reqFunc reqKind = iota
+	reqAllocate
+	reqRelease
+)
+
+// apply runs r on the state of the pool (st nil: it does not exist).
+func (r *poolReq) apply(pool string, st *poolState) error {
+	switch r.kind {
+	case reqAllocate:
+		if st == nil {
+			return notFound("allocate", pool)
+		}
+		held, err := st.allocate(r.owner, r.static, r.now)
+		*r.res = allocResult{held, st.subnets}
+		return err
+	case reqRelease:
+		if st != nil {
+			st.release(r.owner)
+		}
+		return nil
+	}
+	return r.fn(st)
+}
+
+func (a *Allocator) handle(pool string) *poolHandle {
+	if h, ok := a.pools.Load(pool); ok {
+		return h.(*poolHandle)
+	}
+	h := &poolHandle{name: pool, key: a.poolPrefix + pool, g: newGroup[poolReq]()}
+	h.commit = func(ctx context.Context, calls []*call[poolReq]) { a.commit(ctx, h, calls) }
+	// If another caller stored one first, use it: every caller on a pool
+	// must share its handle.
+	got, _ := a.pools.LoadOrStore(pool, h)
+	return got.(*poolHandle)
+}
+
+// do runs req on the pool's current state, batched with concurrent
+// requests, and writes the state if req changed it. It returns req's error
+// or the store's.
+func (a *Allocator) do(ctx context.Context, pool string, req poolReq) error {
 	h := a.handle(pool)
-	return h.g.do(ctx, fn, h.commit)
+	return h.g.do(ctx, req, h.commit)
+}
+
+// doFunc is do with a request that is a function.
+func (a *Allocator) doFunc(ctx context.Context, pool string, fn func(st *poolState) error) error {
+	return a.do(ctx, pool, poolReq{kind: reqFunc, fn: fn})
 }
 
 func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poolReq]) {
@@ -167,14 +216,14 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poo
 		}
 		if h.st == nil { // no such pool
 			for _, c := range calls {
-				c.err = c.req(nil)
+				c.err = c.req.apply(h.name, nil)
 			}
 			return
 		}
 		st := h.st
 		st.dirty = false
 		for _, c := range calls {
-			c.err = c.req(st)
+			c.err = c.req.apply(h.name, st)
 		}
 		if !st.dirty {
 			if cached {
@@ -539,43 +588,28 @@ func (a *Allocator) Allocate(ctx context.Context, pool, owner string, static ...
 	if err := validOwner(owner); err != nil {
 		return Allocation{}, err
 	}
-	var res Allocation
-	now := time.Now().UnixNano()
-	err := a.do(ctx, pool, func(st *poolState) error {
-		if st == nil {
-			return notFound("allocate", pool)
-		}
-		var err error
-		res, err = st.allocate(owner, static, now)
-		return err
-	})
+	var res allocResult
+	err := a.do(ctx, pool, poolReq{kind: reqAllocate, owner: owner, static: static, now: time.Now().UnixNano(), res: &res})
 	if err != nil {
 		return Allocation{}, err
 	}
-	return res, nil
+	return allocation(pool, owner, res.subnets, res.held), nil
 }
 
 // Release frees every address owner holds in the pool, static ones too
 // (like `docker rm` of the container). An owner that holds none, or a pool
 // that does not exist, is no error.
 func (a *Allocator) Release(ctx context.Context, pool, owner string) error {
-	return a.do(ctx, pool, func(st *poolState) error {
-		if st != nil {
-			st.release(owner)
-		}
-		return nil
-	})
+	return a.do(ctx, pool, poolReq{kind: reqRelease, owner: owner})
 }
 
 // ReleaseAddr frees one address of the pool, whoever holds it. An address
 // that nobody holds, or a pool that does not exist, is no error.
 func (a *Allocator) ReleaseAddr(ctx context.Context, pool string, addr netip.Addr) error {
 	addr = addr.Unmap()
-	return a.do(ctx, pool, func(st *poolState) error {
+	return a.doFunc(ctx, pool, func(st *poolState) error {
 		if st != nil {
-			if l := st.byAddr[addr]; l != nil {
-				st.remove(l)
-			}
+			st.releaseAddr(addr)
 		}
 		return nil
 	})
@@ -586,7 +620,7 @@ func (a *Allocator) ReleaseAddr(ctx context.Context, pool string, addr netip.Add
 func (a *Allocator) Inspect(ctx context.Context, pool string) (Pool, []Allocation, error) {
 	var p Pool
 	var allocs []Allocation
-	err := a.do(ctx, pool, func(st *poolState) error {
+	err := a.doFunc(ctx, pool, func(st *poolState) error {
 		if st == nil {
 			return notFound("inspect", pool)
 		}
@@ -622,14 +656,14 @@ func (a *Allocator) GC(ctx context.Context, pool string, live func(owner string)
 		return nil, nil
 	}
 	var released []Allocation
-	err = a.do(ctx, pool, func(st *poolState) error {
+	err = a.doFunc(ctx, pool, func(st *poolState) error {
 		released = released[:0]
 		if st == nil {
 			return nil
 		}
 		for o := range dead {
-			if al, ok := st.release(o); ok {
-				released = append(released, al)
+			if held, ok := st.release(o); ok {
+				released = append(released, st.allocation(o, held))
 			}
 		}
 		return nil

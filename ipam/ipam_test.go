@@ -503,7 +503,7 @@ func TestAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	const budget = 14
+	const budget = 5
 	if n > budget {
 		t.Errorf("Allocate+Release: %v allocations, budget %d", n, budget)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"sort"
 	"strings"
-	"sync"
 )
 
 // MemoryStore is a Store that keeps everything in memory, for tests and for
@@ -12,7 +11,9 @@ import (
 // last 4096 events; Compact drops them earlier, to test what a watcher does
 // with ErrCompacted. Safe for concurrent use.
 type MemoryStore struct {
-	mu   sync.RWMutex
+	// hub.mu guards rev and keys too: a CAS takes one lock, not one for the
+	// keys and another to publish. (Each hold is a map access or two, too
+	// short for an RWMutex to pay off.)
 	rev  int64
 	keys map[string]KV
 	hub  *hub
@@ -28,9 +29,9 @@ func (s *MemoryStore) Get(ctx context.Context, key string) (KV, error) {
 	if err := ctx.Err(); err != nil {
 		return KV{}, err
 	}
-	s.mu.RLock()
+	s.hub.mu.Lock()
 	kv, ok := s.keys[key]
-	s.mu.RUnlock()
+	s.hub.mu.Unlock()
 	if !ok {
 		return KV{}, ErrNotFound
 	}
@@ -42,7 +43,7 @@ func (s *MemoryStore) List(ctx context.Context, prefix string) ([]KV, int64, err
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
-	s.mu.RLock()
+	s.hub.mu.Lock()
 	var kvs []KV
 	for k, kv := range s.keys {
 		if strings.HasPrefix(k, prefix) {
@@ -50,7 +51,7 @@ func (s *MemoryStore) List(ctx context.Context, prefix string) ([]KV, int64, err
 		}
 	}
 	rev := s.rev
-	s.mu.RUnlock()
+	s.hub.mu.Unlock()
 	sort.Slice(kvs, func(i, j int) bool { return kvs[i].Key < kvs[j].Key })
 	return kvs, rev, nil
 }
@@ -60,8 +61,8 @@ func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
 	if s.keys == nil {
 		return 0, errClosed
 	}
@@ -84,7 +85,7 @@ func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 		s.keys[op.Key] = KV{Key: op.Key, Value: op.Value, Rev: s.rev}
 		evs = append(evs, Event{Key: op.Key, Value: op.Value, Rev: s.rev})
 	}
-	s.hub.publish(evs)
+	s.hub.publishLocked(evs)
 	return s.rev, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"math"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"time"
@@ -117,25 +118,34 @@ type poolRecord struct {
 	Created time.Time      `json:"created"`
 }
 
-// lease is one address held by an owner.
+// lease is one address held by an owner (the key of byOwner it is under).
 type lease struct {
-	owner  string
-	addr   netip.Addr
-	sub    int // index of its subnet
+	addr   netip.Addr // invalid: no lease
+	sub    int        // index of its subnet
 	static bool
 	time   int64 // unix nanoseconds
 }
 
-// poolState is the allocations of one pool, decoded.
+// size is the length of the encoding of l held by owner (see encode).
+func (l lease) size(owner string) int {
+	return uvarintLen(uint64(len(owner))) + len(owner) + addrLen(l.addr) + 1 + uvarintLen(uint64(l.time))
+}
+
+// poolState is the allocations of one pool, decoded. Leases are values in
+// byOwner, not pointers: an allocation costs no heap object of its own.
 type poolState struct {
 	name    string
 	rec     *poolRecord
 	subnets []*subnet
-	cursor  []netip.Addr // per subnet: the address handed out last
-	used    []uint64     // per subnet: allocated addresses inside the ip-range
-	byAddr  map[netip.Addr]*lease
-	byOwner map[string][2]*lease // [0] IPv4, [1] IPv6
-	dirty   bool                 // changed since decoded or written
+	cursor  []netip.Addr          // per subnet: the address handed out last
+	used    []uint64              // per subnet: allocated addresses inside the ip-range
+	byAddr  map[netip.Addr]string // the owner of each leased address
+	byOwner map[string][2]lease   // [0] IPv4, [1] IPv6
+	dirty   bool                  // changed since decoded or written
+
+	// The length of the leases' encoding, kept by index and unindex: encode
+	// sizes its buffer without a walk of its own over the leases.
+	leaseBytes int
 }
 
 func newPoolState(name string, rec *poolRecord) *poolState {
@@ -145,8 +155,8 @@ func newPoolState(name string, rec *poolRecord) *poolState {
 		subnets: make([]*subnet, len(rec.Subnets)),
 		cursor:  make([]netip.Addr, len(rec.Subnets)),
 		used:    make([]uint64, len(rec.Subnets)),
-		byAddr:  make(map[netip.Addr]*lease),
-		byOwner: make(map[string][2]*lease),
+		byAddr:  make(map[netip.Addr]string),
+		byOwner: make(map[string][2]lease),
 	}
 	for i, sc := range rec.Subnets {
 		st.subnets[i] = newSubnet(sc)
@@ -171,58 +181,36 @@ func (st *poolState) subnetOf(a netip.Addr) int {
 }
 
 // allocate gives owner one address of each family of the pool, or returns
-// what owner holds already. It changes nothing unless it succeeds.
-func (st *poolState) allocate(owner string, static []netip.Addr, now int64) (Allocation, error) {
+// what owner holds already (see st.allocation). It changes nothing unless
+// it succeeds.
+func (st *poolState) allocate(owner string, static []netip.Addr, now int64) ([2]lease, error) {
 	if held, ok := st.byOwner[owner]; ok {
 		for _, a := range static {
 			if !a.IsValid() {
 				continue
 			}
 			a = a.Unmap()
-			if l := held[family(a)]; l == nil || l.addr != a {
-				return Allocation{}, &opError{fmt.Sprintf("allocate %s in pool %s for %s: owner holds %s", a, st.name, owner, st.ownerAddrs(held)), ErrExists}
+			if held[family(a)].addr != a {
+				return [2]lease{}, &opError{fmt.Sprintf("allocate %s in pool %s for %s: owner holds %s", a, st.name, owner, st.ownerAddrs(held)), ErrExists}
 			}
 		}
-		return st.allocation(owner, held), nil
+		return held, nil
 	}
 	var want [2]netip.Addr
-	for i, a := range static {
-		field := fmt.Sprintf("static[%d]", i)
-		if !a.IsValid() {
-			continue
+	if len(static) > 0 {
+		var err error
+		if want, err = st.checkStatic(owner, static); err != nil {
+			return [2]lease{}, err
 		}
-		a = a.Unmap()
-		f := family(a)
-		if want[f].IsValid() {
-			return Allocation{}, invalid(field, a, "a second static address of the same family")
-		}
-		s := st.subnetOf(a)
-		if s < 0 {
-			return Allocation{}, invalid(field, a, "not in a subnet of pool %s", st.name)
-		}
-		n := st.subnets[s]
-		if why := n.checkHost(a); why != "" {
-			return Allocation{}, invalid(field, a, "%s", why)
-		}
-		if a == n.cfg.Gateway {
-			return Allocation{}, invalid(field, a, "the gateway of %s", n.cfg.Subnet)
-		}
-		if _, ok := n.reserved[a]; ok {
-			return Allocation{}, invalid(field, a, "a reserved address of %s", n.cfg.Subnet)
-		}
-		if l := st.byAddr[a]; l != nil {
-			return Allocation{}, &opError{fmt.Sprintf("allocate %s in pool %s for %s: held by %s", a, st.name, owner, l.owner), ErrAddrInUse}
-		}
-		want[f] = a
 	}
-	var picks [2]*lease
+	var picks [2]lease
 	var hasFam [2]bool
 	for _, n := range st.subnets {
 		hasFam[family(n.network)] = true
 	}
 	for f := range 2 {
 		if want[f].IsValid() {
-			picks[f] = &lease{owner: owner, addr: want[f], sub: st.subnetOf(want[f]), static: true, time: now}
+			picks[f] = lease{addr: want[f], sub: st.subnetOf(want[f]), static: true, time: now}
 			continue
 		}
 		if !hasFam[f] {
@@ -232,23 +220,61 @@ func (st *poolState) allocate(owner string, static []netip.Addr, now int64) (All
 			if family(n.network) != f || st.used[i] >= n.capacity {
 				continue
 			}
-			picks[f] = &lease{owner: owner, addr: st.next(i), sub: i, time: now}
+			picks[f] = lease{addr: st.next(i), sub: i, time: now}
 			break
 		}
-		if picks[f] == nil {
-			return Allocation{}, &opError{fmt.Sprintf("allocate in pool %s for %s: IPv%d", st.name, owner, 4+2*f), ErrExhausted}
+		if !picks[f].addr.IsValid() {
+			return [2]lease{}, &opError{fmt.Sprintf("allocate in pool %s for %s: IPv%d", st.name, owner, 4+2*f), ErrExhausted}
 		}
 	}
 	for _, l := range picks {
-		if l != nil {
-			st.add(l)
+		if l.addr.IsValid() {
+			st.index(owner, l)
 			if !l.static {
 				st.cursor[l.sub] = l.addr
 			}
 		}
 	}
+	st.byOwner[owner] = picks // one map write for both families
 	st.dirty = true
-	return st.allocation(owner, picks), nil
+	return picks, nil
+}
+
+// checkStatic returns the static addresses asked for by family, or why
+// they cannot be handed out to owner. It is apart from allocate, whose
+// usual call has none, to keep allocate's stack frame small.
+func (st *poolState) checkStatic(owner string, static []netip.Addr) ([2]netip.Addr, error) {
+	var want [2]netip.Addr
+	for i, a := range static {
+		if !a.IsValid() {
+			continue
+		}
+		field := fmt.Sprintf("static[%d]", i)
+		a = a.Unmap()
+		f := family(a)
+		if want[f].IsValid() {
+			return want, invalid(field, a, "a second static address of the same family")
+		}
+		s := st.subnetOf(a)
+		if s < 0 {
+			return want, invalid(field, a, "not in a subnet of pool %s", st.name)
+		}
+		n := st.subnets[s]
+		if why := n.checkHost(a); why != "" {
+			return want, invalid(field, a, "%s", why)
+		}
+		if a == n.cfg.Gateway {
+			return want, invalid(field, a, "the gateway of %s", n.cfg.Subnet)
+		}
+		if _, ok := n.reserved[a]; ok {
+			return want, invalid(field, a, "a reserved address of %s", n.cfg.Subnet)
+		}
+		if holder, ok := st.byAddr[a]; ok {
+			return want, &opError{fmt.Sprintf("allocate %s in pool %s for %s: held by %s", a, st.name, owner, holder), ErrAddrInUse}
+		}
+		want[f] = a
+	}
+	return want, nil
 }
 
 // next returns the first free address after the cursor of subnet i, which
@@ -272,53 +298,82 @@ func (st *poolState) next(i int) netip.Addr {
 	}
 }
 
-func (st *poolState) add(l *lease) {
-	st.byAddr[l.addr] = l
-	held := st.byOwner[l.owner]
+// add records the new lease l of owner.
+func (st *poolState) add(owner string, l lease) {
+	st.index(owner, l)
+	held := st.byOwner[owner]
 	held[family(l.addr)] = l
-	st.byOwner[l.owner] = held
+	st.byOwner[owner] = held
+}
+
+// releaseAddr frees the address a, whoever holds it.
+func (st *poolState) releaseAddr(a netip.Addr) {
+	owner, ok := st.byAddr[a]
+	if !ok {
+		return
+	}
+	held := st.byOwner[owner]
+	f := family(a)
+	st.unindex(owner, held[f])
+	held[f] = lease{}
+	if held[1-f].addr.IsValid() {
+		st.byOwner[owner] = held
+	} else {
+		delete(st.byOwner, owner)
+	}
+}
+
+// index records the lease l of owner everywhere but in byOwner, which add
+// and allocate update with one map write per owner, not per lease (a
+// string key to hash).
+func (st *poolState) index(owner string, l lease) {
+	st.byAddr[l.addr] = owner
+	st.leaseBytes += l.size(owner)
 	if st.subnets[l.sub].inRange(l.addr) {
 		st.used[l.sub]++
 	}
 }
 
-func (st *poolState) remove(l *lease) {
+// unindex undoes index.
+func (st *poolState) unindex(owner string, l lease) {
 	delete(st.byAddr, l.addr)
-	held := st.byOwner[l.owner]
-	held[family(l.addr)] = nil
-	if held[0] == nil && held[1] == nil {
-		delete(st.byOwner, l.owner)
-	} else {
-		st.byOwner[l.owner] = held
-	}
+	st.leaseBytes -= l.size(owner)
 	if st.subnets[l.sub].inRange(l.addr) {
 		st.used[l.sub]--
 	}
 	st.dirty = true
 }
 
-// release frees what owner holds and returns it.
-func (st *poolState) release(owner string) (Allocation, bool) {
-	held, ok := st.byOwner[owner]
+// release frees what owner holds and returns it (for st.allocation, which
+// Release has no use for).
+func (st *poolState) release(owner string) (held [2]lease, ok bool) {
+	held, ok = st.byOwner[owner]
 	if !ok {
-		return Allocation{}, false
+		return held, false
 	}
-	a := st.allocation(owner, held)
 	for _, l := range held {
-		if l != nil {
-			st.remove(l)
+		if l.addr.IsValid() {
+			st.unindex(owner, l)
 		}
 	}
-	return a, true
+	delete(st.byOwner, owner)
+	return held, true
 }
 
-func (st *poolState) allocation(owner string, held [2]*lease) Allocation {
-	a := Allocation{Pool: st.name, Owner: owner}
+func (st *poolState) allocation(owner string, held [2]lease) Allocation {
+	return allocation(st.name, owner, st.subnets, held)
+}
+
+// allocation returns the Allocation of the leases held by owner in pool,
+// whose subnets are given: subnets do not change, so it needs no lock on
+// the state.
+func allocation(pool, owner string, subnets []*subnet, held [2]lease) Allocation {
+	a := Allocation{Pool: pool, Owner: owner}
 	for f, l := range held {
-		if l == nil {
+		if !l.addr.IsValid() {
 			continue
 		}
-		n := st.subnets[l.sub]
+		n := subnets[l.sub]
 		ls := Lease{
 			Addr:    netip.PrefixFrom(l.addr, n.cfg.Subnet.Bits()),
 			Gateway: n.cfg.Gateway,
@@ -334,10 +389,10 @@ func (st *poolState) allocation(owner string, held [2]*lease) Allocation {
 	return a
 }
 
-func (st *poolState) ownerAddrs(held [2]*lease) string {
+func (st *poolState) ownerAddrs(held [2]lease) string {
 	s := ""
 	for _, l := range held {
-		if l != nil {
+		if l.addr.IsValid() {
 			if s != "" {
 				s += " and "
 			}
@@ -376,30 +431,56 @@ func (st *poolState) allocations() []Allocation {
 const stateVersion = 1
 
 func (st *poolState) encode() []byte {
-	size := 8 + len(st.rec.ID) + 17*len(st.cursor)
-	for a, l := range st.byAddr {
-		size += len(l.owner) + a.BitLen()/8 + 2*binary.MaxVarintLen64
+	// The exact size: one allocation, in the smallest size class.
+	size := 2 + uvarintLen(uint64(len(st.rec.ID))) + len(st.rec.ID) +
+		uvarintLen(uint64(len(st.cursor))) + uvarintLen(uint64(len(st.byAddr))) + st.leaseBytes
+	for _, c := range st.cursor {
+		size += addrLen(c)
 	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, 'P', stateVersion)
-	buf = appendBytes(buf, []byte(st.rec.ID))
+	buf = appendString(buf, st.rec.ID)
 	buf = binary.AppendUvarint(buf, uint64(len(st.cursor)))
 	for _, c := range st.cursor {
 		buf = appendAddr(buf, c)
 	}
 	buf = binary.AppendUvarint(buf, uint64(len(st.byAddr)))
-	for _, l := range st.byAddr {
-		buf = binary.AppendUvarint(buf, uint64(len(l.owner)))
-		buf = append(buf, l.owner...)
-		buf = appendAddr(buf, l.addr)
-		flags := byte(0)
-		if l.static {
-			flags = 1
+	for owner, held := range st.byOwner {
+		for _, l := range held {
+			if !l.addr.IsValid() {
+				continue
+			}
+			buf = appendString(buf, owner)
+			buf = appendAddr(buf, l.addr)
+			flags := byte(0)
+			if l.static {
+				flags = 1
+			}
+			buf = append(buf, flags)
+			buf = binary.AppendUvarint(buf, uint64(l.time))
 		}
-		buf = append(buf, flags)
-		buf = binary.AppendUvarint(buf, uint64(l.time))
 	}
 	return buf
+}
+
+// appendString is appendBytes without converting s to a []byte.
+func appendString(buf []byte, s string) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(s)))
+	return append(buf, s...)
+}
+
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+
+// addrLen is the length of appendAddr's encoding of a.
+func addrLen(a netip.Addr) int {
+	switch {
+	case !a.IsValid():
+		return 1
+	case a.Is4():
+		return 1 + 4
+	default:
+		return 1 + 16
+	}
 }
 
 func appendAddr(buf []byte, a netip.Addr) []byte {
@@ -478,19 +559,20 @@ func decodeState(name string, rec *poolRecord, buf []byte) (*poolState, error) {
 			break
 		}
 		s := st.subnetOf(a)
+		_, leased := st.byAddr[a]
 		switch {
 		case len(owner) == 0:
 			return nil, errors.New("lease without owner")
 		case s < 0 || st.subnets[s].checkHost(a) != "" || a == st.subnets[s].cfg.Gateway:
 			return nil, fmt.Errorf("lease of %s, not a host address of the pool", a)
-		case st.byAddr[a] != nil:
+		case leased:
 			return nil, fmt.Errorf("address %s leased twice", a)
-		case st.byOwner[string(owner)][family(a)] != nil:
+		case st.byOwner[string(owner)][family(a)].addr.IsValid():
 			return nil, fmt.Errorf("owner %q holds two addresses of a family", owner)
 		case flags > 1:
 			return nil, fmt.Errorf("bad flags %d", flags)
 		}
-		st.add(&lease{owner: string(owner), addr: a, sub: s, static: flags == 1, time: int64(t)})
+		st.add(string(owner), lease{addr: a, sub: s, static: flags == 1, time: int64(t)})
 	}
 	if d.err == nil && len(d.buf) != 0 {
 		d.err = fmt.Errorf("%d bytes after the last lease", len(d.buf))

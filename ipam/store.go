@@ -110,6 +110,14 @@ func (h *hub) publish(evs []Event) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.publishLocked(evs)
+}
+
+// publishLocked is publish for a caller that holds h.mu.
+func (h *hub) publishLocked(evs []Event) {
+	if len(evs) == 0 {
+		return
+	}
 	h.history = append(h.history, evs...)
 	// Trim to max once history holds twice that: a copy per max events,
 	// not per publish.
