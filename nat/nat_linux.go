@@ -73,8 +73,8 @@ func (n Network) Validate() error {
 // Masquerade masquerades n's subnets for traffic leaving host through any
 // interface but n.Bridge and turns on IPv4 (and, with an IPv6 subnet,
 // IPv6) forwarding in host, in one nftables transaction. Masquerading a
-// network again changes nothing; with other subnets, they replace the old
-// ones.
+// network again changes nothing; other subnets replace the old ones in
+// the same transaction.
 func Masquerade(ctx context.Context, host *netns.NS, n Network) error {
 	if err := n.Validate(); err != nil {
 		return err
@@ -88,12 +88,7 @@ func Masquerade(ctx context.Context, host *netns.NS, n Network) error {
 		want[i] = p.Masked()
 	}
 	if !sameSet(have, want) {
-		if len(have) > 0 {
-			if err := nft.RemoveMasquerade(ctx, host, n.Bridge); err != nil {
-				return err
-			}
-		}
-		if err := nft.AddMasquerade(ctx, host, n.Bridge, want); err != nil {
+		if err := nft.SetMasquerade(ctx, host, n.Bridge, want); err != nil {
 			return err
 		}
 	}

@@ -66,6 +66,24 @@ func TestMasquerade(t *testing.T) {
 	if got, _ := nat.Subnets(t.Context(), host, nw.Bridge); len(got) != 1 || got[0] != nw.Subnets[0] {
 		t.Errorf("Subnets: %v", got)
 	}
+	// Other subnets replace the old ones; back again, egress works as before.
+	other := nw
+	other.Subnets = []netip.Prefix{netip.MustParsePrefix("10.39.0.0/24")}
+	if err := nat.Masquerade(t.Context(), host, other); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := nat.Subnets(t.Context(), host, nw.Bridge); len(got) != 1 || got[0] != other.Subnets[0] {
+		t.Errorf("Subnets after replacing: %v", got)
+	}
+	if _, err := nstest.Exchange(t.Context(), ctr, "tcp", dst, "x"); err == nil {
+		t.Error("egress for a subnet no longer masqueraded")
+	}
+	if err := nat.Masquerade(t.Context(), host, nw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nstest.Exchange(t.Context(), ctr, "tcp", dst, "x"); err != nil {
+		t.Errorf("egress after masquerading the subnet again: %v", err)
+	}
 
 	if err := nat.Remove(t.Context(), host, nw.Bridge); err != nil {
 		t.Fatal(err)

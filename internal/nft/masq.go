@@ -9,11 +9,15 @@ import (
 	"github.com/nsnet/nsnet/netns"
 )
 
-// AddMasquerade masquerades the subnets of the network on bridge for
-// traffic that leaves through any other interface, creating the table if
-// needed, in one transaction. Adding it again changes nothing.
-func AddMasquerade(ctx context.Context, host *netns.NS, bridge string, subnets []netip.Prefix) error {
-	return change(ctx, host, "nft.add-masquerade", true, func(c *nftables.Conn, sc *schema) (bool, error) {
+// SetMasquerade makes subnets the masqueraded subnets of the network on
+// bridge, for traffic that leaves through any other interface: the old
+// ones go and the new ones come in one transaction, which creates the
+// table if needed.
+func SetMasquerade(ctx context.Context, host *netns.NS, bridge string, subnets []netip.Prefix) error {
+	return change(ctx, host, "nft.set-masquerade", true, func(c *nftables.Conn, sc *schema) (bool, error) {
+		if _, err := removeMasq(c, sc, bridge); err != nil {
+			return false, err
+		}
 		return true, addMasq(c, sc, bridge, subnets)
 	})
 }

@@ -151,7 +151,7 @@ type Network struct {
 	// (Docker's icc=false).
 	ICC bool
 	// Masquerade: the network's subnets are masqueraded (see
-	// AddMasquerade); for Reconcile.
+	// SetMasquerade); for Reconcile.
 	Masquerade bool
 }
 
@@ -215,7 +215,7 @@ func flush(host *netns.NS, c *nftables.Conn, op string) error {
 
 // AddNetwork puts a network's bridge into the isolation sets, creating the
 // table if needed, in one transaction; it restores the constant rules too.
-// Adding it again changes nothing. Its masquerade is AddMasquerade's.
+// Adding it again changes nothing. Its masquerade is SetMasquerade's.
 func AddNetwork(ctx context.Context, host *netns.NS, n Network) error {
 	if err := ctx.Err(); err != nil {
 		return err
