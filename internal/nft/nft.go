@@ -195,14 +195,24 @@ func (sc *schema) skeleton(c *nftables.Conn) error {
 // one transaction; on a table that exists it changes nothing but restores
 // the constant rules.
 func Ensure(ctx context.Context, host *netns.NS) error {
+	return rebuild(ctx, host, "nft.ensure", func(*nftables.Conn, *schema) error { return nil })
+}
+
+// rebuild batches the skeleton (creating or restoring the table), then
+// what fn adds, and flushes it all as one transaction.
+func rebuild(ctx context.Context, host *netns.NS, op string, fn func(*nftables.Conn, *schema) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	return host.NFTables(func(c *nftables.Conn) error {
-		if err := newSchema().skeleton(c); err != nil {
+		sc := newSchema()
+		if err := sc.skeleton(c); err != nil {
 			return err
 		}
-		return flush(host, c, "nft.ensure")
+		if err := fn(c, sc); err != nil {
+			return err
+		}
+		return flush(host, c, op)
 	})
 }
 
@@ -217,18 +227,8 @@ func flush(host *netns.NS, c *nftables.Conn, op string) error {
 // table if needed, in one transaction; it restores the constant rules too.
 // Adding it again changes nothing. Its masquerade is SetMasquerade's.
 func AddNetwork(ctx context.Context, host *netns.NS, n Network) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return host.NFTables(func(c *nftables.Conn) error {
-		sc := newSchema()
-		if err := sc.skeleton(c); err != nil {
-			return err
-		}
-		if err := addNetwork(c, sc, n); err != nil {
-			return err
-		}
-		return flush(host, c, "nft.add-network")
+	return rebuild(ctx, host, "nft.add-network", func(c *nftables.Conn, sc *schema) error {
+		return addNetwork(c, sc, n)
 	})
 }
 

@@ -18,14 +18,7 @@ type State struct {
 // flush ruleset`), or to drop what a crashed process left. The user chain
 // keeps its rules.
 func Reconcile(ctx context.Context, host *netns.NS, st State) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return host.NFTables(func(c *nftables.Conn) error {
-		sc := newSchema()
-		if err := sc.skeleton(c); err != nil {
-			return err
-		}
+	return rebuild(ctx, host, "nft.reconcile", func(c *nftables.Conn, sc *schema) error {
 		for _, s := range sc.sets() {
 			c.FlushSet(s)
 		}
@@ -39,9 +32,6 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 				}
 			}
 		}
-		if err := addMappings(c, sc, st.Mappings); err != nil {
-			return err
-		}
-		return flush(host, c, "nft.reconcile")
+		return addMappings(c, sc, st.Mappings)
 	})
 }
