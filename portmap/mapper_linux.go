@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -136,7 +137,8 @@ func (mp *Mapper) pick(m Mapping, have []nft.Mapping) (Mapping, error) {
 	start := rand.IntN(n)
 	for i := range n {
 		m.HostPort = lo + (start+i)%n
-		if slices.ContainsFunc(have, func(e nft.Mapping) bool { return overlaps(e, m.elems()[0]) }) {
+		elem := m.elems()[0]
+		if slices.ContainsFunc(have, func(e nft.Mapping) bool { return overlaps(e, elem) }) {
 			continue
 		}
 		if _, held := mp.reserved[m.resKeys()[0]]; held {
@@ -285,7 +287,7 @@ func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
 	}
 	slices.SortFunc(out, func(a, b Mapping) int {
 		if a.Proto != b.Proto {
-			return compare(a.Proto, b.Proto)
+			return strings.Compare(a.Proto, b.Proto)
 		}
 		if c := a.HostAddr.Compare(b.HostAddr); c != 0 {
 			return c
@@ -293,16 +295,6 @@ func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
 		return a.HostPort - b.HostPort
 	})
 	return out, nil
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Reserve takes the reservations of mappings that exist already, for a

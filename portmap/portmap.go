@@ -31,6 +31,7 @@ package portmap
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -72,15 +73,8 @@ func (m Mapping) String() string {
 		return strconv.Itoa(a)
 	}
 	return fmt.Sprintf("%s %s -> %s (%s)", m.proto(),
-		joinHostPort(host, ports(m.HostPort, m.HostPortEnd)),
-		joinHostPort(m.CtrAddr.String(), ports(m.CtrPort, m.CtrPortEnd)), m.ID)
-}
-
-func joinHostPort(host, port string) string {
-	if strings.Contains(host, ":") {
-		return "[" + host + "]:" + port
-	}
-	return host + ":" + port
+		net.JoinHostPort(host, ports(m.HostPort, m.HostPortEnd)),
+		net.JoinHostPort(m.CtrAddr.String(), ports(m.CtrPort, m.CtrPortEnd)), m.ID)
 }
 
 func (m Mapping) proto() string {
