@@ -30,7 +30,7 @@ func RemoveMasquerade(ctx context.Context, host *netns.NS, bridge string) error 
 		if n == 0 || err != nil {
 			return false, err
 		}
-		return true, dropIfEmpty(c, sc, bridge, false)
+		return true, dropIfEmpty(c, sc, bridgeGone(sc, bridge, false))
 	})
 }
 

@@ -272,31 +272,43 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 		if !dirty {
 			return false, nil
 		}
-		return true, dropIfEmpty(c, sc, bridge, true)
+		return true, dropIfEmpty(c, sc, bridgeGone(sc, bridge, true))
 	})
 }
 
 // dropIfEmpty deletes the table in c's batch if, once that batch is
-// applied, nothing of nsnet's is left in it: no bridge (but bridge, if
-// bridgeGone), no masquerade but bridge's, no mapping.
-func dropIfEmpty(c *nftables.Conn, sc *schema, bridge string, bridgeGone bool) error {
+// applied, nothing of nsnet's is left in it: no bridge, masquerade or
+// mapping but the elements for which gone is true. It reads the sets in
+// that order and stops at the first element that stays, so a host with
+// networks pays for one read of the bridges.
+func dropIfEmpty(c *nftables.Conn, sc *schema, gone func(*nftables.Set, nftables.SetElement) bool) error {
 	for _, s := range []*nftables.Set{sc.bridges, sc.own4, sc.own6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any} {
 		elems, err := c.GetSetElements(s)
 		if err != nil {
 			return err
 		}
-		gone := bytes.HasPrefix
-		if s == sc.bridges && !bridgeGone || s.IsMap {
-			gone = func([]byte, []byte) bool { return false }
-		}
 		for _, e := range elems {
-			if !gone(e.Key, ifname(bridge)) {
+			if !gone(s, e) {
 				return nil
 			}
 		}
 	}
 	c.DelTable(sc.table)
 	return nil
+}
+
+// bridgeGone is dropIfEmpty's gone for a bridge whose elements go: with
+// bridgeToo, the bridge itself; else its masquerade only.
+func bridgeGone(sc *schema, bridge string, bridgeToo bool) func(*nftables.Set, nftables.SetElement) bool {
+	return func(s *nftables.Set, e nftables.SetElement) bool {
+		switch s {
+		case sc.bridges:
+			return bridgeToo && string(e.Key) == string(ifname(bridge))
+		case sc.own4, sc.own6:
+			return bytes.HasPrefix(e.Key, ifname(bridge))
+		}
+		return false
+	}
 }
 
 // change runs fn on a connection to host's nsnet table and flushes what it

@@ -3,12 +3,13 @@ package nft
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Mapping is one published port: one element of a DNAT map. A port range
@@ -101,28 +102,67 @@ func addMappings(c *nftables.Conn, sc *schema, ms []Mapping) error {
 }
 
 // RemoveMappings removes the mappings' elements (by key) in one
-// transaction; those that are not there are no error.
+// transaction; those that are not there are no error. When nothing of
+// nsnet's is left, the table goes too, in the same transaction.
+//
+// It deletes by key without reading the maps first, so its cost does not
+// grow with the number of mappings; only when the kernel reports that a key
+// was not there (the transaction then changed nothing) does it read the
+// maps and delete what is there.
 func RemoveMappings(ctx context.Context, host *netns.NS, ms []Mapping) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	err := removeMappings(ctx, host, ms, false)
+	if errors.Is(err, unix.ENOENT) {
+		err = removeMappings(ctx, host, ms, true)
+	}
+	return err
+}
+
+func removeMappings(ctx context.Context, host *netns.NS, ms []Mapping, read bool) error {
 	return change(ctx, host, "nft.remove-mappings", false, func(c *nftables.Conn, sc *schema) (bool, error) {
-		have, err := mappings(c, sc)
-		if err != nil {
-			return false, err
-		}
-		bySet := map[*nftables.Set][]nftables.SetElement{}
+		removed := map[*nftables.Set]map[string]bool{}
 		for _, m := range ms {
-			if slices.ContainsFunc(have, func(h Mapping) bool { return h.set(sc) == m.set(sc) && string(h.key()) == string(m.key()) }) {
-				bySet[m.set(sc)] = append(bySet[m.set(sc)], nftables.SetElement{Key: m.key()})
+			s := m.set(sc)
+			if removed[s] == nil {
+				removed[s] = map[string]bool{}
 			}
+			removed[s][string(m.key())] = true
 		}
-		if len(bySet) == 0 {
-			return false, nil
-		}
-		for s, elems := range bySet {
-			if err := c.SetDeleteElements(s, elems); err != nil {
+		if read {
+			have, err := mappings(c, sc)
+			if err != nil {
 				return false, err
 			}
+			there := map[*nftables.Set]map[string]bool{}
+			for _, h := range have {
+				if s := h.set(sc); removed[s][string(h.key())] {
+					if there[s] == nil {
+						there[s] = map[string]bool{}
+					}
+					there[s][string(h.key())] = true
+				}
+			}
+			removed = there
 		}
-		return true, nil
+		if len(removed) == 0 {
+			return false, nil
+		}
+		for _, s := range sc.sets() {
+			var elems []nftables.SetElement
+			for k := range removed[s] {
+				elems = append(elems, nftables.SetElement{Key: []byte(k)})
+			}
+			if len(elems) > 0 {
+				if err := c.SetDeleteElements(s, elems); err != nil {
+					return false, err
+				}
+			}
+		}
+		return true, dropIfEmpty(c, sc, func(s *nftables.Set, e nftables.SetElement) bool {
+			return removed[s][string(e.Key)]
+		})
 	})
 }
 
