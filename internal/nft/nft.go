@@ -150,9 +150,6 @@ type Network struct {
 	// ICC false drops traffic routed from the bridge back to itself
 	// (Docker's icc=false).
 	ICC bool
-	// Masquerade: the network's subnets are masqueraded (see
-	// SetMasquerade); for Reconcile.
-	Masquerade bool
 }
 
 func ifname(name string) []byte {

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns"
@@ -9,8 +10,11 @@ import (
 
 // State is everything nsnet keeps in a host's table.
 type State struct {
+	// Networks are the bridge networks (AddNetwork's).
 	Networks []Network
-	Mappings []Mapping
+	// Masquerade holds the masqueraded subnets by bridge (SetMasquerade's).
+	Masquerade map[string][]netip.Prefix
+	Mappings   []Mapping
 }
 
 // Reconcile makes nsnet's table in host hold exactly st, in one
@@ -26,10 +30,10 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 			if err := addNetwork(c, sc, n); err != nil {
 				return err
 			}
-			if n.Masquerade && !n.Internal {
-				if err := addMasq(c, sc, n.Bridge, n.Subnets); err != nil {
-					return err
-				}
+		}
+		for bridge, subnets := range st.Masquerade {
+			if err := addMasq(c, sc, bridge, subnets); err != nil {
+				return err
 			}
 		}
 		return addMappings(c, sc, st.Mappings)
