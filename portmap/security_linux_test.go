@@ -1,0 +1,212 @@
+package portmap_test
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/portmap"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// routeLoopbackVia makes ns send packets for 127.0.0.1 out of its link
+// dev to gw, as an attacker next to the host can (CVE-2020-8558): lo loses
+// 127.0.0.1 (and so its local route), and route_localnet lets the kernel
+// route the loopback address out of dev.
+func routeLoopbackVia(t *testing.T, ns *netns.NS, dev string, gw netip.Addr) {
+	t.Helper()
+	h, err := ns.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrDel(lo, &netlink.Addr{IPNet: ipnet.From(netip.MustParsePrefix("127.0.0.1/8"))}); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"net/ipv4/conf/all/route_localnet", "net/ipv4/conf/" + dev + "/route_localnet"} {
+		if err := ns.SetSysctl(key, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet.From(netip.MustParsePrefix("127.0.0.1/32")), Gw: gw.AsSlice()}
+	if err := h.RouteAdd(r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLocalhostMapping: a mapping on 127.0.0.1 (and a host service on
+// 127.0.0.1) is out of reach of packets for 127.0.0.1 that are routed at
+// the host, from the uplink or from a container, although the container's
+// bridge has route_localnet on for the host's own use of the mapping.
+func TestLocalhostMapping(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.48.0.0/24")
+	web, webAddr := w.container(t, a, "web")
+	attacker, _ := w.container(t, a, "attacker")
+	nstest.Serve(t, web, "tcp", "0.0.0.0:80")
+	nstest.Serve(t, w.host, "tcp", "127.0.0.1:9999") // a host service on localhost only
+	w.publish(t, portmap.Mapping{HostAddr: netip.MustParseAddr("127.0.0.1"), HostPort: 8081, CtrAddr: webAddr, CtrPort: 80})
+	lo8081 := netip.MustParseAddrPort("127.0.0.1:8081")
+	reach(t, "the host to its 127.0.0.1 mapping", w.host, "tcp", lo8081)
+	if v, err := w.host.Sysctl("net/ipv4/conf/" + a.Config().Bridge + "/route_localnet"); err != nil || v != "1" {
+		t.Fatalf("route_localnet on the bridge: %q, %v; the test needs it on to mean anything", v, err)
+	}
+
+	routeLoopbackVia(t, attacker, "eth0", a.Config().Subnets[0].Gateway)
+	routeLoopbackVia(t, w.out.NS, "eth0", w.out.HostAddr.Addr())
+	for _, from := range []struct {
+		what string
+		ns   *netns.NS
+	}{{"a container of the network", attacker}, {"the outside", w.out.NS}} {
+		noReach(t, "the 127.0.0.1 mapping from "+from.what, from.ns, "tcp", lo8081)
+		noReach(t, "a host service on 127.0.0.1 from "+from.what, from.ns, "tcp", netip.MustParseAddrPort("127.0.0.1:9999"))
+	}
+}
+
+// TestOnlyLocalDestinations: a published port DNATs only packets for a
+// local address of the host, and for a mapping on one address only those
+// for that address; traffic passing through the host to another
+// destination on the same port goes where it was sent (CVE-2025-67499
+// class).
+func TestOnlyLocalDestinations(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.49.0.0/24")
+	web, webAddr := w.container(t, a, "web")
+	client, _ := w.container(t, a, "client")
+	nstest.Serve(t, web, "tcp", "0.0.0.0:80")
+	nstest.Serve(t, w.out.NS, "tcp", w.out.Addr.String()+":8082")
+	uplink := w.out.HostAddr.Addr()
+	w.publish(t, portmap.Mapping{HostPort: 8082, CtrAddr: webAddr, CtrPort: 80})
+	w.publish(t, portmap.Mapping{HostAddr: uplink, HostPort: 8083, CtrAddr: webAddr, CtrPort: 80})
+
+	// To the outside on the published port: the outside's server answers,
+	// and it saw the host's uplink address (masquerade), not a DNAT.
+	r := reach(t, "the outside on a published port, through the host", client, "tcp", netip.AddrPortFrom(w.out.Addr, 8082))
+	if r.Peer.Addr() != uplink {
+		t.Errorf("passing through: the server saw %s; want the outside's server to see %s", r.Peer, uplink)
+	}
+	// A mapping on the uplink address: reached there, not on the
+	// gateway's address, which is the host's too.
+	reach(t, "the mapping's own address", client, "tcp", netip.AddrPortFrom(uplink, 8083))
+	noReach(t, "another address of the host", client, "tcp", netip.AddrPortFrom(a.Config().Subnets[0].Gateway, 8083))
+}
+
+// TestUnpublishUDPStream: a UDP stream that keeps one source port stops
+// reaching the container when its mapping goes, reaches the new container
+// when the port is published again (no conntrack entry survives), and no
+// entry of the mapping is left.
+func TestUnpublishUDPStream(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.50.0.0/24")
+	old, oldAddr := w.container(t, a, "old")
+	next, nextAddr := w.container(t, a, "next")
+	nstest.Serve(t, old, "udp", "0.0.0.0:53")
+	nstest.Serve(t, next, "udp", "0.0.0.0:53")
+	m := portmap.Mapping{Proto: "udp", HostPort: 5353, CtrAddr: oldAddr, CtrPort: 53, ID: "old"}
+	if _, err := w.mp.Add(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	c, err := w.out.NS.ListenPacket("udp4", w.out.Addr.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(w.out.HostAddr.Addr(), 5353))
+	// send sends one datagram and returns the answer, "" if none came.
+	send := func() string {
+		t.Helper()
+		if _, err := c.WriteTo([]byte("x"), dst); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 512)
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
+	// Both servers answer "peer ADDR" with the client's address (not
+	// NATed here): which container answered shows in nothing else, so the
+	// old one is stopped below to tell them apart.
+	if got := send(); !strings.HasPrefix(got, "peer "+w.out.Addr.String()) {
+		t.Fatalf("the stream before unpublishing: %q", got)
+	}
+	if err := w.mp.Remove(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	if n := conntrackEntries(t, w, 5353); n != 0 {
+		t.Errorf("after Remove: %d conntrack entries for port 5353", n)
+	}
+	if got := send(); got != "" {
+		t.Errorf("the stream reached a container after Remove: %q", got)
+	}
+
+	// Published again to the next container; the old one would still
+	// answer if the stream's old conntrack entry sent it there.
+	m2 := w.publish(t, portmap.Mapping{Proto: "udp", HostPort: 5353, CtrAddr: nextAddr, CtrPort: 53, ID: "next"})
+	oldConn := conntrackTo(t, w, oldAddr)
+	if got := send(); got == "" {
+		t.Error("the stream does not reach the container of the new mapping")
+	}
+	if n := conntrackTo(t, w, oldAddr); n > oldConn {
+		t.Errorf("the stream went to the old container: %d conntrack entries to it", n)
+	}
+	if n := conntrackTo(t, w, nextAddr); n == 0 {
+		t.Error("no conntrack entry to the new container")
+	}
+	if err := w.mp.Remove(t.Context(), m2); err != nil {
+		t.Fatal(err)
+	}
+	if n := conntrackEntries(t, w, 5353); n != 0 {
+		t.Errorf("after the second Remove: %d conntrack entries for port 5353", n)
+	}
+}
+
+// conntrackEntries counts the host's UDP conntrack entries whose original
+// destination port is port.
+func conntrackEntries(t *testing.T, w *world, port uint16) int {
+	t.Helper()
+	return countFlows(t, w, func(f *netlink.ConntrackFlow) bool { return f.Forward.DstPort == port })
+}
+
+// conntrackTo counts the host's UDP conntrack entries DNATed to addr.
+func conntrackTo(t *testing.T, w *world, addr netip.Addr) int {
+	t.Helper()
+	return countFlows(t, w, func(f *netlink.ConntrackFlow) bool { return f.Reverse.SrcIP.Equal(addr.AsSlice()) })
+}
+
+func countFlows(t *testing.T, w *world, match func(*netlink.ConntrackFlow) bool) int {
+	t.Helper()
+	h, err := w.host.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows, err := h.ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range flows {
+		if f.Forward.Protocol == unix.IPPROTO_UDP && match(f) {
+			n++
+		}
+	}
+	return n
+}
