@@ -1,13 +1,17 @@
 package portmap_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
@@ -209,4 +213,68 @@ func countFlows(t *testing.T, w *world, match func(*netlink.ConntrackFlow) bool)
 		}
 	}
 	return n
+}
+
+// TestIPv6 publishes IPv6 ports: on every address of the host and on one,
+// reached from a container of another network and from the host, hairpin
+// included; and gone after Remove.
+func TestIPv6(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	dual := func(name, v4, v6 string) *bridge.Network {
+		t.Helper()
+		subnets := []netip.Prefix{netip.MustParsePrefix(v4), netip.MustParsePrefix(v6)}
+		n, err := bridge.New(t.Context(), w.host, w.alloc, bridge.Config{Name: name,
+			Subnets: []ipam.SubnetConfig{{Subnet: subnets[0]}, {Subnet: subnets[1]}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Delete(context.Background(), true) })
+		if err := nat.Masquerade(t.Context(), w.host, nat.Network{Bridge: n.Config().Bridge, Subnets: subnets}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	a := dual("a", "10.51.0.0/24", "fd51::/64")
+	b := dual("b", "10.52.0.0/24", "fd52::/64")
+	web := nstest.Container(t, w.host)
+	e, err := a.Attach(t.Context(), bridge.EndpointConfig{ID: "web", NS: web, DefaultRoute: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := w.container(t, b, "other")
+	var web6 netip.Addr
+	for _, p := range e.Addrs {
+		if p.Addr().Is6() {
+			web6 = p.Addr()
+		}
+	}
+	nstest.Serve(t, web, "tcp6", "[::]:80")
+	nstest.Serve(t, web, "udp6", "[::]:80")
+	gwA, gwB := a.Config().Subnets[1].Gateway, b.Config().Subnets[1].Gateway
+	for _, proto := range []string{"tcp", "udp"} {
+		w.publish(t, portmap.Mapping{Proto: proto, HostPort: 8086, CtrAddr: web6, CtrPort: 80, ID: "web"})
+		reach(t, proto+"6 from a container of another network", other, proto, netip.AddrPortFrom(gwB, 8086))
+		reach(t, proto+"6 from the host", w.host, proto, netip.AddrPortFrom(gwA, 8086))
+		reach(t, proto+"6 from the container itself (hairpin)", web, proto, netip.AddrPortFrom(gwA, 8086))
+	}
+	one := w.publish(t, portmap.Mapping{HostAddr: gwB, HostPort: 8087, CtrAddr: web6, CtrPort: 80})
+	reach(t, "a mapping on one IPv6 address, there", other, "tcp", netip.AddrPortFrom(gwB, 8087))
+	noReach(t, "a mapping on one IPv6 address, at another", other, "tcp", netip.AddrPortFrom(gwA, 8087))
+	if err := w.mp.Remove(t.Context(), one); err != nil {
+		t.Fatal(err)
+	}
+	noReach(t, "after Remove", other, "tcp", netip.AddrPortFrom(gwB, 8087))
+	ms, err := w.mp.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if !m.CtrAddr.Is6() || m.HostPort != 8086 || m.HostAddr.IsValid() {
+			t.Errorf("List: %s; want only the two mappings on every address, port 8086", m)
+		}
+	}
+	if len(ms) != 2 {
+		t.Errorf("List: %d mappings, want 2", len(ms))
+	}
 }
