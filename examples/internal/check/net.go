@@ -2,7 +2,9 @@ package check
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
@@ -42,4 +44,43 @@ func Exchange(ctx context.Context, from, to *netns.NS, addr, wantPeer string) er
 		return fmt.Errorf("reply %q from peer %s, want hello from %s", r.Data, r.Peer, wantPeer)
 	}
 	return nil
+}
+
+// Outside is a namespace standing for the world beyond the host's uplink:
+// it has no route to the host's container subnets, so containers reach it
+// only through NAT.
+type Outside struct {
+	NS *netns.NS
+	// Addr is the outside's address, 198.51.100.254.
+	Addr netip.Addr
+	// Uplink is the host's address on its uplink "eth0", 198.51.100.1.
+	Uplink netip.Addr
+}
+
+// Outside gives the host an uplink eth0 (198.51.100.1/24, default route via
+// 198.51.100.254) whose other end is the outside, a new namespace; both go
+// when the example ends.
+func (e Env) Outside(ctx context.Context) (Outside, error) {
+	out := Outside{Addr: netip.MustParseAddr("198.51.100.254"), Uplink: netip.MustParseAddr("198.51.100.1")}
+	ns, err := e.Container()
+	if err != nil {
+		return out, err
+	}
+	out.NS = ns
+	ends, err := veth.Pair(ctx, e.Host, veth.Config{Name: "eth0", Peer: veth.End{NS: ns, Name: "eth0"}, Up: true})
+	if err != nil {
+		return out, err
+	}
+	*e.closers = append(*e.closers, func() { veth.Delete(context.Background(), e.Host, "eth0") })
+	if err := errors.Join(AddAddr(ends.Host, "198.51.100.1/24"), AddAddr(ends.Peer, "198.51.100.254/24")); err != nil {
+		return out, err
+	}
+	h, err := e.Host.Netlink()
+	if err != nil {
+		return out, err
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: ends.Host.Index, Gw: out.Addr.AsSlice()}); err != nil {
+		return out, fmt.Errorf("ip route add default via %s: %w", out.Addr, err)
+	}
+	return out, nil
 }
