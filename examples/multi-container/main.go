@@ -1,0 +1,200 @@
+// Command multi-container reproduces scenario S9, a multi-container
+// application: a web service on :5000, published as `-p 5000:5000`, counts
+// its hits in a key-value service (Redis in the guide) that it reaches at
+// REDIS_HOST; an outside client reaches the web service through the host's
+// uplink address and sees the count go up. Both services are small Go
+// programs running in the containers' namespaces.
+//
+//	go run ./examples/multi-container    # as root
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/nat"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/portmap"
+	"github.com/vishvananda/netlink"
+)
+
+func main() { check.Main(run) }
+
+func run(ctx context.Context, env check.Env) error {
+	log, host := env.Log, env.Host
+	out, err := env.Outside(ctx)
+	if !log.OK("the host's uplink eth0 198.51.100.1, the outside at 198.51.100.254", err) {
+		return err
+	}
+	// docker network create app (compose's default network)
+	subnet := netip.MustParsePrefix("172.20.0.0/16")
+	app, err := bridge.New(ctx, host, env.Alloc, bridge.Config{Name: "app", Subnets: []ipam.SubnetConfig{{Subnet: subnet}}})
+	if !log.OK("docker network create app", err) {
+		return err
+	}
+	defer app.Delete(ctx, true)
+	if err := nat.Masquerade(ctx, host, nat.Network{Bridge: app.Config().Bridge, Subnets: []netip.Prefix{subnet}}); err != nil {
+		return err
+	}
+	attach := func(id string) (*netns.NS, netip.Addr, error) {
+		ns, err := env.Container()
+		if err != nil {
+			return nil, netip.Addr{}, err
+		}
+		ep, err := app.Attach(ctx, bridge.EndpointConfig{ID: id, NS: ns, DefaultRoute: true})
+		if err != nil {
+			return nil, netip.Addr{}, err
+		}
+		return ns, ep.Addrs[0].Addr(), nil
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	redis, redisAddr, err := attach("redis")
+	if !log.OK("docker run --name redis --network app: "+redisAddr.String(), err) {
+		return err
+	}
+	kv, err := redis.Listen("tcp", ":6379")
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	wg.Go(func() { serveKV(kv) })
+
+	web, webAddr, err := attach("web")
+	if !log.OK("docker run --name web --network app -e REDIS_HOST="+redisAddr.String()+" -p 5000:5000: "+webAddr.String(), err) {
+		return err
+	}
+	redisHost := redisAddr.String() // REDIS_HOST
+	ln, err := web.Listen("tcp", ":5000")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := incr(r.Context(), web, net.JoinHostPort(redisHost, "6379"), "hits")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		fmt.Fprintf(w, "Hello World! I have been seen %d times.\n", n)
+	})}
+	defer srv.Close()
+	wg.Go(func() { srv.Serve(ln) })
+
+	mp := portmap.New(host, portmap.Config{})
+	defer mp.Close()
+	m, err := mp.Add(ctx, portmap.Mapping{HostPort: 5000, CtrAddr: webAddr, CtrPort: 5000, ID: "web"})
+	if !log.OK("published "+m.String(), err) {
+		return err
+	}
+	defer mp.Remove(ctx, m)
+
+	// curl http://198.51.100.1:5000/ from outside, twice.
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return out.NS.Dial(ctx, nil, network, addr)
+		},
+		DisableKeepAlives: true,
+	}, Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	url := "http://" + netip.AddrPortFrom(out.Uplink, 5000).String() + "/"
+	for want := 1; want <= 2; want++ {
+		body, err := get(ctx, client, url)
+		log.OK(fmt.Sprintf("curl %s: %q", url, strings.TrimSpace(body)),
+			check.Expect(err, body != fmt.Sprintf("Hello World! I have been seen %d times.\n", want), "want the count %d", want))
+	}
+	// Even a machine on the uplink that routes the app's subnet to the
+	// host does not reach redis, which is not published.
+	oh, err := out.NS.Netlink()
+	if err != nil {
+		return err
+	}
+	if err := oh.RouteAdd(&netlink.Route{Dst: ipnet.From(subnet), Gw: out.Uplink.AsSlice()}); err != nil {
+		return err
+	}
+	probe, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = get(probe, client, "http://"+netip.AddrPortFrom(redisAddr, 6379).String()+"/")
+	log.Refused("the outside, routing 172.20.0.0/16 via the host, reaches redis", err)
+	return nil
+}
+
+func get(ctx context.Context, c *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = errors.New(resp.Status)
+	}
+	return string(b), err
+}
+
+// serveKV is the key-value service: one "INCR key" per line, answered with
+// the key's new value.
+func serveKV(l net.Listener) {
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		wg.Go(func() {
+			defer c.Close()
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				cmd, key, ok := strings.Cut(sc.Text(), " ")
+				if !ok || cmd != "INCR" {
+					fmt.Fprintln(c, "ERR unknown command")
+					continue
+				}
+				mu.Lock()
+				counts[key]++
+				n := counts[key]
+				mu.Unlock()
+				fmt.Fprintln(c, n)
+			}
+		})
+	}
+}
+
+// incr is the web service's client of the key-value service, dialling
+// from the web container.
+func incr(ctx context.Context, from *netns.NS, addr, key string) (int, error) {
+	c, err := from.Dial(ctx, nil, "tcp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if _, err := fmt.Fprintf(c, "INCR %s\n", key); err != nil {
+		return 0, err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(line))
+}
