@@ -1,8 +1,11 @@
 // Command quickstart is the shortest tour of nsnet: inside a sandbox host
-// namespace it creates a bridge network (the next free subnet from the
-// IPAM's default pools, like `docker network create`), attaches two
-// containers to it, and checks that they reach each other and the gateway
-// over ICMP and TCP; then it takes everything down again.
+// namespace with an uplink to an "outside" namespace, it creates a bridge
+// network (the next free subnet from the IPAM's default pools, like
+// `docker network create`) with outbound NAT, attaches two containers to
+// it, checks that they reach each other and the gateway over ICMP and TCP
+// and the outside through the host's address, publishes a port of one
+// (`-p 8080:80`) and reaches it from the outside; then it takes everything
+// down again.
 //
 //	go run ./examples/quickstart    # as root
 //
@@ -13,17 +16,24 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/portmap"
 )
 
 func main() { check.Main(run) }
 
 func run(ctx context.Context, env check.Env) error {
 	log, host := env.Log, env.Host
+	out, err := env.Outside(ctx)
+	if !log.OK("the host's uplink eth0 198.51.100.1, the outside at 198.51.100.254", err) {
+		return err
+	}
 
 	// docker network create quickstart
 	net, err := bridge.New(ctx, host, env.Alloc, bridge.Config{Name: "quickstart"})
@@ -33,6 +43,11 @@ func run(ctx context.Context, env check.Env) error {
 	defer net.Delete(ctx, true)
 	cfg := net.Config()
 	log.Printf("bridge %s, subnet %s, gateway %s, MTU %d", cfg.Bridge, cfg.Subnets[0].Subnet, cfg.Subnets[0].Gateway, cfg.MTU)
+	// Egress: masquerade the subnet behind the host's address.
+	masq := nat.Network{Bridge: cfg.Bridge, Subnets: []netip.Prefix{cfg.Subnets[0].Subnet}}
+	if err := nat.Masquerade(ctx, host, masq); !log.OK("outbound NAT for "+cfg.Subnets[0].Subnet.String(), err) {
+		return err
+	}
 
 	// Two containers: each a network namespace, attached with a veth pair
 	// whose container end is created in place as eth0.
@@ -57,6 +72,27 @@ func run(ctx context.Context, env check.Env) error {
 	log.OK("db pings web", nstest.Ping(ctx, db, webAddr))
 	log.OK("TCP from web to a server in db", check.Exchange(ctx, web, db, fmt.Sprintf("%s:5432", dbAddr), webAddr.String()))
 	log.OK("the host reaches web", nstest.Ping(ctx, host, webAddr))
+	log.OK("web reaches the outside, which sees the host's address",
+		check.Exchange(ctx, web, out.NS, out.Addr.String()+":80", out.Uplink.String()))
+
+	// docker run -p 8080:80 web: published on every address of the host.
+	srv, err := nstest.NewServer(web, "tcp", "0.0.0.0:80")
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ports := portmap.New(host, portmap.Config{})
+	defer ports.Close()
+	m, err := ports.Add(ctx, portmap.Mapping{HostPort: 8080, CtrAddr: webAddr, CtrPort: 80, ID: "web"})
+	if !log.OK("published "+m.String(), err) {
+		return err
+	}
+	at := netip.AddrPortFrom(out.Uplink, 8080).String()
+	r, err := nstest.Exchange(ctx, out.NS, "tcp", at, "hello")
+	log.OK("the outside reaches web at "+at+"; web sees the client's own address "+r.Peer.Addr().String(),
+		check.Expect(err, r.Peer.Addr() != out.Addr, "want %s", out.Addr))
+	// Unpublish before the container goes: rules before links.
+	log.OK("unpublished", ports.Remove(ctx, m))
 
 	for _, ep := range eps {
 		if err := net.Detach(ctx, ep.ID); !log.OK("detach "+ep.ID, err) {
