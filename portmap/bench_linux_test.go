@@ -71,41 +71,45 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
-// BenchmarkMasquerade masquerades the 100th network of a host that has
-// 99, and takes it away again.
+// BenchmarkMasquerade masquerades one network of a host whose other
+// networks (none or 99) are masqueraded already, and takes it away again.
 //
 //	go test -run '^$' -bench Masquerade -benchmem ./portmap/
 func BenchmarkMasquerade(b *testing.B) {
-	host := nstest.Host(b)
-	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var nets []nat.Network
-	for i := range 100 {
-		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100, byte(i), 0}), 24)
-		n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: fmt.Sprint("net", i),
-			Subnets: []ipam.SubnetConfig{{Subnet: subnet}}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer n.Delete(context.Background(), true)
-		nets = append(nets, nat.Network{Bridge: n.Config().Bridge, Subnets: []netip.Prefix{subnet}})
-	}
-	for _, n := range nets[:99] {
-		if err := nat.Masquerade(b.Context(), host, n); err != nil {
-			b.Fatal(err)
-		}
-	}
-	last := nets[99]
-	b.ResetTimer()
-	for b.Loop() {
-		if err := nat.Masquerade(b.Context(), host, last); err != nil {
-			b.Fatal(err)
-		}
-		if err := nat.Remove(b.Context(), host, last.Bridge); err != nil {
-			b.Fatal(err)
-		}
+	for _, others := range []int{0, 99} {
+		b.Run(fmt.Sprint("others=", others), func(b *testing.B) {
+			host := nstest.Host(b)
+			alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var nets []nat.Network
+			for i := range others + 1 {
+				subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100, byte(i), 0}), 24)
+				n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: fmt.Sprint("net", i),
+					Subnets: []ipam.SubnetConfig{{Subnet: subnet}}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer n.Delete(context.Background(), true)
+				nets = append(nets, nat.Network{Bridge: n.Config().Bridge, Subnets: []netip.Prefix{subnet}})
+			}
+			for _, n := range nets[:others] {
+				if err := nat.Masquerade(b.Context(), host, n); err != nil {
+					b.Fatal(err)
+				}
+			}
+			last := nets[others]
+			b.ResetTimer()
+			for b.Loop() {
+				if err := nat.Masquerade(b.Context(), host, last); err != nil {
+					b.Fatal(err)
+				}
+				if err := nat.Remove(b.Context(), host, last.Bridge); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -38,13 +38,13 @@ func RemoveMasquerade(ctx context.Context, host *netns.NS, bridge string) error 
 func Masqueraded(ctx context.Context, host *netns.NS, bridge string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	err := change(ctx, host, "nft.masqueraded", false, func(c *nftables.Conn, sc *schema) (bool, error) {
-		for _, s := range []*nftables.Set{sc.own4, sc.own6} {
+		for _, s := range []*nftables.Set{sc.masqnets4, sc.masqnets6} {
 			elems, err := c.GetSetElements(s)
 			if err != nil {
 				return false, err
 			}
 			for _, e := range elems {
-				if p, ok := ownPrefix(e, bridge); ok {
+				if p, ok := masqPrefix(e, bridge); ok {
 					out = append(out, p)
 				}
 			}
@@ -57,15 +57,13 @@ func Masqueraded(ctx context.Context, host *netns.NS, bridge string) ([]netip.Pr
 func addMasq(c *nftables.Conn, sc *schema, bridge string, subnets []netip.Prefix) error {
 	for _, p := range subnets {
 		p = p.Masked()
-		own, masq := sc.own4, sc.masq4
+		nets, masq := sc.masqnets4, sc.masq4
 		if p.Addr().Is6() {
-			own, masq = sc.own6, sc.masq6
+			nets, masq = sc.masqnets6, sc.masq6
 		}
 		first, last := p.Addr(), ipnet.Last(p)
-		if err := c.SetAddElements(own, []nftables.SetElement{{
-			Key:    append(ifname(bridge), first.AsSlice()...),
-			KeyEnd: append(ifname(bridge), last.AsSlice()...),
-		}}); err != nil {
+		key := append(append(ifname(bridge), first.AsSlice()...), last.AsSlice()...)
+		if err := c.SetAddElements(nets, []nftables.SetElement{{Key: key}}); err != nil {
 			return err
 		}
 		if err := c.SetAddElements(masq, intervalElems(first, last)); err != nil {
@@ -79,18 +77,18 @@ func addMasq(c *nftables.Conn, sc *schema, bridge string, subnets []netip.Prefix
 // returns how many subnets it had.
 func removeMasq(c *nftables.Conn, sc *schema, bridge string) (int, error) {
 	n := 0
-	for _, pair := range [][2]*nftables.Set{{sc.own4, sc.masq4}, {sc.own6, sc.masq6}} {
-		own, masq := pair[0], pair[1]
-		elems, err := c.GetSetElements(own)
+	for _, pair := range [][2]*nftables.Set{{sc.masqnets4, sc.masq4}, {sc.masqnets6, sc.masq6}} {
+		nets, masq := pair[0], pair[1]
+		elems, err := c.GetSetElements(nets)
 		if err != nil {
 			return 0, err
 		}
 		for _, e := range elems {
-			p, ok := ownPrefix(e, bridge)
+			p, ok := masqPrefix(e, bridge)
 			if !ok {
 				continue
 			}
-			if err := c.SetDeleteElements(own, []nftables.SetElement{e}); err != nil {
+			if err := c.SetDeleteElements(nets, []nftables.SetElement{{Key: e.Key}}); err != nil {
 				return 0, err
 			}
 			if err := c.SetDeleteElements(masq, intervalElems(p.Addr(), ipnet.Last(p))); err != nil {
@@ -102,16 +100,16 @@ func removeMasq(c *nftables.Conn, sc *schema, bridge string) (int, error) {
 	return n, nil
 }
 
-// ownPrefix decodes an element of own4 or own6 if it is bridge's.
-func ownPrefix(e nftables.SetElement, bridge string) (netip.Prefix, bool) {
-	if len(e.Key) < 16 || string(e.Key[:16]) != string(ifname(bridge)) || len(e.KeyEnd) != len(e.Key) {
+// masqPrefix decodes an element of masqnets4 or masqnets6 if it is
+// bridge's.
+func masqPrefix(e nftables.SetElement, bridge string) (netip.Prefix, bool) {
+	key := e.Key
+	if len(key) != 16+2*4 && len(key) != 16+2*16 || string(key[:16]) != string(ifname(bridge)) {
 		return netip.Prefix{}, false
 	}
-	first, ok1 := netip.AddrFromSlice(e.Key[16:])
-	last, ok2 := netip.AddrFromSlice(e.KeyEnd[16:])
-	if !ok1 || !ok2 {
-		return netip.Prefix{}, false
-	}
+	alen := (len(key) - 16) / 2
+	first, _ := netip.AddrFromSlice(key[16 : 16+alen])
+	last, _ := netip.AddrFromSlice(key[16+alen:])
 	for bits := 0; bits <= first.BitLen(); bits++ {
 		if p := netip.PrefixFrom(first, bits); p.Masked().Addr() == first && ipnet.Last(p) == last {
 			return p, true

@@ -98,24 +98,29 @@ func (sc *schema) rules() []chainRules {
 		cat(nfproto(unix.NFPROTO_IPV6), l4(reg32(0)), dnat(unix.NFPROTO_IPV6, sc.dnat6any, 4)),
 	}
 
-	masq := func(fam byte, saddr expr.Any, addrLen uint32, own, masq *nftables.Set, loopback []byte) [][]expr.Any {
-		ownKey := []expr.Any{oif, saddr}
-		rs := [][]expr.Any{
-			cat(nfproto(fam), ctStatusDNAT, ownKey, one(lookup(own), &expr.Masq{})),
-			cat(nfproto(fam), ownKey, one(lookup(own), verdict(expr.VerdictReturn))),
-			cat(nfproto(fam), one(withReg(saddr, reg1), lookup(masq), &expr.Masq{})),
-		}
+	// Into a bridge, a container subnet is masqueraded only when DNATed
+	// (hairpin, or a published port reached from another network), and so
+	// is 127.0.0.0/8 (the host to a mapping on 127.0.0.1): otherwise the
+	// reply would not come back through the host. Anything else into a
+	// bridge keeps its source; anything leaving by another interface from a
+	// masqueraded subnet is masqueraded.
+	masq := func(fam byte, saddr expr.Any, addrLen uint32, masq *nftables.Set, loopback []byte) [][]expr.Any {
+		fromMasq := one(withReg(saddr, reg1), lookup(masq))
+		intoBridge := one(oif, lookup(sc.bridges))
+		rs := [][]expr.Any{cat(nfproto(fam), ctStatusDNAT, intoBridge, fromMasq, one(&expr.Masq{}))}
 		if loopback != nil {
-			rs = append(rs, cat(nfproto(fam), one(oif, lookup(sc.bridges), withReg(saddr, reg1),
+			rs = append(rs, cat(nfproto(fam), intoBridge, one(withReg(saddr, reg1),
 				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: addrLen, Mask: []byte{255, 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: loopback},
 				&expr.Masq{})))
 		}
-		return rs
+		return append(rs,
+			cat(nfproto(fam), intoBridge, one(verdict(expr.VerdictReturn))),
+			cat(nfproto(fam), fromMasq, one(&expr.Masq{})))
 	}
 	postrouting := append(
-		masq(unix.NFPROTO_IPV4, ip4Saddr(reg32(4)), 4, sc.own4, sc.masq4, []byte{127, 0, 0, 0}),
-		masq(unix.NFPROTO_IPV6, ip6Saddr(reg32(4)), 16, sc.own6, sc.masq6, nil)...)
+		masq(unix.NFPROTO_IPV4, ip4Saddr(reg1), 4, sc.masq4, []byte{127, 0, 0, 0}),
+		masq(unix.NFPROTO_IPV6, ip6Saddr(reg1), 16, sc.masq6, nil)...)
 
 	return []chainRules{
 		{sc.forward, forward},
