@@ -113,18 +113,18 @@ func newSchema() *schema {
 		ports:       &nftables.Chain{Name: "ports", Table: t},
 		postrouting: natChain("postrouting", nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
 
-		bridges:  set(1, "bridges", nftables.TypeIFName),
-		internal: set(2, "internal", nftables.TypeIFName),
-		same:     set(3, "same", ifPair),
-		noicc:    set(4, "noicc", ifPair),
+		bridges:   set(1, "bridges", nftables.TypeIFName),
+		internal:  set(2, "internal", nftables.TypeIFName),
+		same:      set(3, "same", ifPair),
+		noicc:     set(4, "noicc", ifPair),
 		masqnets4: set(13, "masqnets4", concat(nftables.TypeIFName, v4, v4)),
 		masqnets6: set(14, "masqnets6", concat(nftables.TypeIFName, v6, v6)),
-		masq4:    masqSet(7, "masq4", v4),
-		masq6:    masqSet(8, "masq6", v6),
-		dnat4:    natMap(9, "dnat4", concat(v4, proto, port), concat(v4, port)),
-		dnat4any: natMap(10, "dnat4any", concat(proto, port), concat(v4, port)),
-		dnat6:    natMap(11, "dnat6", concat(v6, proto, port), concat(v6, port)),
-		dnat6any: natMap(12, "dnat6any", concat(proto, port), concat(v6, port)),
+		masq4:     masqSet(7, "masq4", v4),
+		masq6:     masqSet(8, "masq6", v6),
+		dnat4:     natMap(9, "dnat4", concat(v4, proto, port), concat(v4, port)),
+		dnat4any:  natMap(10, "dnat4any", concat(proto, port), concat(v4, port)),
+		dnat6:     natMap(11, "dnat6", concat(v6, proto, port), concat(v6, port)),
+		dnat6any:  natMap(12, "dnat6any", concat(proto, port), concat(v6, port)),
 	}
 }
 
