@@ -10,6 +10,9 @@
 // all: Masquerade refuses them, and the bridge package's isolation drops
 // their traffic to other interfaces.
 //
+// After a firewall reload (`nft flush ruleset`), portmap.Reconcile puts the
+// masquerade back together with the isolation and the published ports.
+//
 //	n := nat.Network{Bridge: "br-mynet", Subnets: []netip.Prefix{netip.MustParsePrefix("172.18.0.0/16")}}
 //	err := nat.Masquerade(ctx, host, n)
 //	...

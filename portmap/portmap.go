@@ -1,31 +1,3 @@
-// Package portmap publishes container ports on the host, as `docker run -p`
-// and `-P` do: a packet for a host address and port is DNATed to a
-// container's address and port, by nftables rules in nsnet's own table
-// ("inet nsnet") of the host namespace.
-//
-// Every mapping is one element of a DNAT map (one per port of a range), so
-// the rules are the same for 10 mappings and for 10,000, on the control
-// path and on the packet path. A published port is reachable from outside
-// through the host's addresses, from the host itself (its own addresses
-// and 127.0.0.1), from containers of the same network (hairpin: the
-// connection is masqueraded so that the reply comes back the same way) and
-// of other networks. Packets for a host port that are not addressed to a
-// local address of the host (and, for a mapping on one address, to that
-// address) are never DNATed. Packets for 127.0.0.0/8 that did not come in
-// on lo are dropped before NAT (CVE-2020-8558), so a mapping on 127.0.0.1
-// is reachable from the host only.
-//
-// # Port reservation
-//
-// While a mapping exists, its Mapper holds a socket on the host address and
-// port in the host namespace (TCP: listening; UDP: bound; SCTP: listening,
-// where the kernel has SCTP), as dockerd does: no local program can bind
-// the port and lose its traffic to the DNAT without knowing, and a port
-// that a program holds already cannot be published (ErrPortInUse). The
-// reservations end with the Mapper (Close) or the process; the rules stay
-// until Remove, so a restarted process calls Reserve for the mappings it
-// finds with List. A kernel without SCTP has no SCTP sockets to reserve
-// against, so SCTP mappings need none there.
 package portmap
 
 import (
