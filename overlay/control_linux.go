@@ -1,0 +1,213 @@
+package overlay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/nsnet/nsnet/internal/nlerr"
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// entry is one thing the control plane puts into the kernel for a remote
+// endpoint: an FDB entry (the endpoint's MAC to its host's VTEP), a
+// neighbour entry (its address to its MAC, for the VXLAN device's proxy
+// ARP), or a flood entry (broadcasts go to every host that has endpoints
+// on the network).
+type entry struct {
+	kind int
+	vni  uint32
+	mac  string     // fdb, neigh
+	ip   netip.Addr // fdb and flood: the VTEP; neigh: the endpoint's address
+}
+
+const (
+	fdbEntry = iota
+	neighEntry
+	floodEntry
+)
+
+// run keeps the view in step with the store: List, then Watch from the
+// revision List returned; when a watch ends (the store was compacted past
+// its revision, or went away), List again, so that a watch never retries
+// a revision that is gone.
+func (h *Host) run(ctx context.Context) {
+	defer close(h.done)
+	programmed := make(chan struct{})
+	go func() {
+		defer close(programmed)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-h.wakeup:
+				h.program()
+			}
+		}
+	}()
+	defer func() { <-programmed }()
+	first := true
+	for ctx.Err() == nil {
+		kvs, rev, err := h.cfg.Store.List(ctx, h.cfg.Prefix)
+		if err != nil {
+			h.cfg.Logger.Error("overlay: list", "err", err)
+			sleep(ctx, 100*time.Millisecond)
+			continue
+		}
+		view := make(map[string][]byte, len(kvs))
+		for _, kv := range kvs {
+			view[kv.Key[len(h.cfg.Prefix):]] = kv.Value
+		}
+		h.mu.Lock()
+		h.view = view
+		h.mu.Unlock()
+		h.program()
+		if first {
+			close(h.ready)
+			first = false
+		}
+		for ev := range h.cfg.Store.Watch(ctx, h.cfg.Prefix, rev) {
+			if ev.Err != nil {
+				if !errors.Is(ev.Err, ipam.ErrCompacted) {
+					h.cfg.Logger.Error("overlay: watch", "err", ev.Err)
+				}
+				break
+			}
+			h.mu.Lock()
+			if ev.Delete {
+				delete(h.view, ev.Key[len(h.cfg.Prefix):])
+			} else {
+				h.view[ev.Key[len(h.cfg.Prefix):]] = ev.Value
+			}
+			h.mu.Unlock()
+			h.kick()
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// kick asks for the kernel to be brought in step with the view.
+func (h *Host) kick() {
+	select {
+	case h.wakeup <- struct{}{}:
+	default:
+	}
+}
+
+// program makes the kernel hold what the view says: the devices of every
+// defined network, and the entries of every remote endpoint.
+func (h *Host) program() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	defs := map[string]Config{}
+	for k, v := range h.view {
+		if name, ok := strings.CutPrefix(k, netPrefix); ok {
+			var cfg Config
+			if json.Unmarshal(v, &cfg) == nil {
+				defs[name] = cfg
+			}
+		}
+	}
+	for name, vni := range h.local {
+		if cfg, ok := defs[name]; !ok || cfg.VNI != vni {
+			h.removeLocal(name, vni)
+		}
+	}
+	for _, cfg := range defs {
+		if err := h.ensureLocal(cfg); err != nil {
+			h.cfg.Logger.Error("overlay: network devices", "network", cfg.Name, "err", err)
+		}
+	}
+
+	want := map[entry]bool{}
+	for k, v := range h.view {
+		rest, ok := strings.CutPrefix(k, epPrefix)
+		if !ok {
+			continue
+		}
+		network, _, _ := strings.Cut(rest, "/")
+		vni, ok := h.local[network]
+		var r epRecord
+		if !ok || json.Unmarshal(v, &r) != nil || r.Host == h.cfg.Name {
+			continue
+		}
+		want[entry{kind: fdbEntry, vni: vni, mac: r.MAC, ip: r.VTEP}] = true
+		want[entry{kind: floodEntry, vni: vni, ip: r.VTEP}] = true
+		for _, a := range r.Addrs {
+			want[entry{kind: neighEntry, vni: vni, mac: r.MAC, ip: a}] = true
+		}
+	}
+	nl, err := h.cfg.NS.Netlink()
+	if err != nil {
+		h.cfg.Logger.Error("overlay: netlink", "err", err)
+		return
+	}
+	for e := range h.prog {
+		if !want[e] {
+			if err := h.entry(nl, e, false); err != nil && !nlerr.NotExist(err) {
+				h.cfg.Logger.Error("overlay: remove entry", "entry", e, "err", err)
+			}
+			delete(h.prog, e)
+		}
+	}
+	for e := range want {
+		if !h.prog[e] {
+			if err := h.entry(nl, e, true); err != nil {
+				h.cfg.Logger.Error("overlay: add entry", "entry", e, "err", err)
+				continue
+			}
+			h.prog[e] = true
+		}
+	}
+}
+
+// entry adds or deletes e in the kernel.
+func (h *Host) entry(nl *netlink.Handle, e entry, add bool) error {
+	vx, err := nl.LinkByName(vxlanName(e.vni))
+	if err != nil {
+		return err
+	}
+	n := &netlink.Neigh{LinkIndex: vx.Attrs().Index, IP: e.ip.AsSlice(), State: netlink.NUD_PERMANENT}
+	switch e.kind {
+	case fdbEntry, floodEntry:
+		n.Family, n.Flags = unix.AF_BRIDGE, netlink.NTF_SELF
+		n.HardwareAddr = make(net.HardwareAddr, 6) // flood: all zeroes
+		if e.kind == fdbEntry {
+			n.HardwareAddr, _ = net.ParseMAC(e.mac)
+		}
+	case neighEntry:
+		n.Family = unix.AF_INET
+		if e.ip.Is6() {
+			n.Family = unix.AF_INET6
+		}
+		n.HardwareAddr, _ = net.ParseMAC(e.mac)
+	}
+	switch {
+	case !add:
+		return nl.NeighDel(n)
+	case e.kind == floodEntry:
+		// Several hosts: one all-zero entry per VTEP, appended.
+		err := nl.NeighAppend(n)
+		if errors.Is(err, unix.EEXIST) {
+			return nil
+		}
+		return err
+	default:
+		return nl.NeighSet(n)
+	}
+}

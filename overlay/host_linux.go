@@ -1,0 +1,465 @@
+package overlay
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/nlerr"
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/veth"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// HostConfig says how a host takes part in the overlays.
+type HostConfig struct {
+	// NS is the host's namespace.
+	NS *netns.NS
+	// Name is the host's name, unique in the cluster.
+	Name string
+	// VTEP is the host's address on the underlay: the source of its VXLAN
+	// packets, and where the other hosts send theirs. The link that has it
+	// is the underlay; the overlays' MTU is derived from its MTU.
+	VTEP netip.Addr
+	// Store holds the control plane shared by the hosts: etcd
+	// (ipam.NewEtcdStore) across machines; a memory or file store for hosts
+	// that are namespaces of one machine.
+	Store ipam.Store
+	// Alloc hands out the overlays' addresses; it must be on the same
+	// store, so that no two hosts give out one address.
+	Alloc *ipam.Allocator
+	// Prefix of the control plane's keys in Store; "" is "overlay/".
+	Prefix string
+	// Logger, if set, gets the control plane's errors.
+	Logger *slog.Logger
+}
+
+// Host is one host's part of the overlays: the local devices of each
+// network, the host's endpoints, and the control plane that programs the
+// other hosts' endpoints into the kernel. Safe for concurrent use.
+type Host struct {
+	cfg      HostConfig
+	underlay int // the underlay link's index
+	mtu      int // the overlays' MTU: the underlay's minus VXLAN's overhead
+
+	mu     sync.Mutex
+	closed bool
+	view   map[string][]byte // the store's keys under the prefix, as last seen
+	local  map[string]uint32 // networks whose devices exist here: name -> VNI
+	prog   map[entry]bool    // what the control plane has put into the kernel
+	ready  chan struct{}     // closed once the first List is applied
+	wakeup chan struct{}     // the view changed: program the kernel
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Join starts the host's part of the overlays: it publishes the host,
+// creates the devices of every network defined in the store, and keeps the
+// kernel in step with the other hosts' endpoints until Close.
+func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
+	if cfg.NS == nil || cfg.Store == nil || cfg.Alloc == nil {
+		return nil, &ValidationError{"HostConfig", nil, "NS, Store and Alloc are required"}
+	}
+	if r := checkName(cfg.Name); r != "" {
+		return nil, &ValidationError{"Name", cfg.Name, r}
+	}
+	if !cfg.VTEP.Is4() {
+		return nil, &ValidationError{"VTEP", cfg.VTEP, "not an IPv4 address"}
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "overlay/"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	link, err := linkWithAddr(cfg.NS, cfg.VTEP)
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
+		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
+		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := h.put(ctx, hostPrefix+cfg.Name, encode(hostRecord{VTEP: cfg.VTEP})); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	h.cancel = cancel
+	go h.run(runCtx)
+	select {
+	case <-h.ready:
+		return h, nil
+	case <-ctx.Done():
+		h.Close(context.WithoutCancel(ctx))
+		return nil, ctx.Err()
+	}
+}
+
+// linkWithAddr finds the link of ns that has addr.
+func linkWithAddr(ns *netns.NS, addr netip.Addr) (netlink.Link, error) {
+	addrs, err := ns.Addrs(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, err
+	}
+	nl, err := ns.Netlink()
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == addr {
+			return nl.LinkByIndex(a.LinkIndex)
+		}
+	}
+	return nil, &ValidationError{"VTEP", addr, "not an address of the host"}
+}
+
+func (h *Host) key(k string) string { return h.cfg.Prefix + k }
+
+// put writes key whatever its revision.
+func (h *Host) put(ctx context.Context, key string, val []byte) error {
+	for {
+		kv, err := h.cfg.Store.Get(ctx, h.key(key))
+		if err != nil && !errors.Is(err, ipam.ErrNotFound) {
+			return err
+		}
+		_, err = h.cfg.Store.CAS(ctx, ipam.Op{Key: h.key(key), Rev: kv.Rev, Value: val})
+		if !errors.Is(err, ipam.ErrConflict) {
+			return err
+		}
+	}
+}
+
+// del deletes key; a key that is gone is no error.
+func (h *Host) del(ctx context.Context, key string) error {
+	for {
+		kv, err := h.cfg.Store.Get(ctx, h.key(key))
+		if errors.Is(err, ipam.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		_, err = h.cfg.Store.CAS(ctx, ipam.Op{Key: h.key(key), Rev: kv.Rev, Delete: true})
+		if !errors.Is(err, ipam.ErrConflict) {
+			return err
+		}
+	}
+}
+
+func poolName(network string) string { return "overlay." + network }
+
+// Create defines a network for every host, like `docker network create -d
+// overlay`: the other hosts create its devices when they see it. A network
+// that exists with the same settings is returned; with others, or with a
+// VNI another network has, Create fails with ErrExists.
+func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	val := encode(cfg)
+	vniKey := h.key(fmt.Sprintf("vni/%d", cfg.VNI))
+	_, err := h.cfg.Store.CAS(ctx,
+		ipam.Op{Key: h.key(netPrefix + cfg.Name), Value: val},
+		ipam.Op{Key: vniKey, Value: []byte(cfg.Name)})
+	if errors.Is(err, ipam.ErrConflict) {
+		have, gerr := h.definition(ctx, cfg.Name)
+		if gerr != nil && !errors.Is(gerr, ErrNotFound) {
+			return nil, gerr
+		}
+		if gerr != nil || string(encode(have)) != string(val) {
+			return nil, fmt.Errorf("overlay: network %q (VNI %d): %w", cfg.Name, cfg.VNI, ErrExists)
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	if _, err := h.cfg.Alloc.CreatePool(ctx, ipam.PoolConfig{Name: poolName(cfg.Name), Subnets: cfg.Subnets}); err != nil {
+		return nil, fmt.Errorf("overlay: network %q: %w", cfg.Name, err)
+	}
+	return h.Network(ctx, cfg.Name)
+}
+
+func (h *Host) definition(ctx context.Context, name string) (Config, error) {
+	kv, err := h.cfg.Store.Get(ctx, h.key(netPrefix+name))
+	if errors.Is(err, ipam.ErrNotFound) {
+		return Config{}, fmt.Errorf("overlay: network %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	var cfg Config
+	if err := json.Unmarshal(kv.Value, &cfg); err != nil {
+		return Config{}, fmt.Errorf("overlay: network %q: bad record: %w", name, err)
+	}
+	return cfg, nil
+}
+
+// Network returns the network name, defined by any host, with its devices
+// on this host (created if the control plane has not yet).
+func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
+	cfg, err := h.definition(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	if err := h.ensureLocal(cfg); err != nil {
+		return nil, err
+	}
+	return &Network{h: h, cfg: cfg}, nil
+}
+
+// ensureLocal creates the network's bridge and VXLAN device on this host,
+// if they are not there. h.mu is held.
+func (h *Host) ensureLocal(cfg Config) error {
+	if _, ok := h.local[cfg.Name]; ok {
+		return nil
+	}
+	nl, err := h.cfg.NS.Netlink()
+	if err != nil {
+		return err
+	}
+	opErr := func(op, name string, err error) error {
+		return &netns.OpError{Op: "overlay." + op, NS: h.cfg.NS.String(), Name: name, Err: err}
+	}
+	brName, vxName := bridgeName(cfg.VNI), vxlanName(cfg.VNI)
+	br, err := nl.LinkByName(brName)
+	if err != nil {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.MTU = brName, h.mtu
+		if err := nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return opErr("bridge", brName, err)
+		}
+		if br, err = nl.LinkByName(brName); err != nil {
+			return opErr("bridge", brName, err)
+		}
+	}
+	if _, err := nl.LinkByName(vxName); err != nil {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.MTU, attrs.MasterIndex = vxName, h.mtu, br.Attrs().Index
+		vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(cfg.VNI), VtepDevIndex: h.underlay,
+			SrcAddr: h.cfg.VTEP.AsSlice(), Port: cfg.Port, Learning: false, Proxy: true}
+		if err := nl.LinkAdd(vx); err != nil && !errors.Is(err, unix.EEXIST) {
+			nl.LinkDel(br)
+			return opErr("vxlan", vxName, err)
+		}
+	}
+	for _, name := range []string{vxName, brName} {
+		l, err := nl.LinkByName(name)
+		if err == nil {
+			err = nl.LinkSetUp(l)
+		}
+		if err != nil {
+			return opErr("up", name, err)
+		}
+	}
+	h.local[cfg.Name] = cfg.VNI
+	h.kick()
+	return nil
+}
+
+// removeLocal deletes the network's devices on this host. h.mu is held.
+func (h *Host) removeLocal(name string, vni uint32) {
+	nl, err := h.cfg.NS.Netlink()
+	if err != nil {
+		return
+	}
+	for _, n := range []string{vxlanName(vni), bridgeName(vni)} {
+		if l, err := nl.LinkByName(n); err == nil {
+			if err := nl.LinkDel(l); err != nil && !nlerr.NotExist(err) {
+				h.cfg.Logger.Error("overlay: delete device", "link", n, "err", err)
+			}
+		}
+	}
+	delete(h.local, name)
+	for e := range h.prog {
+		if e.vni == vni {
+			delete(h.prog, e)
+		}
+	}
+}
+
+// Close says goodbye: the host's records go from the store, so that the
+// other hosts drop its endpoints, and its devices and endpoints go from the
+// kernel. The networks stay defined for the other hosts.
+func (h *Host) Close(ctx context.Context) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	h.mu.Unlock()
+	h.cancel()
+	<-h.done
+
+	var errs []error
+	kvs, _, err := h.cfg.Store.List(ctx, h.key(epPrefix))
+	errs = append(errs, err)
+	for _, kv := range kvs {
+		var r epRecord
+		if json.Unmarshal(kv.Value, &r) == nil && r.Host == h.cfg.Name {
+			errs = append(errs, h.detachKey(ctx, kv.Key[len(h.cfg.Prefix):]))
+		}
+	}
+	errs = append(errs, h.del(ctx, hostPrefix+h.cfg.Name))
+	h.mu.Lock()
+	for name, vni := range h.local {
+		h.removeLocal(name, vni)
+	}
+	h.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// Network is an overlay network as seen from one host.
+type Network struct {
+	h   *Host
+	cfg Config
+}
+
+// Config returns the network's settings.
+func (n *Network) Config() Config { return n.cfg }
+
+// EndpointConfig describes a container's attachment to an overlay.
+type EndpointConfig struct {
+	// ID names the endpoint (the container), unique in the network across
+	// hosts; it owns the endpoint's addresses.
+	ID string
+	// NS is the container's namespace.
+	NS *netns.NS
+	// IfName in the container; "" is eth0.
+	IfName string
+	// MAC of the container's interface; nil: random.
+	MAC net.HardwareAddr
+}
+
+// Endpoint is a container's attachment to an overlay.
+type Endpoint struct {
+	ID     string
+	IfName string
+	MAC    net.HardwareAddr
+	Addrs  []netip.Prefix
+	MTU    int
+}
+
+func (n *Network) epKey(id string) string {
+	return epPrefix + n.cfg.Name + "/" + n.h.cfg.Name + "/" + id
+}
+
+// hostVeth names the host end of an endpoint's veth pair.
+func hostVeth(network, id string) string {
+	sum := sha256.Sum256([]byte("nsnet/overlay/" + network + "/" + id))
+	return "veth" + hex.EncodeToString(sum[:])[:11]
+}
+
+// Attach connects a container to the overlay: a veth pair whose container
+// end (eth0) has an address of each subnet, allocated cluster-wide, and the
+// overlay's MTU; then the endpoint is published for the other hosts.
+// Attaching an endpoint again returns it. A failure half way leaves
+// nothing.
+func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, error) {
+	if r := checkName(ec.ID); r != "" {
+		return Endpoint{}, &ValidationError{"ID", ec.ID, r}
+	}
+	if ec.NS == nil {
+		return Endpoint{}, &ValidationError{"NS", nil, "no container namespace"}
+	}
+	if ec.IfName == "" {
+		ec.IfName = "eth0"
+	}
+	h := n.h
+	alloc, err := h.cfg.Alloc.Allocate(ctx, poolName(n.cfg.Name), ec.ID)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("overlay: attach %s: %w", ec.ID, err)
+	}
+	undo := []func(){func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), poolName(n.cfg.Name), ec.ID) }}
+	fail := func(err error) (Endpoint, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return Endpoint{}, err
+	}
+	mac := ec.MAC
+	if mac == nil {
+		mac = veth.RandomMAC()
+	}
+	name := hostVeth(n.cfg.Name, ec.ID)
+	ends, err := veth.Pair(ctx, h.cfg.NS, veth.Config{Name: name, MTU: h.mtu, Up: true,
+		Peer: veth.End{NS: ec.NS, Name: ec.IfName, MAC: mac}})
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { veth.Delete(context.WithoutCancel(ctx), h.cfg.NS, name) })
+	hn, err := h.cfg.NS.Netlink()
+	if err != nil {
+		return fail(err)
+	}
+	br, err := hn.LinkByName(bridgeName(n.cfg.VNI))
+	if err == nil {
+		err = hn.LinkSetMasterByIndex(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Host.Index}}, br.Attrs().Index)
+	}
+	if err != nil {
+		return fail(&netns.OpError{Op: "overlay.attach", NS: h.cfg.NS.String(), Name: name, Err: err})
+	}
+	cn, err := ec.NS.Netlink()
+	if err != nil {
+		return fail(err)
+	}
+	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: ends.Peer.MAC, MTU: h.mtu}
+	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: ends.Peer.MAC.String()}
+	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Peer.Index}}
+	for _, l := range alloc.Leases() {
+		a := &netlink.Addr{IPNet: ipnet.From(l.Addr)}
+		if l.Addr.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := cn.AddrAdd(peer, a); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fail(&netns.OpError{Op: "overlay.attach", NS: ec.NS.String(), Name: ec.IfName, Err: err})
+		}
+		ep.Addrs = append(ep.Addrs, l.Addr)
+		rec.Addrs = append(rec.Addrs, l.Addr.Addr())
+	}
+	if err := h.put(ctx, n.epKey(ec.ID), encode(rec)); err != nil {
+		return fail(err)
+	}
+	return ep, nil
+}
+
+// Detach removes a container from the overlay: its record goes (the other
+// hosts drop it), then its veth pair and its addresses. An endpoint that
+// is gone is no error.
+func (n *Network) Detach(ctx context.Context, id string) error {
+	return n.h.detachKey(ctx, n.epKey(id))
+}
+
+// detachKey detaches the endpoint of key "ep/NET/HOST/ID" of this host.
+func (h *Host) detachKey(ctx context.Context, key string) error {
+	parts := strings.SplitN(strings.TrimPrefix(key, epPrefix), "/", 3)
+	if len(parts) != 3 {
+		return nil
+	}
+	network, id := parts[0], parts[2]
+	if err := h.del(ctx, key); err != nil {
+		return err
+	}
+	if err := veth.Delete(ctx, h.cfg.NS, hostVeth(network, id)); err != nil {
+		return err
+	}
+	return h.cfg.Alloc.Release(ctx, poolName(network), id)
+}

@@ -1,0 +1,140 @@
+package overlay
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/nsnet/nsnet/ipam"
+)
+
+// Errors, to match with errors.Is.
+var (
+	// ErrExists: a network of that name or VNI exists with other settings.
+	ErrExists = errors.New("overlay: exists with other settings")
+	// ErrNotFound: no such network.
+	ErrNotFound = errors.New("overlay: not found")
+	// ErrClosed: the Host was closed.
+	ErrClosed = errors.New("overlay: host closed")
+)
+
+// ValidationError is bad input, refused before the store or the kernel is
+// touched.
+type ValidationError struct {
+	Field  string
+	Value  any
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("overlay: %s %v: %s", e.Field, e.Value, e.Reason)
+}
+
+// MaxVNI is the highest VXLAN network identifier (24 bits).
+const MaxVNI = 1<<24 - 1
+
+// DefaultPort is the IANA VXLAN port.
+const DefaultPort = 4789
+
+// vxlanOverhead is what VXLAN over IPv4 adds to a frame: outer IPv4 (20),
+// UDP (8), VXLAN (8) and the inner Ethernet header (14) headers.
+const vxlanOverhead = 50
+
+// Config describes an overlay network, like `docker network create
+// --driver overlay`: the same on every host.
+type Config struct {
+	// Name names the network; 1 to 64 letters, digits, '_', '.' and '-'.
+	Name string
+	// VNI is the VXLAN network identifier, 1 to MaxVNI.
+	VNI uint32
+	// Subnets with their gateways; required (the same on every host).
+	Subnets []ipam.SubnetConfig
+	// Port is the VXLAN UDP port; 0: DefaultPort.
+	Port int
+}
+
+// Validate reports what is wrong with c.
+func (c Config) Validate() error {
+	if r := checkName(c.Name); r != "" {
+		return &ValidationError{"Name", c.Name, r}
+	}
+	if c.VNI == 0 || c.VNI > MaxVNI {
+		return &ValidationError{"VNI", c.VNI, fmt.Sprintf("not within 1 and %d", MaxVNI)}
+	}
+	if len(c.Subnets) == 0 {
+		return &ValidationError{"Subnets", nil, "none given: an overlay needs the same subnets on every host"}
+	}
+	for _, s := range c.Subnets {
+		if !s.Subnet.IsValid() {
+			return &ValidationError{"Subnets", s.Subnet, "not a prefix"}
+		}
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return &ValidationError{"Port", c.Port, "not a port"}
+	}
+	return nil
+}
+
+func checkName(s string) string {
+	switch {
+	case s == "":
+		return "empty"
+	case len(s) > 64:
+		return "longer than 64 bytes"
+	}
+	for i, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || i > 0 && (r == '_' || r == '.' || r == '-')
+		if !ok {
+			return "only letters, digits, '_', '.' and '-', starting with a letter or digit"
+		}
+	}
+	return ""
+}
+
+// Keys in the store, under the Host's prefix:
+//
+//	net/NAME          a network's Config (JSON)
+//	host/HOST         a host's VTEP and its last heartbeat
+//	ep/NAME/HOST/ID   an endpoint: its MAC and addresses
+const (
+	netPrefix  = "net/"
+	hostPrefix = "host/"
+	epPrefix   = "ep/"
+)
+
+// hostRecord is what a host publishes of itself.
+type hostRecord struct {
+	VTEP netip.Addr `json:"vtep"`
+	// Seen is the host's last heartbeat.
+	Seen time.Time `json:"seen"`
+}
+
+// epRecord is what a host publishes of one of its endpoints.
+type epRecord struct {
+	Host  string       `json:"host"`
+	VTEP  netip.Addr   `json:"vtep"`
+	MAC   string       `json:"mac"`
+	Addrs []netip.Addr `json:"addrs"`
+}
+
+func (r epRecord) mac() net.HardwareAddr {
+	m, _ := net.ParseMAC(r.MAC)
+	return m
+}
+
+func encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only our own types, which always marshal
+	}
+	return b
+}
+
+// ifNames are the per-host devices of a network: its bridge and its
+// VXLAN device, named by the VNI so that each host finds them.
+func bridgeName(vni uint32) string { return "ovbr" + strconv.FormatUint(uint64(vni), 16) }
+func vxlanName(vni uint32) string  { return "ovvx" + strconv.FormatUint(uint64(vni), 16) }

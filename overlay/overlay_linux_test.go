@@ -1,0 +1,263 @@
+package overlay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/overlay"
+	"github.com/vishvananda/netlink"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
+
+// cluster is n hosts on an underlay, joined to the overlays on one store.
+type cluster struct {
+	topo  *nstest.Topology
+	store ipam.Store
+	hosts []*overlay.Host
+}
+
+func newCluster(t *testing.T, n int, store ipam.Store) *cluster {
+	t.Helper()
+	return joinCluster(t, nstest.Underlay(t, n), store)
+}
+
+// joinCluster joins the hosts of topo to the overlays of store.
+func joinCluster(t *testing.T, topo *nstest.Topology, store ipam.Store) *cluster {
+	t.Helper()
+	c := &cluster{topo: topo, store: store}
+	for i, th := range c.topo.Hosts {
+		alloc, err := ipam.New(store, ipam.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
+			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := h.Close(context.Background()); err != nil {
+				t.Errorf("Close host%d: %v", i+1, err)
+			}
+		})
+		c.hosts = append(c.hosts, h)
+	}
+	return c
+}
+
+// attach attaches a new container of host i to the network.
+func (c *cluster) attach(t *testing.T, i int, network, id string) (*netns.NS, netip.Addr) {
+	t.Helper()
+	n, err := c.hosts[i].Network(t.Context(), network)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := nstest.Container(t, c.topo.Hosts[i].NS)
+	ep, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: id, NS: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Detach(context.Background(), id) })
+	return ns, ep.Addrs[0].Addr()
+}
+
+// eventually retries f for up to 3 s: the control plane is asynchronous.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s: %v", what, err)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func subnets(p string) []ipam.SubnetConfig {
+	return []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix(p), Gateway: netip.MustParsePrefix(p).Addr().Next()}}
+}
+
+// TestThreeHosts is S11: a network created on host1 exists on all three;
+// containers on each get distinct addresses and reach each other over ICMP
+// and TCP across hosts, with the MTU derived from the underlay's.
+func TestThreeHosts(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3, ipam.NewMemoryStore())
+	cfg := overlay.Config{Name: "ov", VNI: 4096, Subnets: []ipam.SubnetConfig{{
+		Subnet: netip.MustParsePrefix("172.30.0.0/16"), Gateway: netip.MustParseAddr("172.30.0.254")}}}
+	if _, err := c.hosts[0].Create(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The others see it without being told.
+	for i, th := range c.topo.Hosts[1:] {
+		eventually(t, fmt.Sprint("host", i+2, " has the network's devices"), func() error {
+			names := nstest.LinkNames(t, th.NS)
+			for _, n := range names {
+				if n == "ovvx1000" {
+					return nil
+				}
+			}
+			return fmt.Errorf("links %v", names)
+		})
+	}
+	var ctrs []*netns.NS
+	var addrs []netip.Addr
+	seen := map[netip.Addr]bool{}
+	for i := range 3 {
+		ns, a := c.attach(t, i, "ov", fmt.Sprint("c", i+1))
+		if seen[a] {
+			t.Fatalf("address %s handed out twice", a)
+		}
+		seen[a] = true
+		ctrs, addrs = append(ctrs, ns), append(addrs, a)
+	}
+	if addrs[0] != netip.MustParseAddr("172.30.0.1") {
+		t.Errorf("first address %s, want 172.30.0.1", addrs[0])
+	}
+	for i := range 3 {
+		for j := range 3 {
+			if i == j {
+				continue
+			}
+			eventually(t, fmt.Sprintf("c%d pings c%d", i+1, j+1), func() error {
+				return nstest.Ping(t.Context(), ctrs[i], addrs[j])
+			})
+		}
+	}
+	nstest.Serve(t, ctrs[2], "tcp", "0.0.0.0:80")
+	r, err := nstest.Exchange(t.Context(), ctrs[0], "tcp", netip.AddrPortFrom(addrs[2], 80).String(), "x")
+	if err != nil || r.Peer.Addr() != addrs[0] {
+		t.Errorf("TCP from c1 to c3 across hosts: %+v, %v", r, err)
+	}
+	l, err := ctrs[0].Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth0, err := l.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mtu := eth0.Attrs().MTU; mtu != 1500-50 {
+		t.Errorf("container MTU %d, want the underlay's 1500 minus 50", mtu)
+	}
+
+	// Detach on host2: the others drop its entries.
+	n2, _ := c.hosts[1].Network(t.Context(), "ov")
+	if err := n2.Detach(t.Context(), "c2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 2} {
+		eventually(t, fmt.Sprintf("host%d drops c2's neighbour entry", i+1), func() error {
+			if neighOf(t, c.topo.Hosts[i].NS, "ovvx1000", addrs[1]) {
+				return errors.New("still there")
+			}
+			return nil
+		})
+	}
+}
+
+func neighOf(t *testing.T, ns *netns.NS, dev string, addr netip.Addr) bool {
+	t.Helper()
+	h, err := ns.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		return false
+	}
+	ns4, err := h.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns4 {
+		if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSameSubnetOtherVNI: two overlays with one subnet and different VNIs
+// (two tenants, each with its own control plane) do not see each other,
+// although their containers have the same addresses.
+func TestSameSubnetOtherVNI(t *testing.T) {
+	t.Parallel()
+	blue := newCluster(t, 2, ipam.NewMemoryStore())
+	red := joinCluster(t, blue.topo, ipam.NewMemoryStore())
+	if _, err := blue.hosts[0].Create(t.Context(), overlay.Config{Name: "blue", VNI: 100, Subnets: subnets("10.60.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := red.hosts[0].Create(t.Context(), overlay.Config{Name: "red", VNI: 200, Subnets: subnets("10.60.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	b1, _ := blue.attach(t, 0, "blue", "b1")
+	b2, b2Addr := blue.attach(t, 1, "blue", "b2")
+	r1, _ := red.attach(t, 0, "red", "r1")
+	r2, r2Addr := red.attach(t, 1, "red", "r2")
+	if b2Addr != r2Addr {
+		t.Fatalf("the test wants the same address on both: %s, %s", b2Addr, r2Addr)
+	}
+	nstest.Serve(t, b2, "tcp", "0.0.0.0:80")
+	nstest.Serve(t, r2, "tcp", "0.0.0.0:81")
+	tcp := func(from *netns.NS, port uint16) error {
+		_, err := nstest.Exchange(t.Context(), from, "tcp", netip.AddrPortFrom(b2Addr, port).String(), "x")
+		return err
+	}
+	eventually(t, "blue reaches blue", func() error { return tcp(b1, 80) })
+	eventually(t, "red reaches red", func() error { return tcp(r1, 81) })
+	if tcp(b1, 81) == nil {
+		t.Error("blue reaches red's server")
+	}
+	if tcp(r1, 80) == nil {
+		t.Error("red reaches blue's server")
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 1, ipam.NewMemoryStore())
+	var ve *overlay.ValidationError
+	for _, cfg := range []overlay.Config{
+		{Name: "a", VNI: 0, Subnets: subnets("10.62.0.0/24")},
+		{Name: "a", VNI: overlay.MaxVNI + 1, Subnets: subnets("10.62.0.0/24")},
+		{Name: "a", VNI: 5},
+		{Name: "", VNI: 5, Subnets: subnets("10.62.0.0/24")},
+	} {
+		if _, err := c.hosts[0].Create(t.Context(), cfg); !errors.As(err, &ve) {
+			t.Errorf("Create(%+v): %v, want a *ValidationError", cfg, err)
+		}
+	}
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "a", VNI: 5, Subnets: subnets("10.62.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "a", VNI: 5, Subnets: subnets("10.62.0.0/24")}); err != nil {
+		t.Errorf("the same network again: %v", err)
+	}
+	for _, cfg := range []overlay.Config{
+		{Name: "a", VNI: 6, Subnets: subnets("10.62.0.0/24")}, // other settings
+		{Name: "b", VNI: 5, Subnets: subnets("10.63.0.0/24")}, // a VNI in use
+	} {
+		if _, err := c.hosts[0].Create(t.Context(), cfg); !errors.Is(err, overlay.ErrExists) {
+			t.Errorf("Create(%+v): %v, want ErrExists", cfg, err)
+		}
+	}
+	_, err := overlay.Join(t.Context(), overlay.HostConfig{NS: c.topo.Hosts[0].NS, Name: "x",
+		VTEP: netip.MustParseAddr("192.0.2.1"), Store: c.store, Alloc: nil})
+	if !errors.As(err, &ve) {
+		t.Errorf("Join without an allocator: %v", err)
+	}
+}
