@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,6 +26,12 @@ type entry struct {
 	vni  uint32
 	mac  string     // fdb, neigh
 	ip   netip.Addr // fdb and flood: the VTEP; neigh: the endpoint's address
+}
+
+// beat is the last change of a host's record, by the observer's clock.
+type beat struct {
+	val string
+	at  time.Time
 }
 
 const (
@@ -52,6 +59,27 @@ func (h *Host) run(ctx context.Context) {
 		}
 	}()
 	defer func() { <-programmed }()
+	// The heartbeat: the host's record changes every third of the TTL, and
+	// the kernel is checked against the others' heartbeats as often.
+	beating := make(chan struct{})
+	go func() {
+		defer close(beating)
+		t := time.NewTicker(h.cfg.LeaseTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				rec := encode(hostRecord{VTEP: h.cfg.VTEP, Seen: time.Now()})
+				if err := h.put(ctx, hostPrefix+h.cfg.Name, rec); err != nil && ctx.Err() == nil {
+					h.cfg.Logger.Error("overlay: heartbeat", "err", err)
+				}
+				h.kick()
+			}
+		}
+	}()
+	defer func() { <-beating }()
 	first := true
 	for ctx.Err() == nil {
 		kvs, rev, err := h.cfg.Store.List(ctx, h.cfg.Prefix)
@@ -134,6 +162,11 @@ func (h *Host) program() {
 		}
 	}
 
+	alive, reap, lost := h.liveness()
+	if len(reap)+len(lost) > 0 {
+		go h.repair(reap, lost)
+	}
+
 	want := map[entry]bool{}
 	for k, v := range h.view {
 		rest, ok := strings.CutPrefix(k, epPrefix)
@@ -143,7 +176,7 @@ func (h *Host) program() {
 		network, _, _ := strings.Cut(rest, "/")
 		vni, ok := h.local[network]
 		var r epRecord
-		if !ok || json.Unmarshal(v, &r) != nil || r.Host == h.cfg.Name {
+		if !ok || json.Unmarshal(v, &r) != nil || r.Host == h.cfg.Name || !alive[r.Host] {
 			continue
 		}
 		want[entry{kind: fdbEntry, vni: vni, mac: r.MAC, ip: r.VTEP}] = true
@@ -209,5 +242,79 @@ func (h *Host) entry(nl *netlink.Handle, e entry, add bool) error {
 		return err
 	default:
 		return nl.NeighSet(n)
+	}
+}
+
+// liveness updates the heartbeats from the view and returns the hosts that
+// are alive, the keys of the dead ones (their record and endpoints, to
+// delete), and this host's endpoint records missing from the store (to
+// publish again: another host took this one for dead). h.mu is held.
+func (h *Host) liveness() (alive map[string]bool, reap []string, lost map[string][]byte) {
+	now := time.Now()
+	alive = map[string]bool{h.cfg.Name: true}
+	var deadHosts []string
+	for k, v := range h.view {
+		name, ok := strings.CutPrefix(k, hostPrefix)
+		if !ok || name == h.cfg.Name {
+			continue
+		}
+		b, seen := h.beats[name]
+		if !seen || b.val != string(v) {
+			b = beat{val: string(v), at: now}
+			h.beats[name] = b
+		}
+		if now.Sub(b.at) <= h.cfg.LeaseTTL {
+			alive[name] = true
+		} else {
+			deadHosts = append(deadHosts, k)
+		}
+	}
+	for name := range h.beats {
+		if _, ok := h.view[hostPrefix+name]; !ok {
+			delete(h.beats, name)
+		}
+	}
+	// Endpoints first, then their host, as a goodbye does.
+	for k := range h.view {
+		if rest, ok := strings.CutPrefix(k, epPrefix); ok {
+			parts := strings.SplitN(rest, "/", 3)
+			if len(parts) == 3 && slices.Contains(deadHosts, hostPrefix+parts[1]) {
+				reap = append(reap, k)
+			}
+		}
+	}
+	reap = append(reap, deadHosts...)
+	for k, v := range h.mine {
+		if _, ok := h.view[k]; !ok {
+			if lost == nil {
+				lost = map[string][]byte{}
+			}
+			lost[k] = v
+		}
+	}
+	return alive, reap, lost
+}
+
+// repair deletes the records of dead hosts and publishes this host's lost
+// endpoint records again.
+func (h *Host) repair(reap []string, lost map[string][]byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.LeaseTTL)
+	defer cancel()
+	for _, k := range reap {
+		if err := h.del(ctx, k); err != nil {
+			h.cfg.Logger.Error("overlay: remove a dead host's record", "key", k, "err", err)
+		}
+	}
+	for k, v := range lost {
+		if _, err := h.cfg.Store.CAS(ctx, ipam.Op{Key: h.key(k), Value: v}); err != nil && !errors.Is(err, ipam.ErrConflict) {
+			h.cfg.Logger.Error("overlay: publish an endpoint again", "key", k, "err", err)
+			continue
+		}
+		h.mu.Lock()
+		_, still := h.mine[k]
+		h.mu.Unlock()
+		if !still { // detached meanwhile
+			h.del(ctx, k)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/nlerr"
@@ -41,6 +42,10 @@ type HostConfig struct {
 	Alloc *ipam.Allocator
 	// Prefix of the control plane's keys in Store; "" is "overlay/".
 	Prefix string
+	// LeaseTTL is how long a host stays in the others' kernels after its
+	// last heartbeat (it beats every third of it); 0 is 10 s. A host that
+	// dies without Close is removed from the others after it.
+	LeaseTTL time.Duration
 	// Logger, if set, gets the control plane's errors.
 	Logger *slog.Logger
 }
@@ -58,6 +63,12 @@ type Host struct {
 	view   map[string][]byte // the store's keys under the prefix, as last seen
 	local  map[string]uint32 // networks whose devices exist here: name -> VNI
 	prog   map[entry]bool    // what the control plane has put into the kernel
+	mine   map[string][]byte // this host's endpoint records, to publish again if lost
+	// beats holds, per host record seen, its value and when (by this
+	// host's clock) it last changed: a host whose record has not changed
+	// for LeaseTTL is dead. Judging by the observer's clock makes no two
+	// hosts' clocks need to agree.
+	beats map[string]beat
 	ready  chan struct{}     // closed once the first List is applied
 	wakeup chan struct{}     // the view changed: program the kernel
 
@@ -84,14 +95,21 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
+	if cfg.LeaseTTL < 30*time.Millisecond {
+		return nil, &ValidationError{"LeaseTTL", cfg.LeaseTTL, "under 30 ms"}
+	}
 	link, err := linkWithAddr(cfg.NS, cfg.VTEP)
 	if err != nil {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
 		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
+		mine: map[string][]byte{}, beats: map[string]beat{},
 		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
-	if err := h.put(ctx, hostPrefix+cfg.Name, encode(hostRecord{VTEP: cfg.VTEP})); err != nil {
+	if err := h.put(ctx, hostPrefix+cfg.Name, encode(hostRecord{VTEP: cfg.VTEP, Seen: time.Now()})); err != nil {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -435,7 +453,14 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		ep.Addrs = append(ep.Addrs, l.Addr)
 		rec.Addrs = append(rec.Addrs, l.Addr.Addr())
 	}
-	if err := h.put(ctx, n.epKey(ec.ID), encode(rec)); err != nil {
+	val := encode(rec)
+	h.mu.Lock()
+	h.mine[n.epKey(ec.ID)] = val
+	h.mu.Unlock()
+	if err := h.put(ctx, n.epKey(ec.ID), val); err != nil {
+		h.mu.Lock()
+		delete(h.mine, n.epKey(ec.ID))
+		h.mu.Unlock()
 		return fail(err)
 	}
 	return ep, nil
@@ -455,6 +480,9 @@ func (h *Host) detachKey(ctx context.Context, key string) error {
 		return nil
 	}
 	network, id := parts[0], parts[2]
+	h.mu.Lock()
+	delete(h.mine, key)
+	h.mu.Unlock()
 	if err := h.del(ctx, key); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,11 +27,12 @@ type cluster struct {
 
 func newCluster(t *testing.T, n int, store ipam.Store) *cluster {
 	t.Helper()
-	return joinCluster(t, nstest.Underlay(t, n), store)
+	return joinCluster(t, nstest.Underlay(t, n), store, 0)
 }
 
-// joinCluster joins the hosts of topo to the overlays of store.
-func joinCluster(t *testing.T, topo *nstest.Topology, store ipam.Store) *cluster {
+// joinCluster joins the hosts of topo to the overlays of store, with
+// leases of ttl (0: the default).
+func joinCluster(t *testing.T, topo *nstest.Topology, store ipam.Store, ttl time.Duration) *cluster {
 	t.Helper()
 	c := &cluster{topo: topo, store: store}
 	for i, th := range c.topo.Hosts {
@@ -39,7 +41,7 @@ func joinCluster(t *testing.T, topo *nstest.Topology, store ipam.Store) *cluster
 			t.Fatal(err)
 		}
 		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
-			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc})
+			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc, LeaseTTL: ttl})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +199,7 @@ func neighOf(t *testing.T, ns *netns.NS, dev string, addr netip.Addr) bool {
 func TestSameSubnetOtherVNI(t *testing.T) {
 	t.Parallel()
 	blue := newCluster(t, 2, ipam.NewMemoryStore())
-	red := joinCluster(t, blue.topo, ipam.NewMemoryStore())
+	red := joinCluster(t, blue.topo, ipam.NewMemoryStore(), 0)
 	if _, err := blue.hosts[0].Create(t.Context(), overlay.Config{Name: "blue", VNI: 100, Subnets: subnets("10.60.0.0/24")}); err != nil {
 		t.Fatal(err)
 	}
@@ -259,5 +261,48 @@ func TestBadInput(t *testing.T) {
 		VTEP: netip.MustParseAddr("192.0.2.1"), Store: c.store, Alloc: nil})
 	if !errors.As(err, &ve) {
 		t.Errorf("Join without an allocator: %v", err)
+	}
+}
+
+// TestDeadHost: a host that dies without a goodbye disappears from the
+// others' kernels and from the store after its lease; the others keep
+// talking.
+func TestDeadHost(t *testing.T) {
+	t.Parallel()
+	store := ipam.NewMemoryStore()
+	c := joinCluster(t, nstest.Underlay(t, 3), store, 300*time.Millisecond)
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 7, Subnets: subnets("10.64.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	c1, _ := c.attach(t, 0, "ov", "c1")
+	_, a2 := c.attach(t, 1, "ov", "c2")
+	_, a3 := c.attach(t, 2, "ov", "c3")
+	eventually(t, "c1 reaches c3", func() error { return nstest.Ping(t.Context(), c1, a3) })
+
+	c.hosts[2].Crash()
+	for _, i := range []int{0, 1} {
+		eventually(t, fmt.Sprintf("host%d drops the dead host3's endpoint", i+1), func() error {
+			if neighOf(t, c.topo.Hosts[i].NS, "ovvx7", a3) {
+				return errors.New("still there")
+			}
+			return nil
+		})
+	}
+	eventually(t, "host3's records leave the store", func() error {
+		kvs, _, err := store.List(t.Context(), "overlay/")
+		if err != nil {
+			return err
+		}
+		for _, kv := range kvs {
+			if strings.Contains(kv.Key, "host3") {
+				return fmt.Errorf("%s is left", kv.Key)
+			}
+		}
+		return nil
+	})
+	// The living stay: their heartbeats go on.
+	time.Sleep(600 * time.Millisecond)
+	if err := nstest.Ping(t.Context(), c1, a2); err != nil {
+		t.Errorf("c1 to c2 after host3 died: %v", err)
 	}
 }
