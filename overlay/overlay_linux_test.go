@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
@@ -305,4 +306,53 @@ func TestDeadHost(t *testing.T) {
 	if err := nstest.Ping(t.Context(), c1, a2); err != nil {
 		t.Errorf("c1 to c2 after host3 died: %v", err)
 	}
+}
+
+// TestEtcd runs three hosts on a real etcd server, each with its own
+// client, and restarts the server: the hosts' watches resume, and changes
+// made after the restart reach every host.
+func TestEtcd(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	topo := nstest.Underlay(t, 3)
+	var hosts []*overlay.Host
+	for i, th := range topo.Hosts {
+		store := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
+		alloc, err := ipam.New(store, ipam.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
+			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc, LeaseTTL: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close(context.Background()) })
+		hosts = append(hosts, h)
+	}
+	c := &cluster{topo: topo, hosts: hosts}
+	if _, err := hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 9, Subnets: subnets("10.65.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	c1, _ := c.attach(t, 0, "ov", "c1")
+	_, a2 := c.attach(t, 1, "ov", "c2")
+	c3, a3 := c.attach(t, 2, "ov", "c3")
+	eventually(t, "c1 reaches c3 on etcd", func() error { return nstest.Ping(t.Context(), c1, a3) })
+
+	srv.Restart(t)
+	_, a4 := c.attach(t, 0, "ov", "c4")
+	eventually(t, "after etcd's restart, c3 reaches the new c4", func() error { return nstest.Ping(t.Context(), c3, a4) })
+	n2, err := hosts[1].Network(t.Context(), "ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Detach(t.Context(), "c2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "host1 drops c2 after etcd's restart", func() error {
+		if neighOf(t, topo.Hosts[0].NS, "ovvx9", a2) {
+			return errors.New("still there")
+		}
+		return nil
+	})
 }
