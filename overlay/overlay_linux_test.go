@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -355,4 +356,61 @@ func TestEtcd(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestConcurrentAttach: three hosts attach 50 containers each at the same
+// time, with addresses from one pool on etcd: no address twice.
+func TestConcurrentAttach(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	topo := nstest.Underlay(t, 3)
+	var hosts []*overlay.Host
+	for i, th := range topo.Hosts {
+		store := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
+		alloc, err := ipam.New(store, ipam.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
+			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close(context.Background()) })
+		hosts = append(hosts, h)
+	}
+	if _, err := hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 11, Subnets: subnets("10.66.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	owner := map[netip.Addr]string{}
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		n, err := h.Network(t.Context(), "ov")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range 50 {
+			id := fmt.Sprintf("h%dc%d", i+1, j)
+			ns := nstest.Container(t, topo.Hosts[i].NS)
+			wg.Go(func() {
+				ep, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: id, NS: ns})
+				if err != nil {
+					t.Errorf("attach %s: %v", id, err)
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				a := ep.Addrs[0].Addr()
+				if other, taken := owner[a]; taken {
+					t.Errorf("%s has %s, which %s has too", id, a, other)
+				}
+				owner[a] = id
+			})
+		}
+	}
+	wg.Wait()
+	if len(owner) != 150 {
+		t.Errorf("%d distinct addresses for 150 containers", len(owner))
+	}
 }
