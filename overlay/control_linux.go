@@ -151,10 +151,16 @@ func (h *Host) program() {
 			}
 		}
 	}
+	// A network leaves when the view loses it; one that Network made from
+	// the store before the view had it stays.
 	for name, vni := range h.local {
-		if cfg, ok := defs[name]; !ok || cfg.VNI != vni {
+		if cfg, ok := defs[name]; ok && cfg.VNI != vni || !ok && h.defined[name] {
 			h.removeLocal(name, vni)
 		}
+	}
+	clear(h.defined)
+	for name := range defs {
+		h.defined[name] = true
 	}
 	for _, cfg := range defs {
 		if err := h.ensureLocal(cfg); err != nil {

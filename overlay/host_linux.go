@@ -14,9 +14,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/veth"
 	"github.com/vishvananda/netlink"
@@ -40,6 +42,10 @@ type HostConfig struct {
 	// Alloc hands out the overlays' addresses; it must be on the same
 	// store, so that no two hosts give out one address.
 	Alloc *ipam.Allocator
+	// GatewayAlloc hands out the addresses of the host's gateway bridge,
+	// which are the host's own: an allocator on a store of this host
+	// (ipam.OpenFileStore). Nil: one in memory, for the process's life.
+	GatewayAlloc *ipam.Allocator
 	// Prefix of the control plane's keys in Store; "" is "overlay/".
 	Prefix string
 	// LeaseTTL is how long a host stays in the others' kernels after its
@@ -62,19 +68,64 @@ type Host struct {
 	closed bool
 	view   map[string][]byte // the store's keys under the prefix, as last seen
 	local  map[string]uint32 // networks whose devices exist here: name -> VNI
-	prog   map[entry]bool    // what the control plane has put into the kernel
-	mine   map[string][]byte // this host's endpoint records, to publish again if lost
+	// defined: the networks the view held when the kernel was last
+	// programmed.
+	defined map[string]bool
+	prog    map[entry]bool    // what the control plane has put into the kernel
+	mine    map[string][]byte // this host's endpoint records, to publish again if lost
 	// beats holds, per host record seen, its value and when (by this
 	// host's clock) it last changed: a host whose record has not changed
 	// for LeaseTTL is dead. Judging by the observer's clock makes no two
 	// hosts' clocks need to agree.
-	beats map[string]beat
-	ready  chan struct{}     // closed once the first List is applied
-	wakeup chan struct{}     // the view changed: program the kernel
+	beats  map[string]beat
+	ready  chan struct{} // closed once the first List is applied
+	wakeup chan struct{} // the view changed: program the kernel
+
+	gwMu sync.Mutex
+	gw   *bridge.Network // the gateway bridge, made at the first need
 
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// gatewayName is the host's gateway bridge network, for egress.
+const gatewayName = "overlay_gwbridge"
+
+// gateway returns the host's gateway bridge network, creating it (with
+// its masquerade) at the first call.
+func (h *Host) gateway(ctx context.Context) (*bridge.Network, error) {
+	h.gwMu.Lock()
+	defer h.gwMu.Unlock()
+	if h.gw != nil {
+		return h.gw, nil
+	}
+	alloc := h.cfg.GatewayAlloc
+	if alloc == nil {
+		var err error
+		if alloc, err = ipam.New(ipam.NewMemoryStore(), ipam.Config{}); err != nil {
+			return nil, err
+		}
+		h.cfg.GatewayAlloc = alloc
+	}
+	gw, err := bridge.New(ctx, h.cfg.NS, alloc, bridge.Config{Name: gatewayName, Bridge: "ovgwbridge"})
+	if err != nil {
+		return nil, err
+	}
+	cfg := gw.Config()
+	masq := nat.Network{Bridge: cfg.Bridge}
+	for _, s := range cfg.Subnets {
+		masq.Subnets = append(masq.Subnets, s.Subnet)
+	}
+	if err := nat.Masquerade(ctx, h.cfg.NS, masq); err != nil {
+		gw.Delete(context.WithoutCancel(ctx), true)
+		return nil, err
+	}
+	h.gw = gw
+	return gw, nil
+}
+
+// gatewayID is an endpoint's ID on the gateway bridge.
+func gatewayID(network, id string) string { return network + "." + id }
 
 // Join starts the host's part of the overlays: it publishes the host,
 // creates the devices of every network defined in the store, and keeps the
@@ -107,7 +158,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 	}
 	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
 		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
-		mine: map[string][]byte{}, beats: map[string]beat{},
+		mine: map[string][]byte{}, beats: map[string]beat{}, defined: map[string]bool{},
 		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := h.put(ctx, hostPrefix+cfg.Name, encode(hostRecord{VTEP: cfg.VTEP, Seen: time.Now()})); err != nil {
 		return nil, err
@@ -342,6 +393,12 @@ func (h *Host) Close(ctx context.Context) error {
 		h.removeLocal(name, vni)
 	}
 	h.mu.Unlock()
+	h.gwMu.Lock()
+	if h.gw != nil {
+		errs = append(errs, h.gw.Delete(ctx, true))
+		h.gw = nil
+	}
+	h.gwMu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -453,6 +510,17 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		ep.Addrs = append(ep.Addrs, l.Addr)
 		rec.Addrs = append(rec.Addrs, l.Addr.Addr())
 	}
+	if !n.cfg.Internal {
+		gw, err := h.gateway(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		gid := gatewayID(n.cfg.Name, ec.ID)
+		if _, err := gw.Attach(ctx, bridge.EndpointConfig{ID: gid, NS: ec.NS, DefaultRoute: true}); err != nil {
+			return fail(fmt.Errorf("overlay: attach %s to the gateway bridge: %w", ec.ID, err))
+		}
+		undo = append(undo, func() { gw.Detach(context.WithoutCancel(ctx), gid) })
+	}
 	val := encode(rec)
 	h.mu.Lock()
 	h.mine[n.epKey(ec.ID)] = val
@@ -488,6 +556,14 @@ func (h *Host) detachKey(ctx context.Context, key string) error {
 	}
 	if err := veth.Delete(ctx, h.cfg.NS, hostVeth(network, id)); err != nil {
 		return err
+	}
+	h.gwMu.Lock()
+	gw := h.gw
+	h.gwMu.Unlock()
+	if gw != nil {
+		if err := gw.Detach(ctx, gatewayID(network, id)); err != nil {
+			return err
+		}
 	}
 	return h.cfg.Alloc.Release(ctx, poolName(network), id)
 }

@@ -55,6 +55,10 @@ type Config struct {
 	Subnets []ipam.SubnetConfig
 	// Port is the VXLAN UDP port; 0: DefaultPort.
 	Port int
+	// Internal networks have no egress. The others' containers reach the
+	// outside through their host's gateway bridge (Docker's
+	// docker_gwbridge), masqueraded.
+	Internal bool `json:",omitempty"`
 }
 
 // Validate reports what is wrong with c.

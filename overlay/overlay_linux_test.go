@@ -202,10 +202,12 @@ func TestSameSubnetOtherVNI(t *testing.T) {
 	t.Parallel()
 	blue := newCluster(t, 2, ipam.NewMemoryStore())
 	red := joinCluster(t, blue.topo, ipam.NewMemoryStore(), 0)
-	if _, err := blue.hosts[0].Create(t.Context(), overlay.Config{Name: "blue", VNI: 100, Subnets: subnets("10.60.0.0/24")}); err != nil {
+	// Internal: the two control planes would each want the hosts' gateway
+	// bridge.
+	if _, err := blue.hosts[0].Create(t.Context(), overlay.Config{Name: "blue", VNI: 100, Subnets: subnets("10.60.0.0/24"), Internal: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := red.hosts[0].Create(t.Context(), overlay.Config{Name: "red", VNI: 200, Subnets: subnets("10.60.0.0/24")}); err != nil {
+	if _, err := red.hosts[0].Create(t.Context(), overlay.Config{Name: "red", VNI: 200, Subnets: subnets("10.60.0.0/24"), Internal: true}); err != nil {
 		t.Fatal(err)
 	}
 	b1, _ := blue.attach(t, 0, "blue", "b1")
@@ -412,5 +414,31 @@ func TestConcurrentAttach(t *testing.T) {
 	wg.Wait()
 	if len(owner) != 150 {
 		t.Errorf("%d distinct addresses for 150 containers", len(owner))
+	}
+}
+
+// TestEgress: an overlay's containers reach beyond their host through its
+// gateway bridge, masqueraded behind the host's address; an internal
+// overlay's do not.
+func TestEgress(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2, ipam.NewMemoryStore())
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 12, Subnets: subnets("10.67.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "int", VNI: 13, Subnets: subnets("10.68.0.0/24"), Internal: true}); err != nil {
+		t.Fatal(err)
+	}
+	ctr, _ := c.attach(t, 0, "ov", "c1")
+	inner, _ := c.attach(t, 0, "int", "c2")
+	// "The outside": a server on the other host's underlay address.
+	outside := c.topo.Hosts[1]
+	srv := nstest.Serve(t, outside.NS, "tcp", outside.Addr.Addr().String()+":80")
+	r, err := nstest.Exchange(t.Context(), ctr, "tcp", srv.Addr.String(), "x")
+	if err != nil || r.Peer.Addr() != c.topo.Hosts[0].Addr.Addr() {
+		t.Errorf("egress: %+v, %v; want the server to see host1's address %s", r, err, c.topo.Hosts[0].Addr.Addr())
+	}
+	if _, err := nstest.Exchange(t.Context(), inner, "tcp", srv.Addr.String(), "x"); err == nil {
+		t.Error("a container of an internal overlay reached beyond its host")
 	}
 }
