@@ -239,6 +239,9 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
 	}
+	if cfg.MTU > h.mtu {
+		return nil, &ValidationError{"MTU", cfg.MTU, fmt.Sprintf("does not fit the underlay: at most %d", h.mtu)}
+	}
 	val := encode(cfg)
 	vniKey := h.key(fmt.Sprintf("vni/%d", cfg.VNI))
 	_, err := h.cfg.Store.CAS(ctx,
@@ -319,7 +322,13 @@ func (h *Host) ensureLocal(cfg Config) error {
 			return opErr("bridge", brName, err)
 		}
 	}
-	if _, err := nl.LinkByName(vxName); err != nil {
+	if vx, err := nl.LinkByName(vxName); err == nil {
+		// An earlier process made it: what it programmed is this
+		// process's to keep or remove.
+		if err := h.adopt(nl, vx, cfg.VNI); err != nil {
+			return opErr("vxlan", vxName, err)
+		}
+	} else {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU, attrs.MasterIndex = vxName, h.mtu, br.Attrs().Index
 		vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(cfg.VNI), VtepDevIndex: h.underlay,
@@ -340,6 +349,39 @@ func (h *Host) ensureLocal(cfg Config) error {
 	}
 	h.local[cfg.Name] = cfg.VNI
 	h.kick()
+	return nil
+}
+
+// adopt takes the entries an earlier process put on the VXLAN device into
+// h.prog, so that the next programming removes those that are stale.
+func (h *Host) adopt(nl *netlink.Handle, vx netlink.Link, vni uint32) error {
+	fdb, err := nl.NeighList(vx.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		return err
+	}
+	for _, n := range fdb {
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok || n.HardwareAddr == nil {
+			continue
+		}
+		e := entry{kind: fdbEntry, vni: vni, mac: n.HardwareAddr.String(), ip: ip.Unmap()}
+		if string(n.HardwareAddr) == string(make(net.HardwareAddr, 6)) {
+			e = entry{kind: floodEntry, vni: vni, ip: ip.Unmap()}
+		}
+		h.prog[e] = true
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		neigh, err := nl.NeighList(vx.Attrs().Index, fam)
+		if err != nil {
+			return err
+		}
+		for _, n := range neigh {
+			ip, ok := netip.AddrFromSlice(n.IP)
+			if ok && n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddr != nil {
+				h.prog[entry{kind: neighEntry, vni: vni, mac: n.HardwareAddr.String(), ip: ip.Unmap()}] = true
+			}
+		}
+	}
 	return nil
 }
 
@@ -400,6 +442,38 @@ func (h *Host) Close(ctx context.Context) error {
 	}
 	h.gwMu.Unlock()
 	return errors.Join(errs...)
+}
+
+// Delete removes a network from every host, like `docker network rm`: its
+// definition and address pool go from the store, and each host removes its
+// devices when it sees that. A network with endpoints on any host is
+// refused with ErrInUse; one that is gone is no error.
+func (h *Host) Delete(ctx context.Context, name string) error {
+	cfg, err := h.definition(ctx, name)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	eps, _, err := h.cfg.Store.List(ctx, h.key(epPrefix+name+"/"))
+	if err != nil {
+		return err
+	}
+	if len(eps) > 0 {
+		return fmt.Errorf("overlay: network %q has %d endpoints: %w", name, len(eps), ErrInUse)
+	}
+	if err := h.del(ctx, fmt.Sprintf("vni/%d", cfg.VNI)); err != nil {
+		return err
+	}
+	if err := h.del(ctx, netPrefix+name); err != nil {
+		return err
+	}
+	if err := h.cfg.Alloc.DeletePool(ctx, poolName(name)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
+		return err
+	}
+	h.kick()
+	return nil
 }
 
 // Network is an overlay network as seen from one host.
@@ -475,7 +549,11 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		mac = veth.RandomMAC()
 	}
 	name := hostVeth(n.cfg.Name, ec.ID)
-	ends, err := veth.Pair(ctx, h.cfg.NS, veth.Config{Name: name, MTU: h.mtu, Up: true,
+	mtu := h.mtu
+	if n.cfg.MTU != 0 {
+		mtu = min(mtu, n.cfg.MTU)
+	}
+	ends, err := veth.Pair(ctx, h.cfg.NS, veth.Config{Name: name, MTU: mtu, Up: true,
 		Peer: veth.End{NS: ec.NS, Name: ec.IfName, MAC: mac}})
 	if err != nil {
 		return fail(err)
@@ -496,7 +574,7 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if err != nil {
 		return fail(err)
 	}
-	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: ends.Peer.MAC, MTU: h.mtu}
+	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: ends.Peer.MAC, MTU: mtu}
 	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: ends.Peer.MAC.String()}
 	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Peer.Index}}
 	for _, l := range alloc.Leases() {

@@ -20,6 +20,8 @@ var (
 	ErrNotFound = errors.New("overlay: not found")
 	// ErrClosed: the Host was closed.
 	ErrClosed = errors.New("overlay: host closed")
+	// ErrInUse: the network still has endpoints on some host.
+	ErrInUse = errors.New("overlay: in use")
 )
 
 // ValidationError is bad input, refused before the store or the kernel is
@@ -55,6 +57,9 @@ type Config struct {
 	Subnets []ipam.SubnetConfig
 	// Port is the VXLAN UDP port; 0: DefaultPort.
 	Port int
+	// MTU of the containers' interfaces; 0: the underlay's MTU minus
+	// VXLAN's 50 bytes, which is also the most it can be.
+	MTU int `json:",omitempty"`
 	// Internal networks have no egress. The others' containers reach the
 	// outside through their host's gateway bridge (Docker's
 	// docker_gwbridge), masqueraded.
@@ -79,6 +84,9 @@ func (c Config) Validate() error {
 	}
 	if c.Port < 0 || c.Port > 65535 {
 		return &ValidationError{"Port", c.Port, "not a port"}
+	}
+	if c.MTU != 0 && c.MTU < 1280 {
+		return &ValidationError{"MTU", c.MTU, "under 1280"}
 	}
 	return nil
 }

@@ -181,7 +181,7 @@ func neighOf(t *testing.T, ns *netns.NS, dev string, addr netip.Addr) bool {
 	}
 	l, err := h.LinkByName(dev)
 	if err != nil {
-		return false
+		t.Fatalf("%s: %v", dev, err)
 	}
 	ns4, err := h.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
 	if err != nil {
@@ -440,5 +440,94 @@ func TestEgress(t *testing.T) {
 	}
 	if _, err := nstest.Exchange(t.Context(), inner, "tcp", srv.Addr.String(), "x"); err == nil {
 		t.Error("a container of an internal overlay reached beyond its host")
+	}
+}
+
+// TestRestart: a host whose process died comes back (a new Join on the
+// same namespace): it re-syncs from the store, removing the entries the
+// old process left for endpoints that went meanwhile, and keeps working.
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	store := ipam.NewMemoryStore()
+	c := newCluster(t, 2, store)
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x14, Subnets: subnets("10.69.0.0/24"), Internal: true}); err != nil {
+		t.Fatal(err)
+	}
+	c1, _ := c.attach(t, 0, "ov", "c1")
+	_, a2 := c.attach(t, 1, "ov", "c2")
+	eventually(t, "c1 reaches c2", func() error { return nstest.Ping(t.Context(), c1, a2) })
+
+	c.hosts[0].Crash()
+	n2, err := c.hosts[1].Network(t.Context(), "ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Detach(t.Context(), "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if !neighOf(t, c.topo.Hosts[0].NS, "ovvx14", a2) {
+		t.Fatal("the crashed host's kernel lost c2's entry by itself: the test shows nothing")
+	}
+	alloc, err := ipam.New(store, ipam.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := overlay.Join(t.Context(), overlay.HostConfig{NS: c.topo.Hosts[0].NS, Name: "host1",
+		VTEP: c.topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.Close(context.Background()) })
+	eventually(t, "the restarted host drops the stale entry of c2", func() error {
+		if neighOf(t, c.topo.Hosts[0].NS, "ovvx14", a2) {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	_, a3 := c.attach(t, 1, "ov", "c3")
+	eventually(t, "c1 reaches c3 after the restart", func() error { return nstest.Ping(t.Context(), c1, a3) })
+}
+
+// TestDelete: a network deleted on one host leaves every host; one with
+// endpoints is refused.
+func TestDelete(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2, ipam.NewMemoryStore())
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 15, Subnets: subnets("10.70.0.0/24"), Internal: true}); err != nil {
+		t.Fatal(err)
+	}
+	n1, err := c.hosts[0].Network(t.Context(), "ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := nstest.Container(t, c.topo.Hosts[0].NS)
+	if _, err := n1.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: ns}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.hosts[1].Delete(t.Context(), "ov"); !errors.Is(err, overlay.ErrInUse) {
+		t.Errorf("Delete with an endpoint: %v, want ErrInUse", err)
+	}
+	if err := n1.Detach(t.Context(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.hosts[1].Delete(t.Context(), "ov"); err != nil {
+		t.Fatal(err)
+	}
+	for i, th := range c.topo.Hosts {
+		eventually(t, fmt.Sprint("host", i+1, " removes the network's devices"), func() error {
+			for _, n := range nstest.LinkNames(t, th.NS) {
+				if strings.HasPrefix(n, "ov") {
+					return fmt.Errorf("%s is left", n)
+				}
+			}
+			return nil
+		})
+	}
+	if err := c.hosts[0].Delete(t.Context(), "ov"); err != nil {
+		t.Errorf("Delete of a network that is gone: %v", err)
+	}
+	var ve *overlay.ValidationError
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "big", VNI: 16, Subnets: subnets("10.71.0.0/24"), MTU: 1500}); !errors.As(err, &ve) {
+		t.Errorf("an MTU over the underlay's minus 50: %v, want a *ValidationError", err)
 	}
 }
