@@ -100,13 +100,44 @@ func (h *Host) run(ctx context.Context) {
 			close(h.ready)
 			first = false
 		}
-		for ev := range h.cfg.Store.Watch(ctx, h.cfg.Prefix, rev) {
+		h.watch(ctx, rev)
+	}
+}
+
+// watch applies the store's changes after rev to the view until the watch
+// ends. The host's own heartbeat changes its record every third of the
+// TTL, so a watch that brings nothing for a whole TTL is stuck (an etcd
+// client resuming at a compacted revision can be): watch gives it up, and
+// run lists again.
+func (h *Host) watch(ctx context.Context, rev int64) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := h.cfg.Store.Watch(wctx, h.cfg.Prefix, rev)
+	defer func() {
+		cancel()
+		for range events { // let the store's goroutine end
+		}
+	}()
+	silence := time.NewTimer(h.cfg.LeaseTTL)
+	defer silence.Stop()
+	for {
+		select {
+		case <-silence.C:
+			h.cfg.Logger.Info("overlay: watch silent for a lease; listing again", "rev", rev)
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
 			if ev.Err != nil {
-				if !errors.Is(ev.Err, ipam.ErrCompacted) {
+				if errors.Is(ev.Err, ipam.ErrCompacted) {
+					h.cfg.Logger.Info("overlay: watch compacted; listing again", "rev", rev)
+				} else {
 					h.cfg.Logger.Error("overlay: watch", "err", ev.Err)
 				}
-				break
+				return
 			}
+			silence.Reset(h.cfg.LeaseTTL)
 			h.mu.Lock()
 			if ev.Delete {
 				delete(h.view, ev.Key[len(h.cfg.Prefix):])

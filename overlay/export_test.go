@@ -6,3 +6,4 @@ func (h *Host) Crash() {
 	h.cancel()
 	<-h.done
 }
+
