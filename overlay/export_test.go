@@ -6,4 +6,3 @@ func (h *Host) Crash() {
 	h.cancel()
 	<-h.done
 }
-
