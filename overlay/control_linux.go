@@ -242,6 +242,16 @@ func (h *Host) program() {
 				continue
 			}
 			h.prog[e] = true
+			if e.kind == neighEntry {
+				br, err := nl.LinkByName(bridgeName(e.vni))
+				if err == nil {
+					mac, _ := net.ParseMAC(e.mac)
+					err = h.announce(br.Attrs().Index, e.ip, mac)
+				}
+				if err != nil {
+					h.cfg.Logger.Error("overlay: announce", "entry", e, "err", err)
+				}
+			}
 		}
 	}
 }

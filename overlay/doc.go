@@ -30,5 +30,44 @@
 // file store for hosts simulated as namespaces of one machine. A watch that
 // ends (its revision compacted, or the store gone) is followed by a fresh
 // List, from which the host recomputes every entry and removes stale ones,
-// before watching again from the new revision.
+// before watching again from the new revision. A host's own heartbeat comes
+// back through its watch every third of the lease, so a watch silent for a
+// whole lease is given up and replaced the same way.
+//
+// A host is alive while its record changes: every host rewrites its own
+// every third of HostConfig.LeaseTTL, and the others judge by their own
+// clocks (so the hosts' clocks need not agree). A host whose record has
+// not changed for a lease is dead: its entries leave every kernel and its
+// records the store. Its addresses stay allocated, so that they are not
+// handed out twice should it come back; a host that finds its own records
+// deleted publishes them again. A restarted host adopts what its earlier
+// process programmed and removes what is stale.
+//
+// An endpoint is published before its interface is made, so that the
+// others program it meanwhile; when a host programs a remote address, it
+// announces it (gratuitous ARP) into its bridge, for a container that
+// asked before the entry was there and would otherwise ask again only a
+// second later.
+//
+// # Egress
+//
+// Containers of an overlay that is not Internal also get an interface on
+// their host's gateway bridge ("ovgwbridge", Docker's docker_gwbridge), a
+// bridge network masqueraded behind the host's address, with their default
+// route.
+//
+// # Performance
+//
+// Convergence: from Attach returning on host A to the first answer to a
+// container of host B that keeps sending to the new endpoint, 100
+// endpoints, measured on the project's 2-core machine, as root:
+//
+//	go test -run '^$' -bench Convergence -benchtime 1x -count 2 ./overlay/
+//
+//	store          median    p99
+//	memory         0.23-0.27 ms  1.6-1.8 ms
+//	etcd           0.28-0.30 ms  0.7-1.5 ms
+//
+// Before the announcement, one endpoint in ten took a second: the
+// container's ARP retry.
 package overlay

@@ -81,6 +81,8 @@ type Host struct {
 	ready  chan struct{} // closed once the first List is applied
 	wakeup chan struct{} // the view changed: program the kernel
 
+	arpFD int // a packet socket in NS for announce; -1 until needed; h.mu
+
 	gwMu sync.Mutex
 	gw   *bridge.Network // the gateway bridge, made at the first need
 
@@ -158,7 +160,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 	}
 	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
 		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
-		mine: map[string][]byte{}, beats: map[string]beat{}, defined: map[string]bool{},
+		mine: map[string][]byte{}, beats: map[string]beat{}, defined: map[string]bool{}, arpFD: -1,
 		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := h.put(ctx, hostPrefix+cfg.Name, encode(hostRecord{VTEP: cfg.VTEP, Seen: time.Now()})); err != nil {
 		return nil, err
@@ -434,6 +436,10 @@ func (h *Host) Close(ctx context.Context) error {
 	for name, vni := range h.local {
 		h.removeLocal(name, vni)
 	}
+	if h.arpFD >= 0 {
+		unix.Close(h.arpFD)
+		h.arpFD = -1
+	}
 	h.mu.Unlock()
 	h.gwMu.Lock()
 	if h.gw != nil {
@@ -548,11 +554,33 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if mac == nil {
 		mac = veth.RandomMAC()
 	}
-	name := hostVeth(n.cfg.Name, ec.ID)
 	mtu := h.mtu
 	if n.cfg.MTU != 0 {
 		mtu = min(mtu, n.cfg.MTU)
 	}
+	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: mac, MTU: mtu}
+	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: mac.String()}
+	for _, l := range alloc.Leases() {
+		ep.Addrs = append(ep.Addrs, l.Addr)
+		rec.Addrs = append(rec.Addrs, l.Addr.Addr())
+	}
+	// Published first: the other hosts program the endpoint while its
+	// interface is made, so that its first packets find them ready.
+	key, val := n.epKey(ec.ID), encode(rec)
+	h.mu.Lock()
+	h.mine[key] = val
+	h.mu.Unlock()
+	undo = append(undo, func() {
+		h.mu.Lock()
+		delete(h.mine, key)
+		h.mu.Unlock()
+		h.del(context.WithoutCancel(ctx), key)
+	})
+	if err := h.put(ctx, key, val); err != nil {
+		return fail(err)
+	}
+
+	name := hostVeth(n.cfg.Name, ec.ID)
 	ends, err := veth.Pair(ctx, h.cfg.NS, veth.Config{Name: name, MTU: mtu, Up: true,
 		Peer: veth.End{NS: ec.NS, Name: ec.IfName, MAC: mac}})
 	if err != nil {
@@ -574,19 +602,15 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if err != nil {
 		return fail(err)
 	}
-	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: ends.Peer.MAC, MTU: mtu}
-	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: ends.Peer.MAC.String()}
 	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Peer.Index}}
-	for _, l := range alloc.Leases() {
-		a := &netlink.Addr{IPNet: ipnet.From(l.Addr)}
-		if l.Addr.Addr().Is6() {
+	for _, p := range ep.Addrs {
+		a := &netlink.Addr{IPNet: ipnet.From(p)}
+		if p.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
 		if err := cn.AddrAdd(peer, a); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fail(&netns.OpError{Op: "overlay.attach", NS: ec.NS.String(), Name: ec.IfName, Err: err})
 		}
-		ep.Addrs = append(ep.Addrs, l.Addr)
-		rec.Addrs = append(rec.Addrs, l.Addr.Addr())
 	}
 	if !n.cfg.Internal {
 		gw, err := h.gateway(ctx)
@@ -597,17 +621,6 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		if _, err := gw.Attach(ctx, bridge.EndpointConfig{ID: gid, NS: ec.NS, DefaultRoute: true}); err != nil {
 			return fail(fmt.Errorf("overlay: attach %s to the gateway bridge: %w", ec.ID, err))
 		}
-		undo = append(undo, func() { gw.Detach(context.WithoutCancel(ctx), gid) })
-	}
-	val := encode(rec)
-	h.mu.Lock()
-	h.mine[n.epKey(ec.ID)] = val
-	h.mu.Unlock()
-	if err := h.put(ctx, n.epKey(ec.ID), val); err != nil {
-		h.mu.Lock()
-		delete(h.mine, n.epKey(ec.ID))
-		h.mu.Unlock()
-		return fail(err)
 	}
 	return ep, nil
 }
