@@ -30,7 +30,6 @@ import (
 
 // Server is one etcd server process. Its methods are safe for concurrent use.
 type Server struct {
-	tb        testing.TB
 	bin       string
 	dir       string // data directory, kept across Restart
 	clientURL string
@@ -90,31 +89,43 @@ func buildEtcd() (string, error) {
 // The server is killed when the test ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	bin, err := Binary()
-	if err != nil {
+	if _, err := Binary(); err != nil {
 		if os.Getenv("CI") == "true" {
 			tb.Fatalf("etcd server needed (CI=true, so no skip): %v", err)
 		}
 		tb.Skipf("skipping: no etcd server: %v", err)
 	}
-	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	s, err := Launch(tb.TempDir())
+	if err != nil {
+		tb.Fatalf("etcdtest: %v", err)
+	}
 	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Launch is Start for programs that are not tests (the examples): it
+// starts a server with its data in dir; the caller must Stop it.
+func Launch(dir string) (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{bin: bin, dir: dir}
 	var last error
 	for range 5 { // the free ports found may be taken before etcd binds them
 		ports, err := freePorts(2)
 		if err != nil {
-			tb.Fatalf("etcdtest: %v", err)
+			return nil, err
 		}
 		s.clientURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 		s.peerURL = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
 		if last = s.start(); last == nil {
-			return s
+			return s, nil
 		}
 		s.Stop()
 		os.RemoveAll(filepath.Join(s.dir, "data"))
 	}
-	tb.Fatalf("etcdtest: %v", last)
-	return nil
+	return nil, last
 }
 
 // Endpoints returns the client URLs of the server.
@@ -123,16 +134,21 @@ func (s *Server) Endpoints() []string { return []string{s.clientURL} }
 // Client returns a new client of the server, closed when the test ends.
 func (s *Server) Client(tb testing.TB) *clientv3.Client {
 	tb.Helper()
-	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   s.Endpoints(),
-		DialTimeout: 5 * time.Second,
-		Logger:      nopLogger(),
-	})
+	c, err := s.NewClient()
 	if err != nil {
 		tb.Fatalf("etcdtest: client: %v", err)
 	}
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// NewClient returns a new client of the server; the caller closes it.
+func (s *Server) NewClient() (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:   s.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      nopLogger(),
+	})
 }
 
 // PID returns the process ID of the running server, or 0.
