@@ -84,3 +84,66 @@ func (e Env) Outside(ctx context.Context) (Outside, error) {
 	}
 	return out, nil
 }
+
+// UnderlayHost is one host of Underlay.
+type UnderlayHost struct {
+	NS *netns.NS
+	// Addr is the host's address on its uplink eth0, 198.18.0.(i+1).
+	Addr netip.Addr
+}
+
+// UnderlayGateway is the address of the underlay's bridge in the
+// example's host, the hosts' default gateway: it stands for the network
+// beyond them.
+var UnderlayGateway = netip.MustParseAddr("198.18.0.254")
+
+// Underlay makes n hosts on one Ethernet segment: a bridge br0 in the
+// example's host (address 198.18.0.254/24), and n namespaces each with an
+// uplink eth0 on it (198.18.0.(i+1)/24, default route via br0). Everything
+// goes when the example ends.
+func (e Env) Underlay(ctx context.Context, n int) ([]UnderlayHost, error) {
+	h, err := e.Host.Netlink()
+	if err != nil {
+		return nil, err
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "br0"
+	br := &netlink.Bridge{LinkAttrs: attrs}
+	if err := h.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("ip link add br0 type bridge: %w", err)
+	}
+	*e.closers = append(*e.closers, func() { h.LinkDel(br) })
+	addr, _ := netlink.ParseAddr(UnderlayGateway.String() + "/24")
+	if err := errors.Join(h.AddrAdd(br, addr), h.LinkSetUp(br)); err != nil {
+		return nil, err
+	}
+	var hosts []UnderlayHost
+	for i := range n {
+		ns, err := e.Container()
+		if err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("uplink%d", i+1)
+		ends, err := veth.Pair(ctx, e.Host, veth.Config{Name: name, Peer: veth.End{NS: ns, Name: "eth0"}, Up: true})
+		if err != nil {
+			return nil, err
+		}
+		*e.closers = append(*e.closers, func() { veth.Delete(context.Background(), e.Host, name) })
+		if err := h.LinkSetMasterByIndex(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Host.Index}}, br.Index); err != nil {
+			return nil, err
+		}
+		a := netip.AddrFrom4([4]byte{198, 18, 0, byte(i + 1)})
+		if err := AddAddr(ends.Peer, a.String()+"/24"); err != nil {
+			return nil, err
+		}
+		nh, err := ns.Netlink()
+		if err != nil {
+			return nil, err
+		}
+		if err := nh.RouteAdd(&netlink.Route{LinkIndex: ends.Peer.Index, Gw: UnderlayGateway.AsSlice()}); err != nil {
+			return nil, err
+		}
+		hosts = append(hosts, UnderlayHost{NS: ns, Addr: a})
+	}
+	return hosts, nil
+}

@@ -1,0 +1,132 @@
+// Command overlay reproduces scenario S11, an overlay network across hosts
+// with a shared store, twice: on a real etcd server (started on loopback by
+// the example), and on nsnet's embedded file store. Three hosts share an
+// underlay segment; the overlay 172.30.0.0/16 (gateway 172.30.0.254),
+// created on one host, exists on all of them; containers on different
+// hosts get distinct addresses, reach each other across hosts, and reach
+// the network beyond their hosts.
+//
+//	go run ./examples/overlay    # as root
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/internal/etcdtest"
+	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/overlay"
+)
+
+func main() { check.Main(run) }
+
+func run(ctx context.Context, env check.Env) error {
+	log := env.Log
+	hosts, err := env.Underlay(ctx, 3)
+	if !log.OK("three hosts on one underlay segment, 198.18.0.1-3", err) {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "nsnet-overlay-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	// On etcd: each host has its own client, as separate machines would.
+	srv, err := etcdtest.Launch(filepath.Join(dir, "etcd"))
+	if !log.OK("an etcd server on loopback", err) {
+		return err
+	}
+	defer srv.Stop()
+	err = s11(ctx, env, hosts, "etcd", 4096, func() (ipam.Store, func(), error) {
+		c, err := srv.NewClient()
+		if err != nil {
+			return nil, nil, err
+		}
+		return ipam.NewEtcdStore(c, "nsnet/"), func() { c.Close() }, nil
+	})
+	if err != nil {
+		return err
+	}
+
+	// On the embedded store: the file store, one for the machine.
+	fs, err := ipam.OpenFileStore(filepath.Join(dir, "store"))
+	if err != nil {
+		return err
+	}
+	defer fs.Close()
+	return s11(ctx, env, hosts, "the embedded file store", 4097, func() (ipam.Store, func(), error) {
+		return fs, func() {}, nil
+	})
+}
+
+// s11 runs the scenario with each host's store from newStore.
+func s11(ctx context.Context, env check.Env, hosts []check.UnderlayHost, kind string, vni uint32, newStore func() (ipam.Store, func(), error)) error {
+	log := env.Log
+	log.Printf("--- on %s", kind)
+	var joined []*overlay.Host
+	defer func() {
+		for _, h := range joined {
+			h.Close(context.Background())
+		}
+	}()
+	for i, uh := range hosts {
+		store, done, err := newStore()
+		if err != nil {
+			return err
+		}
+		defer done()
+		alloc, err := ipam.New(store, ipam.Config{})
+		if err != nil {
+			return err
+		}
+		h, err := overlay.Join(ctx, overlay.HostConfig{NS: uh.NS, Name: fmt.Sprint("host", i+1), VTEP: uh.Addr, Store: store, Alloc: alloc})
+		if !log.OK(fmt.Sprintf("host%d joins (VTEP %s)", i+1, uh.Addr), err) {
+			return err
+		}
+		joined = append(joined, h)
+	}
+
+	// docker network create -d overlay --subnet 172.30.0.0/16 --gateway 172.30.0.254 ov (on host1)
+	cfg := overlay.Config{Name: "ov", VNI: vni, Subnets: []ipam.SubnetConfig{{
+		Subnet: netip.MustParsePrefix("172.30.0.0/16"), Gateway: netip.MustParseAddr("172.30.0.254")}}}
+	if _, err := joined[0].Create(ctx, cfg); !log.OK(fmt.Sprintf("host1 creates overlay ov, VNI %d", vni), err) {
+		return err
+	}
+	defer joined[0].Delete(context.Background(), "ov")
+
+	var ctrs []*netns.NS
+	var addrs []netip.Addr
+	for i, h := range joined {
+		n, err := h.Network(ctx, "ov")
+		if !log.OK(fmt.Sprintf("host%d has ov", i+1), err) {
+			return err
+		}
+		ctr, err := env.Container()
+		if err != nil {
+			return err
+		}
+		id := fmt.Sprint("c", i+1)
+		ep, err := n.Attach(ctx, overlay.EndpointConfig{ID: id, NS: ctr})
+		if !log.OK(fmt.Sprintf("docker run --network ov --name %s on host%d: %v, MTU %d", id, i+1, ep.Addrs, ep.MTU), err) {
+			return err
+		}
+		defer n.Detach(context.Background(), id)
+		ctrs, addrs = append(ctrs, ctr), append(addrs, ep.Addrs[0].Addr())
+	}
+	log.OK("the three got distinct addresses", check.Expect(nil, addrs[0] == addrs[1] || addrs[1] == addrs[2] || addrs[0] == addrs[2], "%v", addrs))
+	for i := range ctrs {
+		j := (i + 1) % len(ctrs)
+		log.OK(fmt.Sprintf("c%d pings c%d across hosts", i+1, j+1), nstest.Ping(ctx, ctrs[i], addrs[j]))
+	}
+	log.OK("TCP from c1 to c3, who sees c1's own address", check.Exchange(ctx, ctrs[0], ctrs[2], netip.AddrPortFrom(addrs[2], 80).String(), addrs[0].String()))
+	log.OK("c2 reaches beyond its host, which masquerades it",
+		check.Exchange(ctx, ctrs[1], env.Host, netip.AddrPortFrom(check.UnderlayGateway, 8080).String(), hosts[1].Addr.String()))
+	return nil
+}
