@@ -25,30 +25,13 @@ import (
 func BenchmarkConvergence(b *testing.B) {
 	for _, kind := range []string{"memory", "etcd"} {
 		b.Run(kind, func(b *testing.B) {
-			var store func() ipam.Store
+			var c *cluster
 			if kind == "memory" {
-				s := ipam.NewMemoryStore()
-				store = func() ipam.Store { return s }
+				c = newCluster(b, 2, ipam.NewMemoryStore())
 			} else {
-				srv := etcdtest.Start(b)
-				store = func() ipam.Store { return ipam.NewEtcdStore(srv.Client(b), "nsnet/") }
+				c = etcdCluster(b, etcdtest.Start(b), 2, 0)
 			}
-			topo := nstest.Underlay(b, 2)
-			var hosts []*overlay.Host
-			for i, th := range topo.Hosts {
-				s := store()
-				alloc, err := ipam.New(s, ipam.Config{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				h, err := overlay.Join(b.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
-					VTEP: th.Addr.Addr(), Store: s, Alloc: alloc})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer h.Close(context.Background())
-				hosts = append(hosts, h)
-			}
+			hosts, topo := c.hosts, c.topo
 			na, err := hosts[0].Create(b.Context(), overlay.Config{Name: "ov", VNI: 42, Internal: true,
 				Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("10.80.0.0/20")}}})
 			if err != nil {

@@ -26,27 +26,35 @@ func TestMain(m *testing.M) { nstest.Main(m) }
 // cluster is n hosts on an underlay, joined to the overlays on one store.
 type cluster struct {
 	topo  *nstest.Topology
-	store ipam.Store
+	store ipam.Store // the memory store, if the hosts share one
 	hosts []*overlay.Host
 }
 
-func newCluster(t *testing.T, n int, store ipam.Store) *cluster {
+func newCluster(t testing.TB, n int, store ipam.Store) *cluster {
 	t.Helper()
-	return joinCluster(t, nstest.Underlay(t, n), store, 0)
+	return joinCluster(t, nstest.Underlay(t, n), func() ipam.Store { return store }, 0)
 }
 
-// joinCluster joins the hosts of topo to the overlays of store, with
-// leases of ttl (0: the default).
-func joinCluster(t *testing.T, topo *nstest.Topology, store ipam.Store, ttl time.Duration) *cluster {
+// etcdCluster is n hosts on a real etcd server, each with its own client.
+func etcdCluster(t testing.TB, srv *etcdtest.Server, n int, ttl time.Duration) *cluster {
 	t.Helper()
-	c := &cluster{topo: topo, store: store}
+	return joinCluster(t, nstest.Underlay(t, n), func() ipam.Store { return ipam.NewEtcdStore(srv.Client(t), "nsnet/") }, ttl)
+}
+
+// joinCluster joins the hosts of topo to the overlays, each host on the
+// store that store returns, with leases of ttl (0: the default).
+func joinCluster(t testing.TB, topo *nstest.Topology, store func() ipam.Store, ttl time.Duration) *cluster {
+	t.Helper()
+	c := &cluster{topo: topo}
 	for i, th := range c.topo.Hosts {
-		alloc, err := ipam.New(store, ipam.Config{})
+		s := store()
+		c.store = s
+		alloc, err := ipam.New(s, ipam.Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
-			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc, LeaseTTL: ttl})
+			VTEP: th.Addr.Addr(), Store: s, Alloc: alloc, LeaseTTL: ttl})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -208,7 +216,8 @@ func neighOf(t *testing.T, ns *netns.NS, dev string, addr netip.Addr) bool {
 func TestSameSubnetOtherVNI(t *testing.T) {
 	t.Parallel()
 	blue := newCluster(t, 2, ipam.NewMemoryStore())
-	red := joinCluster(t, blue.topo, ipam.NewMemoryStore(), 0)
+	redStore := ipam.NewMemoryStore()
+	red := joinCluster(t, blue.topo, func() ipam.Store { return redStore }, 0)
 	// Internal: the two control planes would each want the hosts' gateway
 	// bridge.
 	if _, err := blue.hosts[0].Create(t.Context(), overlay.Config{Name: "blue", VNI: 100, Subnets: subnets("10.60.0.0/24"), Internal: true}); err != nil {
@@ -281,7 +290,7 @@ func TestBadInput(t *testing.T) {
 func TestDeadHost(t *testing.T) {
 	t.Parallel()
 	store := ipam.NewMemoryStore()
-	c := joinCluster(t, nstest.Underlay(t, 3), store, 300*time.Millisecond)
+	c := joinCluster(t, nstest.Underlay(t, 3), func() ipam.Store { return store }, 300*time.Millisecond)
 	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 7, Subnets: subnets("10.64.0.0/24")}); err != nil {
 		t.Fatal(err)
 	}
@@ -324,23 +333,8 @@ func TestDeadHost(t *testing.T) {
 func TestEtcd(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
-	topo := nstest.Underlay(t, 3)
-	var hosts []*overlay.Host
-	for i, th := range topo.Hosts {
-		store := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
-		alloc, err := ipam.New(store, ipam.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
-			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc, LeaseTTL: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { h.Close(context.Background()) })
-		hosts = append(hosts, h)
-	}
-	c := &cluster{topo: topo, hosts: hosts}
+	c := etcdCluster(t, srv, 3, 5*time.Second)
+	hosts, topo := c.hosts, c.topo
 	if _, err := hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 9, Subnets: subnets("10.65.0.0/24")}); err != nil {
 		t.Fatal(err)
 	}
@@ -372,22 +366,8 @@ func TestEtcd(t *testing.T) {
 func TestConcurrentAttach(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
-	topo := nstest.Underlay(t, 3)
-	var hosts []*overlay.Host
-	for i, th := range topo.Hosts {
-		store := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
-		alloc, err := ipam.New(store, ipam.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
-			VTEP: th.Addr.Addr(), Store: store, Alloc: alloc})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { h.Close(context.Background()) })
-		hosts = append(hosts, h)
-	}
+	c := etcdCluster(t, srv, 3, 0)
+	hosts, topo := c.hosts, c.topo
 	if _, err := hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 11, Subnets: subnets("10.66.0.0/24")}); err != nil {
 		t.Fatal(err)
 	}
