@@ -1,0 +1,397 @@
+package dnsd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/nsnet/nsnet/netns"
+)
+
+// Defaults of Config's zero fields.
+const (
+	DefaultTTL          = 600 * time.Second
+	DefaultDomain       = "nsnet.internal."
+	DefaultMaxForwards  = 1024
+	DefaultMaxTCPConns  = 1024
+	DefaultTimeout      = 2 * time.Second
+	DefaultTCPIdle      = 10 * time.Second
+	DefaultResolvConf   = "/etc/resolv.conf"
+	DefaultContainerDNS = "127.0.0.11"
+)
+
+// Errors. They match errors.Is.
+var (
+	// ErrNotFound: no network of that name.
+	ErrNotFound = os.ErrNotExist
+	// ErrExists: a network of that name with other settings.
+	ErrExists = os.ErrExist
+	// ErrClosed: the server was closed.
+	ErrClosed = errors.New("dnsd: server closed")
+)
+
+// A ValidationError says which argument is wrong and why.
+type ValidationError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ValidationError) Error() string { return "dnsd: " + e.Field + ": " + e.Reason }
+
+// Config configures a Server. The zero value (with NS set) is usable.
+type Config struct {
+	// NS is the host namespace: forwarded queries leave from it, whatever
+	// namespace the query arrived in. Required when any upstream is used.
+	NS *netns.NS
+	// Upstreams are the resolvers that names not served locally are
+	// forwarded to, tried in order. Nil: the nameservers of ResolvConf,
+	// less loopback ones (a container cannot reach the host's loopback),
+	// port 53. An empty non-nil slice forwards nothing (SERVFAIL).
+	Upstreams []netip.AddrPort
+	// ResolvConf is the file read when Upstreams is nil. Empty:
+	// /etc/resolv.conf.
+	ResolvConf string
+	// Domain is the networks' own domain: a name registered as "web" is
+	// also "web.<Domain>". Names under it, and single-label names, are
+	// answered locally and never forwarded. Empty: "nsnet.internal.".
+	Domain string
+	// TTL of local answers. Zero: 600 s (as Docker). Rounded to seconds.
+	TTL time.Duration
+	// MaxForwards bounds forwarded queries in flight; past it a query that
+	// would be forwarded gets SERVFAIL at once. Zero: 1024 (as Docker).
+	MaxForwards int
+	// MaxTCPConns bounds open TCP connections per listener; a connection
+	// past it is closed at once. Zero: 1024.
+	MaxTCPConns int
+	// Timeout bounds each attempt at one upstream (UDP, and TCP after a
+	// truncated UDP answer). Zero: 2 s.
+	Timeout time.Duration
+	// TCPIdle bounds how long a TCP connection may take to send the next
+	// query (all of it) and to take an answer; then it is closed.
+	// Zero: 10 s.
+	TCPIdle time.Duration
+	// UDPReaders is the number of goroutines reading each UDP socket.
+	// Zero: 4.
+	UDPReaders int
+	// Logger gets forwarding failures and listener errors. Nil: none.
+	Logger *slog.Logger
+}
+
+// Endpoint is one container on a network, as the DNS server knows it.
+type Endpoint struct {
+	// Name is the container's name, unique on the network: registering it
+	// again replaces the entry. Case-insensitive; a single DNS label.
+	Name string
+	// Aliases are more names (docker run --network-alias). Several
+	// endpoints may share an alias: it answers with all their addresses,
+	// rotated.
+	Aliases []string
+	// Addrs are the endpoint's addresses on the network, IPv4 and IPv6.
+	Addrs []netip.Addr
+}
+
+// Server is an embedded DNS server serving many networks. It is safe for
+// concurrent use: Register and Unregister take effect for the next query.
+type Server struct {
+	cfg   Config
+	ttl   uint32
+	log   *slog.Logger
+	fwd   chan struct{} // forward slots
+	stats counters
+
+	mu        sync.RWMutex
+	nets      []*network // in AddNetwork order
+	closed    bool
+	listeners map[*Listener]struct{}
+}
+
+type network struct {
+	name     string
+	subnets  []netip.Prefix
+	internal bool
+	eps      map[string]Endpoint   // by lower-case name
+	names    map[string]*entry     // lower-case FQDN
+	ptr      map[netip.Addr]string // address -> FQDN of its endpoint
+}
+
+type entry struct {
+	addrs []netip.Addr
+	rr    atomic.Uint32
+}
+
+// New returns a server with no networks and no listener.
+func New(cfg Config) (*Server, error) {
+	if cfg.Domain == "" {
+		cfg.Domain = DefaultDomain
+	}
+	cfg.Domain = strings.ToLower(dns.Fqdn(cfg.Domain))
+	if _, ok := dns.IsDomainName(cfg.Domain); !ok || cfg.Domain == "." {
+		return nil, &ValidationError{"Config.Domain", fmt.Sprintf("%q is not a domain name", cfg.Domain)}
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, &ValidationError{"Config.TTL", "negative"}
+	}
+	if cfg.MaxForwards == 0 {
+		cfg.MaxForwards = DefaultMaxForwards
+	}
+	if cfg.MaxTCPConns == 0 {
+		cfg.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.TCPIdle == 0 {
+		cfg.TCPIdle = DefaultTCPIdle
+	}
+	if cfg.UDPReaders == 0 {
+		cfg.UDPReaders = 4
+	}
+	if cfg.MaxForwards < 0 || cfg.MaxTCPConns < 0 || cfg.Timeout < 0 || cfg.TCPIdle < 0 || cfg.UDPReaders < 0 {
+		return nil, &ValidationError{"Config", "negative limit"}
+	}
+	if cfg.Upstreams == nil {
+		path := cfg.ResolvConf
+		if path == "" {
+			path = DefaultResolvConf
+		}
+		ups, err := DefaultUpstreams(path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		cfg.Upstreams = append([]netip.AddrPort{}, ups...)
+	}
+	for i, u := range cfg.Upstreams {
+		if !u.IsValid() || u.Port() == 0 {
+			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "invalid address"}
+		}
+	}
+	if len(cfg.Upstreams) > 0 && cfg.NS == nil {
+		return nil, &ValidationError{"Config.NS", "required to forward to upstreams"}
+	}
+	cfg.Upstreams = slices.Clone(cfg.Upstreams)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ttl := uint32(cfg.TTL / time.Second)
+	return &Server{cfg: cfg, ttl: ttl, log: log, fwd: make(chan struct{}, cfg.MaxForwards), listeners: map[*Listener]struct{}{}}, nil
+}
+
+// DefaultUpstreams returns the nameservers of the resolv.conf file at path,
+// port 53, less loopback ones (127.0.0.0/8, ::1: a container cannot reach
+// the host's loopback), as Docker and Podman do.
+func DefaultUpstreams(path string) ([]netip.AddrPort, error) {
+	rc, err := ReadResolvConf(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.AddrPort
+	for _, a := range rc.Nameservers {
+		if !a.IsLoopback() && !a.IsUnspecified() {
+			out = append(out, netip.AddrPortFrom(a, 53))
+		}
+	}
+	return out, nil
+}
+
+// Upstreams returns the resolvers the server forwards to.
+func (s *Server) Upstreams() []netip.AddrPort { return slices.Clone(s.cfg.Upstreams) }
+
+// Domain returns the networks' domain, e.g. "nsnet.internal.".
+func (s *Server) Domain() string { return s.cfg.Domain }
+
+// AddNetwork adds a network: clients whose source address is in one of its
+// subnets get its names. Internal networks get no forwarding. Adding a
+// network that exists with the same settings succeeds; with other settings
+// it fails with ErrExists.
+func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool) error {
+	if name == "" {
+		return &ValidationError{"name", "empty"}
+	}
+	if len(subnets) == 0 {
+		return &ValidationError{"subnets", "none"}
+	}
+	subs := make([]netip.Prefix, len(subnets))
+	for i, p := range subnets {
+		if !p.IsValid() {
+			return &ValidationError{fmt.Sprintf("subnets[%d]", i), "invalid prefix"}
+		}
+		subs[i] = p.Masked()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	for _, n := range s.nets {
+		if n.name == name {
+			if n.internal == internal && slices.Equal(n.subnets, subs) {
+				return nil
+			}
+			return fmt.Errorf("dnsd: network %q: %w with other settings", name, ErrExists)
+		}
+	}
+	s.nets = append(s.nets, &network{name: name, subnets: subs, internal: internal,
+		eps: map[string]Endpoint{}, names: map[string]*entry{}, ptr: map[netip.Addr]string{}})
+	return nil
+}
+
+// RemoveNetwork removes a network and its names. Removing one that is not
+// there succeeds.
+func (s *Server) RemoveNetwork(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nets = slices.DeleteFunc(s.nets, func(n *network) bool { return n.name == name })
+	return nil
+}
+
+func (s *Server) network(name string) (*network, error) {
+	if s.closed {
+		return nil, ErrClosed
+	}
+	for _, n := range s.nets {
+		if n.name == name {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("dnsd: network %q: %w", name, ErrNotFound)
+}
+
+func validLabel(l string) bool {
+	if l == "" || len(l) > 63 || strings.ContainsAny(l, ". \t\\") {
+		return false
+	}
+	_, ok := dns.IsDomainName(l)
+	return ok
+}
+
+// Register adds ep to network, replacing an endpoint of the same name.
+func (s *Server) Register(network string, ep Endpoint) error {
+	if !validLabel(ep.Name) {
+		return &ValidationError{"Endpoint.Name", fmt.Sprintf("%q is not a DNS label", ep.Name)}
+	}
+	for i, a := range ep.Aliases {
+		if !validLabel(a) {
+			return &ValidationError{fmt.Sprintf("Endpoint.Aliases[%d]", i), fmt.Sprintf("%q is not a DNS label", a)}
+		}
+	}
+	ep.Aliases = slices.Clone(ep.Aliases)
+	ep.Addrs = slices.Clone(ep.Addrs)
+	for i, a := range ep.Addrs {
+		if !a.IsValid() {
+			return &ValidationError{fmt.Sprintf("Endpoint.Addrs[%d]", i), "invalid address"}
+		}
+		ep.Addrs[i] = a.Unmap()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.network(network)
+	if err != nil {
+		return err
+	}
+	key := strings.ToLower(ep.Name)
+	if old, ok := n.eps[key]; ok {
+		s.unregister(n, old)
+	}
+	n.eps[key] = ep
+	fqdn := key + "." + s.cfg.Domain
+	for _, name := range append([]string{ep.Name}, ep.Aliases...) {
+		for _, k := range s.keys(name) {
+			e := n.names[k]
+			if e == nil {
+				e = &entry{}
+				n.names[k] = e
+			}
+			// A new slice: readers may hold the old one.
+			e.addrs = append(slices.Clip(e.addrs), ep.Addrs...)
+		}
+	}
+	for _, a := range ep.Addrs {
+		n.ptr[a] = fqdn
+	}
+	return nil
+}
+
+func (s *Server) keys(label string) [2]string {
+	l := strings.ToLower(label) + "."
+	return [2]string{l, l + s.cfg.Domain}
+}
+
+// Unregister removes the endpoint named name from network. Removing one
+// that is not there, or from a network that is gone, succeeds.
+func (s *Server) Unregister(network, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.network(network)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	key := strings.ToLower(name)
+	if old, ok := n.eps[key]; ok {
+		s.unregister(n, old)
+		delete(n.eps, key)
+	}
+	return nil
+}
+
+func (s *Server) unregister(n *network, ep Endpoint) {
+	for _, name := range append([]string{ep.Name}, ep.Aliases...) {
+		for _, k := range s.keys(name) {
+			e := n.names[k]
+			if e == nil {
+				continue
+			}
+			left := make([]netip.Addr, 0, len(e.addrs))
+			drop := slices.Clone(ep.Addrs)
+			for _, a := range e.addrs {
+				if i := slices.Index(drop, a); i >= 0 {
+					drop = slices.Delete(drop, i, i+1)
+					continue
+				}
+				left = append(left, a)
+			}
+			if len(left) == 0 {
+				delete(n.names, k)
+			} else {
+				e.addrs = left
+			}
+		}
+	}
+	fqdn := strings.ToLower(ep.Name) + "." + s.cfg.Domain
+	for _, a := range ep.Addrs {
+		if n.ptr[a] == fqdn {
+			delete(n.ptr, a)
+		}
+	}
+}
+
+// Close closes every listener and makes further calls fail with ErrClosed.
+// It may be called more than once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	ls := make([]*Listener, 0, len(s.listeners))
+	for l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, l := range ls {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,289 @@
+package dnsd
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Handle answers one DNS query in wire format from a client whose
+// addresses are clients (its source address, or for a container listener
+// the container's addresses), received over UDP when udp is true. It
+// returns the answer in wire format, or nil when nothing should be sent
+// (a message too short to carry an ID, or a response). Handle never
+// panics on malformed input; it is exported for embedders with their own
+// sockets and for fuzzing.
+func (s *Server) Handle(ctx context.Context, query []byte, clients []netip.Addr, udp bool) []byte {
+	var out []byte
+	s.serve(ctx, query, clients, udp, func(b []byte) { out = b }, nil)
+	return out
+}
+
+// serve answers query through send (not called when nothing is to be
+// sent). A query to forward runs in a function given to spawn (inline when
+// spawn is nil), so that slow upstreams do not hold up local answers; at
+// most MaxForwards run at once, past that the answer is SERVFAIL at once.
+func (s *Server) serve(ctx context.Context, query []byte, clients []netip.Addr, udp bool, send func([]byte), spawn func(func())) {
+	start := time.Now()
+	r := s.handle(query, clients)
+	if r == nil {
+		s.stats.dropped.Add(1)
+		return
+	}
+	if !r.fwd {
+		s.send(r, udp, start, send)
+		return
+	}
+	select {
+	case s.fwd <- struct{}{}:
+	default:
+		s.stats.forwardBusy.Add(1)
+		r.m.Rcode = dns.RcodeServerFailure
+		s.send(r, udp, start, send)
+		return
+	}
+	work := func() {
+		defer func() { <-s.fwd }()
+		if up := s.forward(ctx, r.req); up != nil {
+			up.Id = r.req.Id
+			up.Compress = true
+			r.m = up
+		} else {
+			r.m.Rcode = dns.RcodeServerFailure
+		}
+		s.send(r, udp, start, send)
+	}
+	if spawn == nil {
+		work()
+	} else {
+		spawn(work)
+	}
+}
+
+// send packs r, truncated to the client's UDP buffer, counts it and sends
+// it.
+func (s *Server) send(r *reply, udp bool, start time.Time, send func([]byte)) {
+	size := dns.MinMsgSize
+	if udp {
+		if req := r.req; req != nil {
+			if o := req.IsEdns0(); o != nil && int(o.UDPSize()) > size {
+				size = int(o.UDPSize())
+			}
+		}
+		if r.m.Len() > size {
+			r.m.Truncate(size)
+			s.stats.truncated.Add(1)
+		}
+	}
+	out, err := r.m.Pack()
+	if err != nil {
+		m := new(dns.Msg)
+		m.SetRcode(r.m, dns.RcodeServerFailure)
+		m.Answer, m.Ns, m.Extra = nil, nil, nil
+		if out, err = m.Pack(); err != nil {
+			s.stats.dropped.Add(1)
+			return
+		}
+		r.m = m
+	}
+	qtype := uint16(0)
+	if len(r.m.Question) > 0 {
+		qtype = r.m.Question[0].Qtype
+	}
+	s.stats.observe(qtype, r.m.Rcode, time.Since(start))
+	send(out)
+}
+
+type reply struct {
+	req *dns.Msg
+	m   *dns.Msg
+	fwd bool // to forward
+}
+
+// handle answers a query from the name tables, or says it is to forward.
+func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
+	req := new(dns.Msg)
+	if err := req.Unpack(query); err != nil {
+		s.stats.malformed.Add(1)
+		if len(query) < 12 || query[2]&0x80 != 0 { // no header, or a response
+			return nil
+		}
+		m := new(dns.Msg)
+		m.Id = uint16(query[0])<<8 | uint16(query[1])
+		m.Response = true
+		m.Rcode = dns.RcodeFormatError
+		return &reply{m: m}
+	}
+	if req.Response {
+		return nil
+	}
+	r := &reply{req: req, m: new(dns.Msg)}
+	r.m.SetReply(req)
+	r.m.RecursionAvailable = true
+	r.m.Compress = true
+	if o := req.IsEdns0(); o != nil {
+		r.m.SetEdns0(dns.DefaultMsgSize, false)
+	}
+	if req.Opcode != dns.OpcodeQuery {
+		r.m.Rcode = dns.RcodeNotImplemented
+		return r
+	}
+	if len(req.Question) != 1 {
+		r.m.Rcode = dns.RcodeFormatError
+		return r
+	}
+	q := req.Question[0]
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		r.m.Rcode = dns.RcodeRefused
+		return r
+	}
+	name := strings.ToLower(q.Name)
+
+	s.mu.RLock()
+	nets := s.clientNets(clients)
+	if len(nets) == 0 {
+		s.mu.RUnlock()
+		r.m.Rcode = dns.RcodeRefused // never an open resolver
+		return r
+	}
+	forward := false
+	for _, n := range nets {
+		if !n.internal {
+			forward = true
+		}
+	}
+	local := s.isLocal(name)
+	found := false
+	if a, ok := ptrAddr(name); ok && q.Qtype == dns.TypePTR {
+		for _, n := range nets {
+			if target, ok := n.ptr[a]; ok {
+				found = true
+				r.m.Answer = append(r.m.Answer, &dns.PTR{Hdr: s.hdr(q.Name, dns.TypePTR), Ptr: target})
+				break
+			}
+		}
+		// An address of any network served here is never forwarded:
+		// upstreams cannot know it, and asking would leak it.
+		local = slices.ContainsFunc(s.nets, func(n *network) bool {
+			return slices.ContainsFunc(n.subnets, func(p netip.Prefix) bool { return p.Contains(a) })
+		})
+	} else {
+		for _, n := range nets {
+			if e := n.names[name]; e != nil {
+				found = true
+				s.answer(r.m, q, e)
+				break
+			}
+		}
+	}
+	s.mu.RUnlock()
+	switch {
+	case found:
+		r.m.Authoritative = true
+		return r
+	case local:
+		r.m.Authoritative = true
+		r.m.Rcode = dns.RcodeNameError
+		return r
+	case !forward:
+		// Internal networks have no egress, and no DNS egress either
+		// (CVE-2024-29018).
+		r.m.Rcode = dns.RcodeRefused
+		return r
+	}
+	// The query may be forwarded after its buffer was reused: keep only
+	// what was copied out of it (the question, the OPT header).
+	o := req.IsEdns0()
+	req.Answer, req.Ns, req.Extra = nil, nil, nil
+	if o != nil {
+		req.Extra = []dns.RR{&dns.OPT{Hdr: o.Hdr}}
+	}
+	r.fwd = true
+	return r
+}
+
+// answer fills m with the addresses of e of the question's type, rotated.
+func (s *Server) answer(m *dns.Msg, q dns.Question, e *entry) {
+	addrs := e.addrs
+	if len(addrs) == 0 {
+		return
+	}
+	start := int(e.rr.Add(1)-1) % len(addrs)
+	for i := range addrs {
+		a := addrs[(start+i)%len(addrs)]
+		switch {
+		case a.Is4() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY):
+			m.Answer = append(m.Answer, &dns.A{Hdr: s.hdr(q.Name, dns.TypeA), A: a.AsSlice()})
+		case a.Is6() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY):
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: s.hdr(q.Name, dns.TypeAAAA), AAAA: a.AsSlice()})
+		}
+	}
+}
+
+func (s *Server) hdr(name string, t uint16) dns.RR_Header {
+	return dns.RR_Header{Name: name, Rrtype: t, Class: dns.ClassINET, Ttl: s.ttl}
+}
+
+// clientNets returns the networks one of whose subnets holds a client
+// address. s.mu is held.
+func (s *Server) clientNets(clients []netip.Addr) []*network {
+	var out []*network
+	for _, n := range s.nets {
+		if slices.ContainsFunc(n.subnets, func(p netip.Prefix) bool {
+			return slices.ContainsFunc(clients, func(a netip.Addr) bool { return p.Contains(a.Unmap()) })
+		}) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// isLocal reports whether name is answered only here: a single label, or
+// a name under the domain. (The root, no label, is forwarded.)
+func (s *Server) isLocal(name string) bool {
+	if dns.CountLabel(name) == 1 {
+		return true
+	}
+	return dns.IsSubDomain(s.cfg.Domain, name)
+}
+
+// ptrAddr parses a reverse name of a full address.
+func ptrAddr(name string) (netip.Addr, bool) {
+	switch {
+	case strings.HasSuffix(name, ".in-addr.arpa."):
+		l := dns.SplitDomainName(strings.TrimSuffix(name, ".in-addr.arpa."))
+		if len(l) != 4 {
+			return netip.Addr{}, false
+		}
+		slices.Reverse(l)
+		a, err := netip.ParseAddr(strings.Join(l, "."))
+		return a, err == nil
+	case strings.HasSuffix(name, ".ip6.arpa."):
+		l := dns.SplitDomainName(strings.TrimSuffix(name, ".ip6.arpa."))
+		if len(l) != 32 {
+			return netip.Addr{}, false
+		}
+		var b [16]byte
+		for i, n := range l {
+			if len(n) != 1 {
+				return netip.Addr{}, false
+			}
+			v := strings.IndexByte("0123456789abcdef", n[0])
+			if v < 0 {
+				return netip.Addr{}, false
+			}
+			j := 31 - i
+			if j%2 == 0 {
+				b[j/2] |= byte(v) << 4
+			} else {
+				b[j/2] |= byte(v)
+			}
+		}
+		return netip.AddrFrom16(b), true
+	}
+	return netip.Addr{}, false
+}

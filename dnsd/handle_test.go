@@ -1,0 +1,159 @@
+package dnsd_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/nsnet/nsnet/dnsd"
+)
+
+var client = []netip.Addr{netip.MustParseAddr("172.30.1.9")}
+
+// handler returns a server with one network and a name, no upstreams and
+// no listener: only Handle is used.
+func handler(t testing.TB) *dnsd.Server {
+	t.Helper()
+	srv, err := dnsd.New(dnsd.Config{Upstreams: []netip.AddrPort{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("172.30.1.0/24")}, false)
+	srv.Register("n", dnsd.Endpoint{Name: "web", Aliases: []string{"www"}, Addrs: []netip.Addr{netip.MustParseAddr("172.30.1.2"), netip.MustParseAddr("fd00::2")}})
+	return srv
+}
+
+func TestHandle_malformed(t *testing.T) {
+	t.Parallel()
+	srv := handler(t)
+	q := new(dns.Msg)
+	q.SetQuestion("web.", dns.TypeA)
+	good, _ := q.Pack()
+	two := q.Copy()
+	two.Question = append(two.Question, two.Question[0])
+	twoB, _ := two.Pack()
+	upd := q.Copy()
+	upd.Opcode = dns.OpcodeUpdate
+	updB, _ := upd.Pack()
+	resp := q.Copy()
+	resp.Response = true
+	respB, _ := resp.Pack()
+	for _, tc := range []struct {
+		name  string
+		in    []byte
+		rcode int // -1: no answer
+	}{
+		{"empty", nil, -1},
+		{"short", []byte{1, 2, 3}, -1},
+		{"header only, one question promised", good[:12], dns.RcodeFormatError},
+		{"cut in the name", good[:14], dns.RcodeFormatError},
+		{"a response", respB, -1},
+		{"two questions", twoB, dns.RcodeFormatError},
+		{"update", updB, dns.RcodeNotImplemented},
+		{"good", good, dns.RcodeSuccess},
+	} {
+		out := srv.Handle(context.Background(), tc.in, client, true)
+		if tc.rcode < 0 {
+			if out != nil {
+				t.Errorf("%s: an answer, want none", tc.name)
+			}
+			continue
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Errorf("%s: answer does not parse: %v", tc.name, err)
+			continue
+		}
+		if m.Rcode != tc.rcode || !m.Response {
+			t.Errorf("%s: %s, want %s", tc.name, dns.RcodeToString[m.Rcode], dns.RcodeToString[tc.rcode])
+		}
+	}
+	if st := srv.Stats(); st.Malformed != 3 {
+		t.Errorf("Stats.Malformed = %d, want 3", st.Malformed)
+	}
+}
+
+func TestRegister_validation(t *testing.T) {
+	t.Parallel()
+	srv := handler(t)
+	for _, ep := range []dnsd.Endpoint{
+		{Name: ""}, {Name: "a.b"}, {Name: "a b"}, {Name: "ok", Aliases: []string{""}}, {Name: "ok", Addrs: []netip.Addr{{}}},
+	} {
+		if err := srv.Register("n", ep); err == nil {
+			t.Errorf("Register(%+v) succeeded", ep)
+		}
+	}
+	if err := srv.Register("nope", dnsd.Endpoint{Name: "x"}); err == nil {
+		t.Error("Register on a missing network succeeded")
+	}
+	// AddNetwork is idempotent; other settings are refused.
+	if err := srv.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("172.30.1.0/24")}, false); err != nil {
+		t.Errorf("AddNetwork again: %v", err)
+	}
+	if err := srv.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("172.30.1.0/24")}, true); err == nil {
+		t.Error("AddNetwork with other settings succeeded")
+	}
+	// Register does not change the caller's slices.
+	in := []netip.Addr{netip.MustParseAddr("::ffff:172.30.1.7")}
+	if err := srv.Register("n", dnsd.Endpoint{Name: "mapped", Addrs: in}); err != nil || !in[0].Is4In6() {
+		t.Errorf("Register: %v, caller's address now %v", err, in[0])
+	}
+	for range 2 {
+		if err := srv.RemoveNetwork("n"); err != nil {
+			t.Error(err)
+		}
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("web.", dns.TypeA)
+	b, _ := q.Pack()
+	m := new(dns.Msg)
+	m.Unpack(srv.Handle(context.Background(), b, client, true))
+	if m.Rcode != dns.RcodeRefused {
+		t.Errorf("after RemoveNetwork: %s, want REFUSED", dns.RcodeToString[m.Rcode])
+	}
+	for range 2 {
+		if err := srv.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+	if err := srv.AddNetwork("m", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, false); !errors.Is(err, dnsd.ErrClosed) {
+		t.Errorf("AddNetwork after Close: %v, want ErrClosed", err)
+	}
+	if _, err := srv.ListenHost(context.Background(), nil, netip.MustParseAddrPort("127.0.0.1:53")); err == nil {
+		t.Error("ListenHost with a nil namespace succeeded")
+	}
+}
+
+// FuzzHandle: no input crashes or hangs the handler, and every answer is
+// a well-formed response with the query's ID.
+func FuzzHandle(f *testing.F) {
+	for _, name := range []string{"web.", "WWW.nsnet.internal.", "x.example.", "2.1.30.172.in-addr.arpa.", "."} {
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypePTR, dns.TypeANY, dns.TypeTXT} {
+			q := new(dns.Msg)
+			q.SetQuestion(name, qt)
+			b, _ := q.Pack()
+			f.Add(b, true)
+			q.SetEdns0(4096, true)
+			b, _ = q.Pack()
+			f.Add(b, false)
+		}
+	}
+	f.Add([]byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1}, true) // a compression loop
+	srv := handler(f)
+	f.Fuzz(func(t *testing.T, in []byte, udp bool) {
+		out := srv.Handle(context.Background(), in, client, udp)
+		if out == nil {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Fatalf("answer does not parse: %v", err)
+		}
+		if !m.Response || len(in) < 2 || m.Id != uint16(in[0])<<8|uint16(in[1]) {
+			t.Fatalf("answer is no response to the query: %v", m)
+		}
+	})
+}

@@ -1,0 +1,261 @@
+package dnsd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nsnet/nsnet/internal/nft"
+	"github.com/nsnet/nsnet/netns"
+)
+
+// A Listener is one UDP and one TCP socket the server answers on.
+type Listener struct {
+	s       *Server
+	addr    netip.AddrPort
+	udp     *net.UDPConn
+	tcp     net.Listener
+	clients []netip.Addr // fixed client identity (container listener), or nil
+	ns      *netns.NS
+	redir   []nft.Mapping
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	conns   chan struct{}
+	once    sync.Once
+	err     error
+}
+
+// Addr returns the address and port the listener's sockets are bound to.
+func (l *Listener) Addr() netip.AddrPort { return l.addr }
+
+// ListenHost serves DNS on addr (a network's gateway address) in the host
+// namespace host, over UDP and TCP, as Podman's aardvark-dns does; clients
+// are told apart by their source addresses. A port other than 53 (0 picks
+// a free one) gets a redirect from addr:53 to it in nsnet's nftables table
+// of host, for hosts where port 53 is taken (a dnsmasq on the host):
+// clients still use addr:53. ctx bounds the setup; the listener serves
+// until Close (its own or the Server's).
+func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.AddrPort) (*Listener, error) {
+	if host == nil {
+		return nil, &ValidationError{"host", "nil namespace"}
+	}
+	if !addr.Addr().IsValid() {
+		return nil, &ValidationError{"addr", "invalid address"}
+	}
+	return s.listen(ctx, host, addr, nil)
+}
+
+// ListenContainer serves DNS on 127.0.0.11:53 inside the container's
+// namespace ctr, as Docker's embedded resolver does. Every query on it is
+// treated as coming from the container's addresses addrs (its addresses on
+// its networks), which decide the networks whose names it gets. Forwarded
+// queries still leave from the server's host namespace. If port 53 is taken
+// in ctr, the server listens on a free port and redirects 127.0.0.11:53 to
+// it in ctr.
+func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []netip.Addr) (*Listener, error) {
+	if ctr == nil {
+		return nil, &ValidationError{"ctr", "nil namespace"}
+	}
+	if len(addrs) == 0 {
+		return nil, &ValidationError{"addrs", "the container has no address"}
+	}
+	a := netip.MustParseAddr(DefaultContainerDNS)
+	l, err := s.listen(ctx, ctr, netip.AddrPortFrom(a, 53), addrs)
+	if errors.Is(err, unix.EADDRINUSE) {
+		l, err = s.listen(ctx, ctr, netip.AddrPortFrom(a, 0), addrs)
+	}
+	return l, err
+}
+
+func (s *Server) listen(ctx context.Context, ns *netns.NS, addr netip.AddrPort, clients []netip.Addr) (_ *Listener, err error) {
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	l := &Listener{s: s, ns: ns, clients: clients, conns: make(chan struct{}, s.cfg.MaxTCPConns)}
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+	// A free port for both: take UDP's, and retry if TCP's is taken.
+	for try := 0; ; try++ {
+		pc, err := ns.ListenPacket("udp", addr.String())
+		if err != nil {
+			return nil, fmt.Errorf("dnsd: listen udp %s: %w", addr, err)
+		}
+		l.udp = pc.(*net.UDPConn)
+		bound := l.udp.LocalAddr().(*net.UDPAddr).AddrPort()
+		l.addr = netip.AddrPortFrom(addr.Addr(), bound.Port())
+		l.tcp, err = ns.Listen("tcp", l.addr.String())
+		if err == nil {
+			break
+		}
+		l.udp.Close()
+		l.udp = nil
+		if addr.Port() != 0 || try == 10 {
+			return nil, fmt.Errorf("dnsd: listen tcp %s: %w", l.addr, err)
+		}
+	}
+	if l.addr.Port() != 53 {
+		for _, p := range []uint8{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			l.redir = append(l.redir, nft.Mapping{Proto: p, HostAddr: l.addr.Addr(), HostPort: 53,
+				CtrAddr: l.addr.Addr(), CtrPort: l.addr.Port(), ID: "nsnet-dns"})
+		}
+		if err := nft.AddMappings(ctx, ns, l.redir); err != nil {
+			l.redir = nil
+			return nil, fmt.Errorf("dnsd: redirect %s:53 to port %d: %w", l.addr.Addr(), l.addr.Port(), err)
+		}
+	}
+	l.ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	for range s.cfg.UDPReaders {
+		l.wg.Add(1)
+		go l.serveUDP()
+	}
+	l.wg.Add(1)
+	go l.serveTCP()
+	return l, nil
+}
+
+// Close stops the listener, waits for its goroutines and removes its
+// redirect. It may be called more than once.
+func (l *Listener) Close() error {
+	l.once.Do(func() {
+		if l.cancel != nil {
+			l.cancel()
+		}
+		var errs []error
+		if l.udp != nil {
+			l.udp.Close()
+		}
+		if l.tcp != nil {
+			l.tcp.Close()
+		}
+		l.wg.Wait()
+		if len(l.redir) > 0 {
+			errs = append(errs, nft.RemoveMappings(context.Background(), l.ns, l.redir))
+		}
+		l.s.mu.Lock()
+		delete(l.s.listeners, l)
+		l.s.mu.Unlock()
+		l.err = errors.Join(errs...)
+	})
+	return l.err
+}
+
+func (l *Listener) serveUDP() {
+	defer l.wg.Done()
+	buf := make([]byte, 65535)
+	var one [1]netip.Addr
+	for {
+		n, from, err := l.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		clients := l.clients
+		if clients == nil {
+			one[0] = from.Addr().Unmap()
+			clients = one[:]
+		}
+		l.s.serve(l.ctx, buf[:n], clients, true, func(out []byte) { l.udp.WriteToUDPAddrPort(out, from) }, l.spawn)
+	}
+}
+
+// spawn runs f on a goroutine that Close waits for.
+func (l *Listener) spawn(f func()) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		f()
+	}()
+}
+
+func (l *Listener) serveTCP() {
+	defer l.wg.Done()
+	for {
+		c, err := l.tcp.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		select {
+		case l.conns <- struct{}{}:
+		default:
+			l.s.stats.tcpRejected.Add(1)
+			c.Close()
+			continue
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer func() { <-l.conns }()
+			l.serveConn(c)
+		}()
+	}
+}
+
+// serveConn answers queries on one TCP connection. Each query must arrive
+// whole, and each answer be taken, within TCPIdle; the connection closes on
+// any error, EOF (half-close included) or listener close.
+func (l *Listener) serveConn(c net.Conn) {
+	defer c.Close()
+	stop := context.AfterFunc(l.ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	var clients []netip.Addr
+	if l.clients != nil {
+		clients = l.clients
+	} else if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		clients = []netip.Addr{ap.Addr().Unmap()}
+	} else {
+		return
+	}
+	var hdr [2]byte
+	for {
+		c.SetDeadline(time.Now().Add(l.s.cfg.TCPIdle))
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n := binary.BigEndian.Uint16(hdr[:])
+		if n == 0 {
+			return
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(c, b); err != nil {
+			return
+		}
+		out := l.s.Handle(l.ctx, b, clients, false)
+		if out == nil {
+			return
+		}
+		msg := make([]byte, 2+len(out))
+		binary.BigEndian.PutUint16(msg, uint16(len(out)))
+		copy(msg[2:], out)
+		if _, err := c.Write(msg); err != nil {
+			return
+		}
+	}
+}
