@@ -1,7 +1,8 @@
 // Command multi-container reproduces scenario S9, a multi-container
 // application: a web service on :5000, published as `-p 5000:5000`, counts
-// its hits in a key-value service (Redis in the guide) that it reaches at
-// REDIS_HOST; an outside client reaches the web service through the host's
+// its hits in a key-value service (Redis in the guide) that it reaches by
+// the name in REDIS_HOST, resolved by nsnet's embedded DNS server on
+// 127.0.0.11 in the web container; an outside client reaches the web service through the host's
 // uplink address and sees the count go up. Both services are small Go
 // programs running in the containers' namespaces.
 //
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/examples/internal/check"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/ipam"
@@ -76,16 +78,39 @@ func run(ctx context.Context, env check.Env) error {
 	wg.Go(func() { serveKV(kv) })
 
 	web, webAddr, err := attach("web")
-	if !log.OK("docker run --name web --network app -e REDIS_HOST="+redisAddr.String()+" -p 5000:5000: "+webAddr.String(), err) {
+	if !log.OK("docker run --name web --network app -e REDIS_HOST=redis -p 5000:5000: "+webAddr.String(), err) {
 		return err
 	}
-	redisHost := redisAddr.String() // REDIS_HOST
+	// The embedded DNS server: the app network's names, served to web on
+	// 127.0.0.11 (no upstreams: nothing to forward in this example).
+	dns, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{}})
+	if err != nil {
+		return err
+	}
+	defer dns.Close()
+	err = errors.Join(dns.AddNetwork("app", []netip.Prefix{subnet}, false),
+		dns.Register("app", dnsd.Endpoint{Name: "redis", Addrs: []netip.Addr{redisAddr}}),
+		dns.Register("app", dnsd.Endpoint{Name: "web", Addrs: []netip.Addr{webAddr}}))
+	if err != nil {
+		return err
+	}
+	ln53, err := dns.ListenContainer(ctx, web, []netip.Addr{webAddr})
+	if !log.OK("web's resolver: 127.0.0.11:53", err) {
+		return err
+	}
+	defer ln53.Close()
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return web.Dial(ctx, nil, network, "127.0.0.11:53")
+	}}
+	redisHost := "redis" // REDIS_HOST
+	got, err := resolver.LookupNetIP(ctx, "ip4", redisHost)
+	log.OK(fmt.Sprintf("web resolves %s to %v", redisHost, got), check.Expect(err, len(got) != 1 || got[0] != redisAddr, "want %s", redisAddr))
 	ln, err := web.Listen("tcp", ":5000")
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, err := incr(r.Context(), web, net.JoinHostPort(redisHost, "6379"), "hits")
+		n, err := incr(r.Context(), web, resolver, redisHost, "hits")
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -182,9 +207,13 @@ func serveKV(l net.Listener) {
 }
 
 // incr is the web service's client of the key-value service, dialling
-// from the web container.
-func incr(ctx context.Context, from *netns.NS, addr, key string) (int, error) {
-	c, err := from.Dial(ctx, nil, "tcp", addr)
+// host (a name, looked up anew each time) from the web container.
+func incr(ctx context.Context, from *netns.NS, r *net.Resolver, host, key string) (int, error) {
+	addrs, err := r.LookupNetIP(ctx, "ip4", host)
+	if err != nil {
+		return 0, err
+	}
+	c, err := from.Dial(ctx, nil, "tcp", netip.AddrPortFrom(addrs[0], 6379).String())
 	if err != nil {
 		return 0, err
 	}
