@@ -3,7 +3,8 @@
 // network (the next free subnet from the IPAM's default pools, like
 // `docker network create`) with outbound NAT, attaches two containers to
 // it, checks that they reach each other and the gateway over ICMP and TCP
-// and the outside through the host's address, publishes a port of one
+// and the outside through the host's address, resolves a peer by name
+// through the embedded DNS server, publishes a port of one
 // (`-p 8080:80`) and reaches it from the outside; then it takes everything
 // down again.
 //
@@ -15,10 +16,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/examples/internal/check"
 	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
@@ -36,12 +40,12 @@ func run(ctx context.Context, env check.Env) error {
 	}
 
 	// docker network create quickstart
-	net, err := bridge.New(ctx, host, env.Alloc, bridge.Config{Name: "quickstart"})
+	nw, err := bridge.New(ctx, host, env.Alloc, bridge.Config{Name: "quickstart"})
 	if !log.OK("network quickstart", err) {
 		return err
 	}
-	defer net.Delete(ctx, true)
-	cfg := net.Config()
+	defer nw.Delete(ctx, true)
+	cfg := nw.Config()
 	log.Printf("bridge %s, subnet %s, gateway %s, MTU %d", cfg.Bridge, cfg.Subnets[0].Subnet, cfg.Subnets[0].Gateway, cfg.MTU)
 	// Egress: masquerade the subnet behind the host's address.
 	masq := nat.Network{Bridge: cfg.Bridge, Subnets: []netip.Prefix{cfg.Subnets[0].Subnet}}
@@ -58,7 +62,7 @@ func run(ctx context.Context, env check.Env) error {
 		if err != nil {
 			return err
 		}
-		ep, err := net.Attach(ctx, bridge.EndpointConfig{ID: name, NS: ctr, DefaultRoute: true})
+		ep, err := nw.Attach(ctx, bridge.EndpointConfig{ID: name, NS: ctr, DefaultRoute: true})
 		if !log.OK(fmt.Sprintf("docker run --network quickstart --name %s: %s %v, MAC %s", name, ep.IfName, ep.Addrs, ep.MAC), err) {
 			return err
 		}
@@ -71,6 +75,30 @@ func run(ctx context.Context, env check.Env) error {
 	log.OK("web pings db", nstest.Ping(ctx, web, dbAddr))
 	log.OK("db pings web", nstest.Ping(ctx, db, webAddr))
 	log.OK("TCP from web to a server in db", check.Exchange(ctx, web, db, fmt.Sprintf("%s:5432", dbAddr), webAddr.String()))
+
+	// Names: the embedded DNS server answers the network's names on
+	// 127.0.0.11 in each container, as Docker's does.
+	dns, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{}})
+	if err != nil {
+		return err
+	}
+	defer dns.Close()
+	err = errors.Join(dns.AddNetwork("quickstart", []netip.Prefix{cfg.Subnets[0].Subnet}, false),
+		dns.Register("quickstart", dnsd.Endpoint{Name: "web", Addrs: []netip.Addr{webAddr}}),
+		dns.Register("quickstart", dnsd.Endpoint{Name: "db", Addrs: []netip.Addr{dbAddr}}))
+	if err != nil {
+		return err
+	}
+	ln53, err := dns.ListenContainer(ctx, web, []netip.Addr{webAddr})
+	if err != nil {
+		return err
+	}
+	defer ln53.Close()
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return web.Dial(ctx, nil, network, "127.0.0.11:53")
+	}}
+	got, err := resolver.LookupNetIP(ctx, "ip4", "db")
+	log.OK(fmt.Sprintf("web resolves db to %v", got), check.Expect(err, len(got) != 1 || got[0] != dbAddr, "want %s", dbAddr))
 	log.OK("the host reaches web", nstest.Ping(ctx, host, webAddr))
 	log.OK("web reaches the outside, which sees the host's address",
 		check.Exchange(ctx, web, out.NS, out.Addr.String()+":80", out.Uplink.String()))
@@ -95,12 +123,12 @@ func run(ctx context.Context, env check.Env) error {
 	log.OK("unpublished", ports.Remove(ctx, m))
 
 	for _, ep := range eps {
-		if err := net.Detach(ctx, ep.ID); !log.OK("detach "+ep.ID, err) {
+		if err := nw.Detach(ctx, ep.ID); !log.OK("detach "+ep.ID, err) {
 			return err
 		}
 	}
 	links, err := web.Links()
 	log.OK("web is back to lo only", check.Expect(err, len(links) != 1, "%d links", len(links)))
-	log.OK("docker network rm quickstart", net.Delete(ctx, false))
+	log.OK("docker network rm quickstart", nw.Delete(ctx, false))
 	return nil
 }
