@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/vishvananda/netlink"
@@ -205,6 +207,7 @@ func (h *Host) program() {
 	}
 
 	want := map[entry]bool{}
+	wantNames := map[string]map[string][]netip.Addr{}
 	for k, v := range h.view {
 		rest, ok := strings.CutPrefix(k, epPrefix)
 		if !ok {
@@ -213,7 +216,16 @@ func (h *Host) program() {
 		network, _, _ := strings.Cut(rest, "/")
 		vni, ok := h.local[network]
 		var r epRecord
-		if !ok || json.Unmarshal(v, &r) != nil || r.Host == h.cfg.Name || !alive[r.Host] {
+		if !ok || json.Unmarshal(v, &r) != nil || !alive[r.Host] {
+			continue
+		}
+		if parts := strings.SplitN(rest, "/", 3); len(parts) == 3 {
+			if wantNames[network] == nil {
+				wantNames[network] = map[string][]netip.Addr{}
+			}
+			wantNames[network][parts[2]] = r.Addrs
+		}
+		if r.Host == h.cfg.Name {
 			continue
 		}
 		want[entry{kind: fdbEntry, vni: vni, mac: r.MAC, ip: r.VTEP}] = true
@@ -221,6 +233,9 @@ func (h *Host) program() {
 		for _, a := range r.Addrs {
 			want[entry{kind: neighEntry, vni: vni, mac: r.MAC, ip: a}] = true
 		}
+	}
+	if h.cfg.DNS != nil {
+		h.programNames(defs, wantNames)
 	}
 	nl, err := h.cfg.NS.Netlink()
 	if err != nil {
@@ -362,6 +377,52 @@ func (h *Host) repair(reap []string, lost map[string][]byte) {
 		h.mu.Unlock()
 		if !still { // detached meanwhile
 			h.del(ctx, k)
+		}
+	}
+}
+
+// programNames makes the DNS server hold the names of every local
+// network's endpoints, on every host. h.mu is held.
+func (h *Host) programNames(defs map[string]Config, want map[string]map[string][]netip.Addr) {
+	dns := h.cfg.DNS
+	for network, names := range h.names {
+		if _, ok := h.local[network]; !ok {
+			if err := dns.RemoveNetwork(network); err != nil {
+				h.cfg.Logger.Error("overlay: dns", "network", network, "err", err)
+			}
+			delete(h.names, network)
+			continue
+		}
+		for name := range names {
+			if _, ok := want[network][name]; !ok {
+				dns.Unregister(network, name)
+				delete(names, name)
+			}
+		}
+	}
+	for network := range h.local {
+		cfg := defs[network]
+		if h.names[network] == nil {
+			var subnets []netip.Prefix
+			for _, s := range cfg.Subnets {
+				subnets = append(subnets, s.Subnet)
+			}
+			if err := dns.AddNetwork(network, subnets, cfg.Internal); err != nil {
+				h.cfg.Logger.Error("overlay: dns", "network", network, "err", err)
+				continue
+			}
+			h.names[network] = map[string]string{}
+		}
+		for name, addrs := range want[network] {
+			key := fmt.Sprint(addrs)
+			if h.names[network][name] == key {
+				continue
+			}
+			if err := dns.Register(network, dnsd.Endpoint{Name: name, Addrs: addrs}); err != nil {
+				h.cfg.Logger.Error("overlay: dns", "network", network, "name", name, "err", err)
+				continue
+			}
+			h.names[network][name] = key
 		}
 	}
 }

@@ -49,6 +49,14 @@
 // asked before the entry was there and would otherwise ask again only a
 // second later.
 //
+// # Names
+//
+// With HostConfig.DNS set, a host keeps its embedded DNS server (dnsd) in
+// step with the store: every overlay of the host is a network there, and
+// every endpoint on every host a name (its ID) with its addresses, removed
+// when the endpoint or its host goes. Containers resolve their peers on
+// other hosts through that server (ListenContainer, 127.0.0.11).
+//
 // # Egress
 //
 // Containers of an overlay that is not Internal also get an interface on

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
@@ -54,6 +55,11 @@ type HostConfig struct {
 	LeaseTTL time.Duration
 	// Logger, if set, gets the control plane's errors.
 	Logger *slog.Logger
+	// DNS, if set, is the host's embedded DNS server: the host keeps in it
+	// every overlay's names, its own endpoints' and the other hosts', each
+	// endpoint under its ID, so that containers resolve their peers on
+	// other hosts by name.
+	DNS *dnsd.Server
 }
 
 // Host is one host's part of the overlays: the local devices of each
@@ -71,8 +77,11 @@ type Host struct {
 	// defined: the networks the view held when the kernel was last
 	// programmed.
 	defined map[string]bool
-	prog    map[entry]bool    // what the control plane has put into the kernel
-	mine    map[string][]byte // this host's endpoint records, to publish again if lost
+	// names: what the control plane has registered in cfg.DNS, by network
+	// and name (the addresses, as a string, to see a change).
+	names map[string]map[string]string
+	prog  map[entry]bool    // what the control plane has put into the kernel
+	mine  map[string][]byte // this host's endpoint records, to publish again if lost
 	// beats holds, per host record seen, its value and when (by this
 	// host's clock) it last changed: a host whose record has not changed
 	// for LeaseTTL is dead. Judging by the observer's clock makes no two
@@ -161,6 +170,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
 		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
 		mine: map[string][]byte{}, beats: map[string]beat{}, defined: map[string]bool{}, arpFD: -1,
+		names: map[string]map[string]string{},
 		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := h.put(ctx, hostPrefix+cfg.Name, encode(hostRecord{VTEP: cfg.VTEP, Seen: time.Now()})); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -44,6 +46,12 @@ func etcdCluster(t testing.TB, srv *etcdtest.Server, n int, ttl time.Duration) *
 // joinCluster joins the hosts of topo to the overlays, each host on the
 // store that store returns, with leases of ttl (0: the default).
 func joinCluster(t testing.TB, topo *nstest.Topology, store func() ipam.Store, ttl time.Duration) *cluster {
+	return joinClusterWith(t, topo, store, ttl, nil)
+}
+
+// joinClusterWith is joinCluster with each host's config given to opt
+// before it joins.
+func joinClusterWith(t testing.TB, topo *nstest.Topology, store func() ipam.Store, ttl time.Duration, opt func(i int, cfg *overlay.HostConfig)) *cluster {
 	t.Helper()
 	c := &cluster{topo: topo}
 	for i, th := range c.topo.Hosts {
@@ -53,8 +61,12 @@ func joinCluster(t testing.TB, topo *nstest.Topology, store func() ipam.Store, t
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
-			VTEP: th.Addr.Addr(), Store: s, Alloc: alloc, LeaseTTL: ttl})
+		cfg := overlay.HostConfig{NS: th.NS, Name: fmt.Sprint("host", i+1),
+			VTEP: th.Addr.Addr(), Store: s, Alloc: alloc, LeaseTTL: ttl}
+		if opt != nil {
+			opt(i, &cfg)
+		}
+		h, err := overlay.Join(t.Context(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -592,4 +604,54 @@ func TestCompacted(t *testing.T) {
 			return errors.New("no " + dev)
 		})
 	}
+}
+
+// TestNames: each host's DNS server answers the names of the overlay's
+// containers on every host, and drops a name when its endpoint goes.
+func TestNames(t *testing.T) {
+	t.Parallel()
+	store := ipam.NewMemoryStore()
+	topo := nstest.Underlay(t, 3)
+	servers := make([]*dnsd.Server, 3)
+	c := joinClusterWith(t, topo, func() ipam.Store { return store }, 0, func(i int, cfg *overlay.HostConfig) {
+		srv, err := dnsd.New(dnsd.Config{NS: topo.Hosts[i].NS, Upstreams: []netip.AddrPort{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Close() })
+		servers[i], cfg.DNS = srv, srv
+	})
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x30, Subnets: subnets("10.74.0.0/24"), Internal: true}); err != nil {
+		t.Fatal(err)
+	}
+	c1, a1 := c.attach(t, 0, "ov", "c1")
+	_, a3 := c.attach(t, 2, "ov", "c3")
+	ln, err := servers[0].ListenContainer(t.Context(), c1, []netip.Addr{a1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return c1.Dial(ctx, nil, network, "127.0.0.11:53")
+	}}
+	eventually(t, "c1 on host1 resolves c3 on host3", func() error {
+		got, err := resolver.LookupNetIP(t.Context(), "ip4", "c3")
+		if err != nil || len(got) != 1 || got[0] != a3 {
+			return fmt.Errorf("%v, %v; want %s", got, err, a3)
+		}
+		return nil
+	})
+	n3, err := c.hosts[2].Network(t.Context(), "ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n3.Detach(t.Context(), "c3"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "c3's name goes with it", func() error {
+		if got, err := resolver.LookupNetIP(t.Context(), "ip4", "c3"); err == nil {
+			return fmt.Errorf("c3 still resolves to %v", got)
+		}
+		return nil
+	})
 }

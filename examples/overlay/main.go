@@ -3,8 +3,8 @@
 // the example), and on nsnet's embedded file store. Three hosts share an
 // underlay segment; the overlay 172.30.0.0/16 (gateway 172.30.0.254),
 // created on one host, exists on all of them; containers on different
-// hosts get distinct addresses, reach each other across hosts, and reach
-// the network beyond their hosts.
+// hosts get distinct addresses, resolve each other by name, reach each
+// other across hosts, and reach the network beyond their hosts.
 //
 //	go run ./examples/overlay    # as root
 package main
@@ -12,10 +12,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/examples/internal/check"
 	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
@@ -71,6 +74,7 @@ func s11(ctx context.Context, env check.Env, hosts []check.UnderlayHost, kind st
 	log := env.Log
 	log.Printf("--- on %s", kind)
 	var joined []*overlay.Host
+	var servers []*dnsd.Server
 	defer func() {
 		for _, h := range joined {
 			h.Close(context.Background())
@@ -86,7 +90,14 @@ func s11(ctx context.Context, env check.Env, hosts []check.UnderlayHost, kind st
 		if err != nil {
 			return err
 		}
-		h, err := overlay.Join(ctx, overlay.HostConfig{NS: uh.NS, Name: fmt.Sprint("host", i+1), VTEP: uh.Addr, Store: store, Alloc: alloc})
+		// Each host's embedded DNS server, kept up to date by the overlay.
+		dns, err := dnsd.New(dnsd.Config{NS: uh.NS, Upstreams: []netip.AddrPort{}})
+		if err != nil {
+			return err
+		}
+		defer dns.Close()
+		servers = append(servers, dns)
+		h, err := overlay.Join(ctx, overlay.HostConfig{NS: uh.NS, Name: fmt.Sprint("host", i+1), VTEP: uh.Addr, Store: store, Alloc: alloc, DNS: dns})
 		if !log.OK(fmt.Sprintf("host%d joins (VTEP %s)", i+1, uh.Addr), err) {
 			return err
 		}
@@ -125,6 +136,20 @@ func s11(ctx context.Context, env check.Env, hosts []check.UnderlayHost, kind st
 		j := (i + 1) % len(ctrs)
 		log.OK(fmt.Sprintf("c%d pings c%d across hosts", i+1, j+1), nstest.Ping(ctx, ctrs[i], addrs[j]))
 	}
+	ln, err := servers[0].ListenContainer(ctx, ctrs[0], []netip.Addr{addrs[0]})
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return ctrs[0].Dial(ctx, nil, network, "127.0.0.11:53")
+	}}
+	var got []netip.Addr
+	for try := 0; try < 50 && (len(got) != 1 || got[0] != addrs[2]); try++ { // the names follow the store
+		got, err = resolver.LookupNetIP(ctx, "ip4", "c3")
+		time.Sleep(20 * time.Millisecond)
+	}
+	log.OK(fmt.Sprintf("c1 on host1 resolves c3 on host3: %v", got), check.Expect(err, len(got) != 1 || got[0] != addrs[2], "want %s", addrs[2]))
 	log.OK("TCP from c1 to c3, who sees c1's own address", check.Exchange(ctx, ctrs[0], ctrs[2], netip.AddrPortFrom(addrs[2], 80).String(), addrs[0].String()))
 	log.OK("c2 reaches beyond its host, which masquerades it",
 		check.Exchange(ctx, ctrs[1], env.Host, netip.AddrPortFrom(check.UnderlayGateway, 8080).String(), hosts[1].Addr.String()))
