@@ -294,6 +294,15 @@ func TestBadInput(t *testing.T) {
 	if !errors.As(err, &ve) {
 		t.Errorf("Join without an allocator: %v", err)
 	}
+	alloc, err := ipam.New(c.store, ipam.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = overlay.Join(t.Context(), overlay.HostConfig{NS: c.topo.Hosts[0].NS, Name: "x",
+		VTEP: netip.MustParseAddr("192.0.2.1"), Store: c.store, Alloc: alloc})
+	if !errors.As(err, &ve) || ve.Field != "VTEP" {
+		t.Errorf("Join with a VTEP address the host does not have: %v", err)
+	}
 }
 
 // TestDeadHost: a host that dies without a goodbye disappears from the
