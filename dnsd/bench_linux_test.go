@@ -36,14 +36,8 @@ func BenchmarkQuery(b *testing.B) {
 			host := nstest.Host(b)
 			out := nstest.NewOutside(b, host)
 			up := newUpstream(b, out.NS, out.Addr)
-			l := newLab(b, dnsd.Config{})
-			l.host = host
-			srv, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{up.addr}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer srv.Close()
-			l.srv = srv
+			l := newLabOn(b, host, dnsd.Config{Upstreams: []netip.AddrPort{up.addr}})
+			srv := l.srv
 			na, gw := l.network("neta", "172.30.0.0/16", false)
 			c1, _ := l.container(na, nil, "c1")
 			for i := range bc.names {

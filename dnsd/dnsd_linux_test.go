@@ -176,15 +176,9 @@ func TestForward(t *testing.T) {
 	// A port nobody listens on: ICMP port unreachable.
 	closed := netip.AddrPortFrom(out.Addr, 9)
 
-	l := newLab(t, dnsd.Config{})
-	l.host = host
-	srv, err := dnsd.New(dnsd.Config{NS: host, Timeout: 300 * time.Millisecond,
+	l := newLabOn(t, host, dnsd.Config{Timeout: 300 * time.Millisecond,
 		Upstreams: []netip.AddrPort{silent.addr, closed, bad.addr, good.addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	l.srv = srv
+	srv := l.srv
 	na, gwA := l.network("neta", "172.30.1.0/24", false)
 	ni, gwI := l.network("neti", "172.30.3.0/24", true)
 	c1, _ := l.container(na, nil, "c1")
@@ -311,14 +305,8 @@ func TestListenContainer(t *testing.T) {
 	host := nstest.Host(t)
 	out := nstest.NewOutside(t, host)
 	up := newUpstream(t, out.NS, out.Addr)
-	l := newLab(t, dnsd.Config{})
-	l.host = host
-	srv, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{up.addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	l.srv = srv
+	l := newLabOn(t, host, dnsd.Config{Upstreams: []netip.AddrPort{up.addr}})
+	srv := l.srv
 	na, _ := l.network("neta", "172.30.1.0/24", false)
 	nb, _ := l.network("netb", "172.30.2.0/24", false)
 	c1, a1 := l.container(na, nil, "c1")
@@ -637,14 +625,7 @@ func TestForward_noStall(t *testing.T) {
 	out := nstest.NewOutside(t, host)
 	up := newUpstream(t, out.NS, out.Addr)
 	up.mode.Store("silent")
-	l := newLab(t, dnsd.Config{})
-	l.host = host
-	srv, err := dnsd.New(dnsd.Config{NS: host, UDPReaders: 2, Timeout: 3 * time.Second, Upstreams: []netip.AddrPort{up.addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	l.srv = srv
+	l := newLabOn(t, host, dnsd.Config{UDPReaders: 2, Timeout: 3 * time.Second, Upstreams: []netip.AddrPort{up.addr}})
 	na, gw := l.network("neta", "172.30.1.0/24", false)
 	c1, a1 := l.container(na, nil, "c1")
 	s := netip.AddrPortFrom(gw, 53)

@@ -29,7 +29,12 @@ type lab struct {
 
 func newLab(t testing.TB, cfg dnsd.Config) *lab {
 	t.Helper()
-	host := nstest.Host(t)
+	return newLabOn(t, nstest.Host(t), cfg)
+}
+
+// newLabOn is newLab on a host the test made (with an outside, say).
+func newLabOn(t testing.TB, host *netns.NS, cfg dnsd.Config) *lab {
+	t.Helper()
 	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
 	if err != nil {
 		t.Fatal(err)
