@@ -562,6 +562,15 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	}
 	mac := ec.MAC
 	if mac == nil {
+		// Attached before: the same MAC, so that the same pair is found.
+		if kv, err := h.cfg.Store.Get(ctx, h.key(n.epKey(ec.ID))); err == nil {
+			var old epRecord
+			if json.Unmarshal(kv.Value, &old) == nil && old.Host == h.cfg.Name {
+				mac = old.mac()
+			}
+		}
+	}
+	if mac == nil {
 		mac = veth.RandomMAC()
 	}
 	mtu := h.mtu

@@ -155,6 +155,14 @@ func TestThreeHosts(t *testing.T) {
 		seen[a] = true
 		ctrs, addrs = append(ctrs, ns), append(addrs, a)
 	}
+	// Attaching again returns the same endpoint.
+	n1, err := c.hosts[0].Network(t.Context(), "ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep, err := n1.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: ctrs[0]}); err != nil || ep.Addrs[0].Addr() != addrs[0] {
+		t.Errorf("attaching c1 again: %+v, %v", ep, err)
+	}
 	if addrs[0] != netip.MustParseAddr("172.30.0.1") {
 		t.Errorf("first address %s, want 172.30.0.1", addrs[0])
 	}
@@ -577,7 +585,7 @@ func TestCompacted(t *testing.T) {
 	}
 	log := &logged{}
 	h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: topo.Hosts[0].NS, Name: "host1",
-		VTEP: topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc, Logger: slog.New(log), LeaseTTL: time.Second})
+		VTEP: topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc, Logger: slog.New(log), LeaseTTL: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,6 +594,9 @@ func TestCompacted(t *testing.T) {
 	// Whether the host's watch comes back before the compaction is a race
 	// with the etcd client's reconnection: the scenario runs until the
 	// watch has met a compaction (usually at once), converging each time.
+	// The lease is long enough for the client to reconnect before the
+	// host gives up its silent watch (which would list again too, but not
+	// meet the compaction).
 	other := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
 	for try := 1; !log.has("overlay: watch compacted"); try++ {
 		if try > 5 {
