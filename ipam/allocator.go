@@ -132,7 +132,7 @@ type poolReq struct {
 	owner  string       // reqAllocate, reqRelease
 	static []netip.Addr // reqAllocate
 	now    int64        // reqAllocate: the leases' time
-	res    *allocResult // reqAllocate: where the result goes
+	res    allocResult  // reqAllocate: the result
 	fn     func(st *poolState) error
 }
 
@@ -160,7 +160,7 @@ func (r *poolReq) apply(pool string, st *poolState) error {
 			return notFound("allocate", pool)
 		}
 		held, err := st.allocate(r.owner, r.static, r.now)
-		*r.res = allocResult{held, st.subnets}
+		r.res = allocResult{held, st.subnets}
 		return err
 	case reqRelease:
 		if st != nil {
@@ -184,16 +184,17 @@ func (a *Allocator) handle(pool string) *poolHandle {
 }
 
 // do runs req on the pool's current state, batched with concurrent
-// requests, and writes the state if req changed it. It returns req's error
-// or the store's.
-func (a *Allocator) do(ctx context.Context, pool string, req poolReq) error {
+// requests, and writes the state if req changed it. It returns req as it
+// ran (with its result) and req's error or the store's.
+func (a *Allocator) do(ctx context.Context, pool string, req poolReq) (poolReq, error) {
 	h := a.handle(pool)
 	return h.g.do(ctx, req, h.commit)
 }
 
 // doFunc is do with a request that is a function.
 func (a *Allocator) doFunc(ctx context.Context, pool string, fn func(st *poolState) error) error {
-	return a.do(ctx, pool, poolReq{kind: reqFunc, fn: fn})
+	_, err := a.do(ctx, pool, poolReq{kind: reqFunc, fn: fn})
+	return err
 }
 
 func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poolReq]) {
@@ -588,19 +589,19 @@ func (a *Allocator) Allocate(ctx context.Context, pool, owner string, static ...
 	if err := validOwner(owner); err != nil {
 		return Allocation{}, err
 	}
-	var res allocResult
-	err := a.do(ctx, pool, poolReq{kind: reqAllocate, owner: owner, static: static, now: time.Now().UnixNano(), res: &res})
+	req, err := a.do(ctx, pool, poolReq{kind: reqAllocate, owner: owner, static: static, now: time.Now().UnixNano()})
 	if err != nil {
 		return Allocation{}, err
 	}
-	return allocation(pool, owner, res.subnets, res.held), nil
+	return allocation(pool, owner, req.res.subnets, req.res.held), nil
 }
 
 // Release frees every address owner holds in the pool, static ones too
 // (like `docker rm` of the container). An owner that holds none, or a pool
 // that does not exist, is no error.
 func (a *Allocator) Release(ctx context.Context, pool, owner string) error {
-	return a.do(ctx, pool, poolReq{kind: reqRelease, owner: owner})
+	_, err := a.do(ctx, pool, poolReq{kind: reqRelease, owner: owner})
+	return err
 }
 
 // ReleaseAddr frees one address of the pool, whoever holds it. An address

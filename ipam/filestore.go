@@ -175,7 +175,7 @@ func (s *FileStore) List(ctx context.Context, prefix string) ([]KV, int64, error
 // together: one append and one fdatasync for all of them.
 func (s *FileStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 	req := &casReq{ops: ops}
-	if err := s.group.do(ctx, req, s.commit); err != nil {
+	if _, err := s.group.do(ctx, req, s.commit); err != nil {
 		return 0, err
 	}
 	return req.rev, nil
