@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -30,31 +31,13 @@ var afterAnchor func() error
 type netState struct {
 	mu   sync.Mutex
 	eps  map[string]*netns.NS
-	busy map[string]chan struct{} // endpoints being attached or detached
+	busy keylock.Map // endpoints being attached or detached
 }
 
 // lock serialises the attaches and detaches of one endpoint (of all
 // endpoints, for key ""), so that two calls for one container cannot undo
 // each other's work. It returns the unlock.
-func (s *netState) lock(key string) func() {
-	for {
-		s.mu.Lock()
-		ch, busy := s.busy[key]
-		if !busy {
-			ch = make(chan struct{})
-			s.busy[key] = ch
-			s.mu.Unlock()
-			return func() {
-				s.mu.Lock()
-				delete(s.busy, key)
-				s.mu.Unlock()
-				close(ch)
-			}
-		}
-		s.mu.Unlock()
-		<-ch
-	}
-}
+func (s *netState) lock(key string) func() { return s.busy.Lock(key) }
 
 // lockKey is the key of lock for endpoint id: one for the whole network
 // in passthru mode, which has at most one endpoint.
@@ -92,7 +75,7 @@ func stateFor(host *netns.NS, name string) *netState {
 	defer registry.Unlock()
 	s, ok := registry.m[key]
 	if !ok {
-		s = &netState{eps: map[string]*netns.NS{}, busy: map[string]chan struct{}{}}
+		s = &netState{eps: map[string]*netns.NS{}}
 		registry.m[key] = s
 	}
 	return s
