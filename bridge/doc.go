@@ -49,6 +49,11 @@
 //
 // A Network is safe for concurrent use: Attach and Detach of different
 // endpoints may run at once (the tests attach 200 containers concurrently).
+// Calls for one endpoint run one after the other within a process, through
+// whichever Network values: concurrent attaches of it all return the one
+// endpoint. From two processes at once, one attach of an endpoint may fail
+// with ErrExists while the other is still making it; neither frees the
+// addresses the endpoint holds.
 // Two attaches of one container to two networks at the same moment may
 // both choose eth0, and one then fails: attach a container's networks one
 // after the other, or give EndpointConfig.IfName.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -19,6 +21,18 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
+
+// endpoints serialises the attaches and detaches of one endpoint in this
+// process, whichever Network value they come through, so that a call
+// cannot undo what another call for the same endpoint did (a losing attach
+// releasing the winner's address).
+var endpoints keylock.Map
+
+// lockEndpoint takes the endpoint whose host veth is name in host, and
+// returns the function that gives it back.
+func lockEndpoint(host *netns.NS, name string) func() {
+	return endpoints.Lock(host.ID().String() + "/" + name)
+}
 
 // baseMetric is the metric of a default route with GatewayPriority 0; a
 // higher priority gives a lower metric, which the kernel prefers.
@@ -105,6 +119,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 		return Endpoint{}, fmt.Errorf("bridge: network %q: its bridge is gone: %w", n.cfg.Name, ErrNotFound)
 	}
 	name := hostVethName(n.cfg.Name, ep.ID)
+	defer lockEndpoint(n.host, name)()
 	if l, err := h.LinkByName(name); err == nil {
 		return n.existing(ctx, ep, l)
 	}
@@ -139,6 +154,11 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 		Alias: mark,
 	})
 	if err != nil {
+		if l, lerr := h.LinkByName(name); errors.Is(err, unix.EEXIST) && lerr == nil {
+			// Another process attached the endpoint first: the addresses
+			// are its (Allocate gave this call the same ones).
+			return n.existing(ctx, ep, l)
+		}
 		release()
 		return Endpoint{}, fmt.Errorf("bridge: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
 	}
@@ -315,6 +335,7 @@ func (n *Network) Detach(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	defer lockEndpoint(n.host, name)()
 	if l, err := h.LinkByName(name); err == nil {
 		if m, ok := decodeEPMark(l.Attrs().Alias); ok && m.Net == n.cfg.Name && m.ID == id {
 			if err := h.LinkDel(l); err != nil && !nlerr.NotExist(err) {

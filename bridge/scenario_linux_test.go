@@ -353,6 +353,50 @@ func TestAttachIdempotent(t *testing.T) {
 	}
 }
 
+// TestAttachSameConcurrently attaches one endpoint from several goroutines
+// at once, through two Network values of the same network (as two parts of
+// a program that each opened it). Each call returns the one endpoint, and
+// none of them releases the address the endpoint holds: before, a loser
+// of the race released it while the winner's veth used it.
+func TestAttachSameConcurrently(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	alloc := newAlloc(t)
+	n := newNet(t, host, alloc, Config{Name: "race", Subnets: subnet("10.12.0.0/24", "")})
+	other, err := Open(t.Context(), host, alloc, "race")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		ctr := nstest.Container(t, host)
+		id := fmt.Sprintf("c%d", round)
+		eps := make([]Endpoint, 6)
+		errs := make([]error, 6)
+		var wg sync.WaitGroup
+		for i := range eps {
+			nw := n
+			if i%2 == 1 {
+				nw = other
+			}
+			wg.Go(func() { eps[i], errs[i] = nw.Attach(t.Context(), EndpointConfig{ID: id, NS: ctr, DefaultRoute: true}) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: attach %d: %v", round, i, err)
+			}
+			if eps[i].Addrs[0] != eps[0].Addrs[0] || eps[i].HostVeth != eps[0].HostVeth {
+				t.Fatalf("round %d: attach %d returned %+v, attach 0 %+v", round, i, eps[i], eps[0])
+			}
+		}
+		got := held(t, n, id)
+		if len(got) != 1 || got[0].IPv4.Addr != eps[0].Addrs[0] {
+			t.Fatalf("round %d: the pool holds %v for the endpoint, its interface has %v", round, got, eps[0].Addrs)
+		}
+		mustPing(t, "the endpoint's gateway", ctr, addr("10.12.0.1"))
+	}
+}
+
 // TestAttachFailsHalfWay injects a failure after the veth exists.
 func TestAttachFailsHalfWay(t *testing.T) {
 	// Not parallel: afterVeth is package state.
