@@ -70,23 +70,23 @@
 //
 // # Performance
 //
-// Measured on the project's 2-core machine (a VM), as root, median of 5:
+// Measured on the project's 2-core machine (a VM), as root:
 //
-//	go test -run '^$' -bench . -benchmem -benchtime 200x -count 5 ./macvlan/
-//	BenchmarkAttachDetach   17.8 ms/op   59 KB/op   404 allocs/op
-//	BenchmarkAttach          0.64 ms/op  41 KB/op   320 allocs/op
-//	BenchmarkDetach         16.6 ms/op   17 KB/op    84 allocs/op
+//	go test -run '^$' -bench . -benchmem -benchtime 200x -count 3 ./macvlan/
+//	BenchmarkAttachDetach   1.18-1.33 ms/op  1.13-1.30 ms median  61 KB/op  432 allocs/op
+//	BenchmarkAttach         0.70 ms/op                            41 KB/op  321 allocs/op
+//	BenchmarkDetach         0.37-0.51 ms/op                       19 KB/op  111 allocs/op
 //
-// Attach (0.53-0.76 ms) is one request that creates the interface in the
-// container, its mark, three sysctls, the address, up and the default
-// route. Detach is the kernel unregistering the interface: it waits for RCU
-// grace periods (synchronize_net, and rcu_barrier in netdev_run_todo
-// before the device is freed), which the netlink answer waits for too, so
-// the goal of 2 ms for attach and detach together is met by attach alone.
-// Measured the raw kernel steps on a macvlan in a container: `ip link set
-// down` 8 ms, `ip link del` 18-19 ms (also after down), moving it to
-// another namespace 30 ms: a macvlan is no cheaper to delete than a veth
-// pair (17 ms), and no netlink path avoids the wait. Deleting the container's
-// namespace would take the interface with it without a wait of ours, but
-// that namespace is not nsnet's to delete.
+// Attach is one request that creates the interface in the container, its
+// mark, three sysctls, the address, up and the default route. Detach
+// returns once the kernel has taken the interface out of the container:
+// unlisted, its addresses and routes flushed, announced to the namespace's
+// link listeners (about 0.5 ms). The kernel's answer to the delete request
+// comes only after it has freed the device, which waits for RCU grace
+// periods (rcu_barrier): 16-19 ms here for any interface, also one never
+// up, and also for `ip link set down` (7.5 ms) or a move to another
+// namespace (30 ms). Nothing of the interface can be observed in that
+// time, so Detach leaves the wait to a goroutine (internal/linkdel); a
+// Detach that waited took 17 ms. A passthru network's Detach still waits:
+// its anchor can take the parent back only once the device is freed.
 package macvlan

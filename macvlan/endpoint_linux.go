@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -277,6 +278,23 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: a.Name, MAC: a.HardwareAddr, Addrs: addrs, DefaultRoute: m.Gateway}, nil
 }
 
+// deleteLink deletes a container's interface. It returns once the kernel
+// has taken the interface, its addresses and routes out of the container
+// (linkdel), not after the kernel freed it, 16 ms later: that wait is for
+// nothing nsnet or the container can observe. A passthru network waits
+// for it: its anchor can take the parent back only once the kernel let go
+// of the container's interface.
+func (n *Network) deleteLink(ctr *netns.NS, l netlink.Link) error {
+	if n.cfg.Mode != ModePassthru {
+		return linkdel.Delete(ctr, l.Attrs().Index)
+	}
+	ch, err := ctr.Netlink()
+	if err != nil {
+		return err
+	}
+	return ch.LinkDel(l)
+}
+
 // findEndpoint returns the interface in ns that carries the mark of
 // endpoint id of the network, or nil.
 func (n *Network) findEndpoint(ns *netns.NS, id string) (netlink.Link, epMark, error) {
@@ -301,6 +319,10 @@ func (n *Network) findEndpoint(ns *netns.NS, id string) (netlink.Link, epMark, e
 // Detaching what is not attached succeeds, also when the container's
 // namespace or the interface is already gone. For a passthru network the
 // anchor takes the parent back.
+//
+// Detach returns once the kernel has taken the interface, its addresses
+// and routes out of the container, not after it has freed the device
+// (16 ms later, RCU grace periods): see the package doc's Performance.
 func (n *Network) Detach(ctx context.Context, id string, ctr *netns.NS) error {
 	return n.detach(ctx, id, ctr, true)
 }
@@ -321,11 +343,7 @@ func (n *Network) detach(ctx context.Context, id string, ctr *netns.NS, restore 
 		case err != nil:
 			return err
 		case l != nil:
-			ch, err := ctr.Netlink()
-			if err != nil {
-				return err
-			}
-			if err := ch.LinkDel(l); err != nil && !nlerr.NotExist(err) {
+			if err := n.deleteLink(ctr, l); err != nil && !nlerr.NotExist(err) {
 				return &netns.OpError{Op: "macvlan.detach", NS: ctr.String(), Name: l.Attrs().Name, Err: err}
 			}
 		}

@@ -97,6 +97,14 @@ func TestTwoHosts(t *testing.T) {
 	if err != nil || len(info.Endpoints) != 0 {
 		t.Errorf("Inspect after Detach: %+v, %v", info.Endpoints, err)
 	}
+	// Detach returns before the kernel has freed the interface, but after
+	// it took it out of service: its address can go to another container
+	// of the host at once, with a new MAC, and c2 reaches that one.
+	c3, e3 := attach(t, n1, "c3", "172.29.0.81")
+	if e3.Addrs[0].Addr() != a1 || e3.MAC.String() == e1.MAC.String() {
+		t.Fatalf("endpoint c3: %+v, c1 was %+v", e3, e1)
+	}
+	mustTCP(t, "c2 -> c3, on c1's old address", c2, c3, a1, a2)
 }
 
 // TestThreeHosts: containers on three hosts, two of them on one host,
