@@ -14,6 +14,7 @@ import (
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/keylock"
+	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -338,7 +339,8 @@ func (n *Network) Detach(ctx context.Context, id string) error {
 	defer lockEndpoint(n.host, name)()
 	if l, err := h.LinkByName(name); err == nil {
 		if m, ok := decodeEPMark(l.Attrs().Alias); ok && m.Net == n.cfg.Name && m.ID == id {
-			if err := h.LinkDel(l); err != nil && !nlerr.NotExist(err) {
+			// Both ends go: the container's, and the port of the bridge.
+			if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
 				return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: name, Err: err}
 			}
 		}

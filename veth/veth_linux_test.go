@@ -278,6 +278,47 @@ func TestPairFailsHalfWay(t *testing.T) {
 	}
 }
 
+// TestDeleteBothEndsGone: Delete returns before the kernel has freed the
+// pair, but when it returns neither end, nor an address of either, is
+// left in its namespace, whichever end was named. The other end is the
+// second of the kernel's batch, so this is the end to check.
+func TestDeleteBothEndsGone(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	ctr := nstest.Container(t, host)
+	for round := range 100 {
+		name := nstest.Name(t, "nsd")
+		if _, err := Pair(t.Context(), host, Config{Name: name, Peer: End{NS: ctr, Name: "eth0"}, Up: true}); err != nil {
+			t.Fatal(err)
+		}
+		addAddr(t, host, name, "192.168.7.1/24")
+		addAddr(t, ctr, "eth0", "192.168.7.2/24")
+		delNS, delName, otherNS := host, name, ctr
+		if round%2 == 1 {
+			delNS, delName, otherNS = ctr, "eth0", host
+		}
+		if err := Delete(t.Context(), delNS, delName); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for _, ns := range []*netns.NS{delNS, otherNS} {
+			links, err := ns.Links()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i := slices.IndexFunc(links, func(l netlink.Link) bool { return l.Type() == "veth" }); i >= 0 {
+				t.Fatalf("round %d: %s left in %s after Delete", round, links[i].Attrs().Name, ns)
+			}
+			addrs, err := ns.Addrs(nil, netlink.FAMILY_V4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return a.IP.To4()[2] == 7 }); i >= 0 {
+				t.Fatalf("round %d: address %v left in %s after Delete", round, addrs[i], ns)
+			}
+		}
+	}
+}
+
 func TestDeleteRefusesOtherKinds(t *testing.T) {
 	t.Parallel()
 	host := nstest.Host(t)
