@@ -134,7 +134,10 @@ func s11(ctx context.Context, env check.Env, hosts []check.UnderlayHost, kind st
 	log.OK("the three got distinct addresses", check.Expect(nil, addrs[0] == addrs[1] || addrs[1] == addrs[2] || addrs[0] == addrs[2], "%v", addrs))
 	for i := range ctrs {
 		j := (i + 1) % len(ctrs)
-		log.OK(fmt.Sprintf("c%d pings c%d across hosts", i+1, j+1), nstest.Ping(ctx, ctrs[i], addrs[j]))
+		// The other host's control plane programs a new container a little
+		// later (milliseconds; more on a loaded machine): ask again until
+		// it has, as a client of a just-started service would.
+		log.OK(fmt.Sprintf("c%d pings c%d across hosts", i+1, j+1), check.Eventually(ctx, func() error { return nstest.Ping(ctx, ctrs[i], addrs[j]) }))
 	}
 	ln, err := servers[0].ListenContainer(ctx, ctrs[0], []netip.Addr{addrs[0]})
 	if err != nil {

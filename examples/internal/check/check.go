@@ -151,6 +151,24 @@ func Expect(err error, bad bool, format string, args ...any) error {
 	return nil
 }
 
+// Eventually calls f until it succeeds, for up to 5 s (or until ctx ends),
+// and returns its last error: for what another host's control plane makes
+// true a little later, as a container on another host becoming reachable.
+func Eventually(ctx context.Context, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		err := f()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // Test runs an example as a test: in a sandbox host from nstest (with its
 // leak checks) and a private directory for named namespaces, failing the
 // test if any check fails. The example's output goes to the test log.
