@@ -7,16 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
-	"slices"
 	"strconv"
 
+	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/ifname"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
-	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/veth"
 	"github.com/vishvananda/netlink"
@@ -127,9 +124,11 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 
 	ifName := ep.IfName
 	if ifName == "" {
-		if ifName, err = nextIfName(ep.NS); err != nil {
+		links, err := ep.NS.Links()
+		if err != nil {
 			return Endpoint{}, err
 		}
+		ifName = ctrlink.NextIfName(links)
 	}
 	mac := ep.MAC
 	if mac == nil {
@@ -176,7 +175,8 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	if err := n.wireHostEnd(pair.Host); err != nil {
 		return fail(err)
 	}
-	if err := wireContainerEnd(ep, pair.Peer, addrs, n.cfg.Subnets); err != nil {
+	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Peer.Index, Name: pair.Peer.Name}}
+	if err := ctrlink.Configure(ep.NS, "bridge", peer, addrs, n.cfg.Subnets, ep.DefaultRoute, baseMetric-ep.GatewayPriority); err != nil {
 		return fail(err)
 	}
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: mac, Addrs: addrs, HostVeth: name, DefaultRoute: ep.DefaultRoute}, nil
@@ -216,76 +216,6 @@ func (n *Network) wireHostEnd(l veth.Link) error {
 		return opErr("up", err)
 	}
 	return nil
-}
-
-// wireContainerEnd configures the container's interface: sysctls first (no
-// router advertisements, gratuitous ARP on up), then addresses, up, and the
-// default route.
-func wireContainerEnd(ep EndpointConfig, l veth.Link, addrs []netip.Prefix, subnets []ipam.SubnetConfig) error {
-	ch, err := ep.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	opErr := func(op string, err error) error {
-		return &netns.OpError{Op: "bridge." + op, NS: ep.NS.String(), Name: l.Name, Err: err}
-	}
-	if err := ep.NS.SetSysctl("net/ipv6/conf/"+l.Name+"/accept_ra", "0"); err != nil {
-		return err
-	}
-	// Like Docker, an interface without IPv6 addresses gets no IPv6 at all
-	// (no link-local address that would answer on the network).
-	if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-		if err := ep.NS.SetSysctl("net/ipv6/conf/"+l.Name+"/disable_ipv6", "1"); err != nil {
-			return err
-		}
-	}
-	if err := ep.NS.SetSysctl("net/ipv4/conf/"+l.Name+"/arp_notify", "1"); err != nil {
-		return err
-	}
-	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: l.Index, Name: l.Name}}
-	for _, a := range addrs {
-		na := &netlink.Addr{IPNet: ipnet.From(a)}
-		if a.Addr().Is6() {
-			na.Flags = unix.IFA_F_NODAD
-		}
-		if err := ch.AddrAdd(link, na); err != nil {
-			return opErr("address", err)
-		}
-	}
-	if err := ch.LinkSetUp(link); err != nil {
-		return opErr("up", err)
-	}
-	if !ep.DefaultRoute {
-		return nil
-	}
-	for _, s := range subnets {
-		r := &netlink.Route{
-			LinkIndex: l.Index,
-			Gw:        s.Gateway.AsSlice(),
-			Priority:  baseMetric - ep.GatewayPriority,
-		}
-		if s.Gateway.Is6() {
-			r.Family = netlink.FAMILY_V6
-		}
-		if err := ch.RouteAdd(r); err != nil {
-			return opErr("route", err)
-		}
-	}
-	return nil
-}
-
-// nextIfName returns eth0, or the first ethN not in use in ns.
-func nextIfName(ns *netns.NS) (string, error) {
-	links, err := ns.Links()
-	if err != nil {
-		return "", err
-	}
-	for i := 0; ; i++ {
-		name := "eth" + strconv.Itoa(i)
-		if !slices.ContainsFunc(links, func(l netlink.Link) bool { return l.Attrs().Name == name }) {
-			return name, nil
-		}
-	}
 }
 
 // existing returns the endpoint whose host veth l is, if it was made with

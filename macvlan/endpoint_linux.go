@@ -4,11 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 
-	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
@@ -101,7 +100,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	}
 	ifName := ep.IfName
 	if ifName == "" {
-		ifName = nextIfName(links)
+		ifName = ctrlink.NextIfName(links)
 	} else if slices.ContainsFunc(links, func(l netlink.Link) bool { return l.Attrs().Name == ifName }) {
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %s exists in %s: %w", ep.ID, n.cfg.Name, ifName, ep.NS, ErrExists)
 	}
@@ -182,71 +181,11 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	if err := ch.LinkSetAlias(l, mark); err != nil {
 		return fail(&netns.OpError{Op: "macvlan.mark", NS: ep.NS.String(), Name: ifName, Err: err})
 	}
-	if err := configure(ep, l, addrs, n.cfg.Subnets); err != nil {
+	if err := ctrlink.Configure(ep.NS, "macvlan", l, addrs, n.cfg.Subnets, ep.DefaultRoute, baseMetric-ep.GatewayPriority); err != nil {
 		return fail(err)
 	}
 	n.state.remember(ep.ID, ep.NS)
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: l.Attrs().HardwareAddr, Addrs: addrs, DefaultRoute: ep.DefaultRoute}, nil
-}
-
-// configure sets up the container's interface: sysctls first (no router
-// advertisements, gratuitous ARP on up, no IPv6 without an IPv6 address),
-// then addresses, up, and the default route.
-func configure(ep EndpointConfig, l netlink.Link, addrs []netip.Prefix, subnets []ipam.SubnetConfig) error {
-	ch, err := ep.NS.Netlink()
-	if err != nil {
-		return err
-	}
-	name := l.Attrs().Name
-	opErr := func(op string, err error) error {
-		return &netns.OpError{Op: "macvlan." + op, NS: ep.NS.String(), Name: name, Err: err}
-	}
-	if err := ep.NS.SetSysctl("net/ipv6/conf/"+name+"/accept_ra", "0"); err != nil {
-		return err
-	}
-	if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-		if err := ep.NS.SetSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil {
-			return err
-		}
-	}
-	if err := ep.NS.SetSysctl("net/ipv4/conf/"+name+"/arp_notify", "1"); err != nil {
-		return err
-	}
-	for _, a := range addrs {
-		na := &netlink.Addr{IPNet: ipnet.From(a)}
-		if a.Addr().Is6() {
-			na.Flags = unix.IFA_F_NODAD
-		}
-		if err := ch.AddrAdd(l, na); err != nil {
-			return opErr("address", err)
-		}
-	}
-	if err := ch.LinkSetUp(l); err != nil {
-		return opErr("up", err)
-	}
-	if !ep.DefaultRoute {
-		return nil
-	}
-	for _, s := range subnets {
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: s.Gateway.AsSlice(), Priority: baseMetric - ep.GatewayPriority}
-		if s.Gateway.Is6() {
-			r.Family = netlink.FAMILY_V6
-		}
-		if err := ch.RouteAdd(r); err != nil {
-			return opErr("route", err)
-		}
-	}
-	return nil
-}
-
-// nextIfName returns eth0, or the first ethN not in links.
-func nextIfName(links []netlink.Link) string {
-	for i := 0; ; i++ {
-		name := "eth" + strconv.Itoa(i)
-		if !slices.ContainsFunc(links, func(l netlink.Link) bool { return l.Attrs().Name == name }) {
-			return name
-		}
-	}
 }
 
 // existing returns the endpoint whose interface l is, if it was made with
