@@ -13,6 +13,7 @@ import (
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/linkdel"
+	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/veth"
@@ -48,7 +49,7 @@ func (c EndpointConfig) Validate() error {
 	if len(c.ID) > 80 {
 		return bad("EndpointConfig.ID", c.ID, "longer than 80 bytes")
 	}
-	if r := checkNetName(c.ID); r != "" {
+	if r := names.Check(c.ID, 64); r != "" {
 		return bad("EndpointConfig.ID", c.ID, r)
 	}
 	if c.NS == nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
@@ -32,7 +33,7 @@ func (c Config) Validate() error {
 	bad := func(field, value, reason string) error {
 		return &netns.ValidationError{Pkg: "bridge", Field: field, Value: value, Reason: reason}
 	}
-	if r := checkNetName(c.Name); r != "" {
+	if r := names.Check(c.Name, 64); r != "" {
 		return bad("Config.Name", c.Name, r)
 	}
 	if c.Bridge != "" {
@@ -57,20 +58,6 @@ func (c Config) Validate() error {
 		return bad("Config.Labels", fmt.Sprint(c.Labels), "too long to keep with the network: "+err.Error())
 	}
 	return nil
-}
-
-// checkNetName applies Docker's rule for network names.
-func checkNetName(name string) string {
-	if name == "" || len(name) > 64 {
-		return "must be 1 to 64 bytes long"
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '.' || c == '-')) {
-			return "may hold only letters, digits, '_', '.' and '-', and must start with a letter or digit"
-		}
-	}
-	return ""
 }
 
 // poolName is the IPAM pool of a network.

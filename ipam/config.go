@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/nsnet/nsnet/internal/names"
 )
 
 // PoolConfig describes a pool, like the flags of `docker network create`.
@@ -107,15 +109,8 @@ func (c PoolConfig) Validate() error {
 }
 
 func validName(name string) error {
-	if name == "" || len(name) > 128 {
-		return invalid("PoolConfig.Name", name, "must be 1 to 128 bytes long")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '.' || c == '-')
-		if !ok {
-			return invalid("PoolConfig.Name", name, "may hold only letters, digits, '_', '.' and '-', and must start with a letter or digit")
-		}
+	if r := names.Check(name, 128); r != "" {
+		return invalid("PoolConfig.Name", name, "%s", r)
 	}
 	return nil
 }

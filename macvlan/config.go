@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 )
@@ -26,7 +27,7 @@ func bad(field, value, reason string) error {
 // *netns.ValidationError. What needs the host (the parent exists, is up,
 // its MTU) is checked by New, still before anything is changed.
 func (c Config) Validate() error {
-	if r := checkNetName(c.Name); r != "" {
+	if r := names.Check(c.Name, 64); r != "" {
 		return bad("Config.Name", c.Name, r)
 	}
 	if r := ifname.Check(c.Parent); r != "" {
@@ -64,20 +65,6 @@ func (c Config) mark() netMark {
 	return netMark{Kind: markerNet, Name: c.Name, Mode: c.mode(), Labels: c.Labels}
 }
 
-// checkNetName applies Docker's rule for network names.
-func checkNetName(name string) string {
-	if name == "" || len(name) > 64 {
-		return "must be 1 to 64 bytes long"
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '.' || c == '-')) {
-			return "may hold only letters, digits, '_', '.' and '-', and must start with a letter or digit"
-		}
-	}
-	return ""
-}
-
 // poolName is the IPAM pool of a network.
 func poolName(network string) string { return poolPrefix + network }
 
@@ -103,7 +90,7 @@ func (c EndpointConfig) Validate() error {
 	if len(c.ID) > 80 {
 		return bad("EndpointConfig.ID", c.ID, "longer than 80 bytes")
 	}
-	if r := checkNetName(c.ID); r != "" {
+	if r := names.Check(c.ID, 64); r != "" {
 		return bad("EndpointConfig.ID", c.ID, r)
 	}
 	if c.NS == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/nat"
@@ -145,7 +146,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 	if cfg.NS == nil || cfg.Store == nil || cfg.Alloc == nil {
 		return nil, &ValidationError{"HostConfig", nil, "NS, Store and Alloc are required"}
 	}
-	if r := checkName(cfg.Name); r != "" {
+	if r := names.Check(cfg.Name, 64); r != "" {
 		return nil, &ValidationError{"Name", cfg.Name, r}
 	}
 	if !cfg.VTEP.Is4() {
@@ -539,7 +540,7 @@ func hostVeth(network, id string) string {
 // Attaching an endpoint again returns it. A failure half way leaves
 // nothing.
 func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, error) {
-	if r := checkName(ec.ID); r != "" {
+	if r := names.Check(ec.ID, 64); r != "" {
 		return Endpoint{}, &ValidationError{"ID", ec.ID, r}
 	}
 	if ec.NS == nil {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
 )
 
@@ -68,7 +69,7 @@ type Config struct {
 
 // Validate reports what is wrong with c.
 func (c Config) Validate() error {
-	if r := checkName(c.Name); r != "" {
+	if r := names.Check(c.Name, 64); r != "" {
 		return &ValidationError{"Name", c.Name, r}
 	}
 	if c.VNI == 0 || c.VNI > MaxVNI {
@@ -89,22 +90,6 @@ func (c Config) Validate() error {
 		return &ValidationError{"MTU", c.MTU, "under 1280"}
 	}
 	return nil
-}
-
-func checkName(s string) string {
-	switch {
-	case s == "":
-		return "empty"
-	case len(s) > 64:
-		return "longer than 64 bytes"
-	}
-	for i, r := range s {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || i > 0 && (r == '_' || r == '.' || r == '-')
-		if !ok {
-			return "only letters, digits, '_', '.' and '-', starting with a letter or digit"
-		}
-	}
-	return ""
 }
 
 // Keys in the store, under the Host's prefix:
