@@ -6,8 +6,6 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
-
-	"github.com/nsnet/nsnet/internal/etcdtest"
 )
 
 // BenchmarkAllocateRelease measures one Allocate and one Release, each
@@ -24,19 +22,6 @@ func BenchmarkAllocateRelease(b *testing.B) {
 	}{
 		{"memory", func(*testing.B) Store { return NewMemoryStore() }},
 		{"file", func(b *testing.B) Store { return openFile(b, b.TempDir()) }},
-		{"etcd", func() func(*testing.B) Store {
-			// One server for every etcd run, stopped when the parent ends:
-			// a sub-benchmark's cleanups run after each of its rounds.
-			var srv *etcdtest.Server
-			n := 0
-			return func(sub *testing.B) Store {
-				if srv == nil {
-					srv = etcdtest.Start(b)
-				}
-				n++
-				return NewEtcdStore(srv.Client(sub), fmt.Sprintf("/nsnet-bench/%d/", n))
-			}
-		}()},
 	}
 	for _, st := range stores {
 		for _, callers := range []int{1, 8} {

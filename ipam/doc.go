@@ -19,10 +19,13 @@
 //	defer st.Close()
 //	a, err := ipam.New(st, ipam.Config{})
 //
-//	// Several hosts allocating from the same pools: etcd.
+//	// Several hosts allocating from the same pools: etcd, in its own
+//	// package (ipam/etcdstore) so that only programs that use it link
+//	// the etcd client.
 //	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:2379"}})
 //	defer c.Close()
-//	a, err := ipam.New(ipam.NewEtcdStore(c, "/mynet/"), ipam.Config{})
+//	st, err := etcdstore.New(c, "/mynet/")
+//	a, err := ipam.New(st, ipam.Config{})
 //
 // Then, as `docker network create` and `docker run` would:
 //

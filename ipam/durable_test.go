@@ -14,9 +14,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
-
-	"github.com/nsnet/nsnet/internal/etcdtest"
 )
 
 // The tests here run the file store across processes (the test binary
@@ -134,16 +131,6 @@ func openFile(t testing.TB, dir string) *FileStore {
 
 func TestFileStore(t *testing.T) {
 	testStore(t, func(t *testing.T) Store { return openFile(t, t.TempDir()) })
-}
-
-func TestEtcdStore(t *testing.T) {
-	srv := etcdtest.Start(t)
-	c := srv.Client(t)
-	n := 0
-	testStore(t, func(t *testing.T) Store {
-		n++
-		return NewEtcdStore(c, fmt.Sprintf("/nsnet-test/%d/", n))
-	})
 }
 
 // TestFileStore_reopen: what one store wrote, another store on the same
@@ -364,69 +351,5 @@ func TestFileStore_crash(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, stateFile+tmpSuffix)); err == nil {
 		t.Logf("a temporary file was left behind by the kill (harmless: replaced by the next write)")
-	}
-}
-
-// TestEtcdStore_threeClients: three allocators, each with its own etcd
-// client (three hosts), allocate 2,000 addresses from one pool at once.
-func TestEtcdStore_threeClients(t *testing.T) {
-	srv := etcdtest.Start(t)
-	const clients, workers, total = 3, 8, 2000
-	var as []*Allocator
-	for range clients {
-		a, err := New(NewEtcdStore(srv.Client(t), "/nsnet/"), Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		as = append(as, a)
-	}
-	mustPool(t, as[0], PoolConfig{Name: "shared", Subnets: []SubnetConfig{{Subnet: pfx("10.74.0.0/20")}}})
-
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	var mu sync.Mutex
-	got, byAddr := map[string]string{}, map[string]string{}
-	var wg sync.WaitGroup
-	for c, a := range as {
-		for w := range workers {
-			wg.Go(func() {
-				for i := range total / clients / workers {
-					owner := fmt.Sprintf("h%d-%d-%d", c, w, i)
-					al, err := a.Allocate(ctx, "shared", owner)
-					if err != nil {
-						t.Errorf("%s: %v", owner, err)
-						return
-					}
-					ad := al.IPv4.Addr.Addr().String()
-					mu.Lock()
-					if prev, ok := byAddr[ad]; ok {
-						t.Errorf("%s handed out twice: to %s and %s", ad, prev, owner)
-					}
-					byAddr[ad], got[owner] = owner, ad
-					mu.Unlock()
-				}
-			})
-		}
-	}
-	wg.Wait()
-	checkPool(t, as[1], "shared", got, total/clients/workers*clients*workers)
-}
-
-// TestEtcdStore_restart: allocations survive an etcd restart, and the
-// allocator carries on after it.
-func TestEtcdStore_restart(t *testing.T) {
-	srv := etcdtest.Start(t)
-	a, _ := New(NewEtcdStore(srv.Client(t), "/nsnet/"), Config{})
-	mustPool(t, a, PoolConfig{Name: "n", Subnets: []SubnetConfig{{Subnet: pfx("10.75.0.0/24")}}})
-	before := mustAlloc(t, a, "n", "c1")
-	srv.Restart(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	after, err := a.Allocate(ctx, "n", "c1")
-	if err != nil || after.IPv4.Addr != before.IPv4.Addr {
-		t.Errorf("after restart: %v, %v; want %s", after.IPv4.Addr, err, before.IPv4.Addr)
-	}
-	if al, err := a.Allocate(ctx, "n", "c2"); err != nil || al.IPv4.Addr == before.IPv4.Addr {
-		t.Errorf("c2 after restart: %v, %v", al.IPv4.Addr, err)
 	}
 }

@@ -1,7 +1,6 @@
 package ipam
 
 import (
-	"errors"
 	"fmt"
 	"os"
 )
@@ -32,6 +31,9 @@ var (
 	// has. It comes as a *CompactedError; re-list and watch from the
 	// revision List returned.
 	ErrCompacted error = &sentinel{"revision compacted", nil}
+	// ErrClosed: the Store was closed (or its etcd client was), so it can
+	// no longer be read, written or watched.
+	ErrClosed error = &sentinel{"store closed", nil}
 )
 
 type sentinel struct {
@@ -102,5 +104,3 @@ func (e *CompactedError) Error() string {
 }
 
 func (e *CompactedError) Is(target error) bool { return target == ErrCompacted }
-
-var errClosed = errors.New("ipam: store closed")

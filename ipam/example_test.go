@@ -8,7 +8,6 @@ import (
 	"os"
 
 	"github.com/nsnet/nsnet/ipam"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Docker's S6: the default bridge, a network with an auto-selected subnet,
@@ -63,23 +62,4 @@ func ExampleOpenFileStore() {
 	again, _ := b.Allocate(ctx, "n", "ctr1/eth0") // the same owner: the same address
 	fmt.Println(al.IPv4.Addr, again.IPv4.Addr)
 	// Output: 10.88.0.2/16 10.88.0.2/16
-}
-
-// Hosts sharing pools through etcd: each host's allocator works on the
-// same keys, and no address is handed out twice.
-func ExampleNewEtcdStore() {
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:2379"}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-	a, err := ipam.New(ipam.NewEtcdStore(c, "/mynet/"), ipam.Config{})
-	if err != nil {
-		log.Fatal(err)
-	}
-	al, err := a.Allocate(context.Background(), "overlay0", "host1/ctr1/eth0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	fmt.Println(al.IPv4.Addr)
 }

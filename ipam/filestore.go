@@ -199,7 +199,7 @@ func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 		}
 	}
 	if s.closed {
-		fail(errClosed)
+		fail(ErrClosed)
 		return
 	}
 	if err := flock(s.lock, lockEx); err != nil {
@@ -352,7 +352,7 @@ func (s *FileStore) forget() {
 // read brings the cached state up to date with the files, for a read.
 func (s *FileStore) read() error {
 	if s.closed {
-		return errClosed
+		return ErrClosed
 	}
 	return s.refresh(false)
 }

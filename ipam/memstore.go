@@ -64,7 +64,7 @@ func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 	s.hub.mu.Lock()
 	defer s.hub.mu.Unlock()
 	if s.keys == nil {
-		return 0, errClosed
+		return 0, ErrClosed
 	}
 	for _, op := range ops {
 		if s.keys[op.Key].Rev != op.Rev {

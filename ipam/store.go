@@ -10,7 +10,7 @@ import (
 // with the revision of its last change, changed only by compare-and-swap.
 // Three implementations come with ipam: NewMemoryStore (tests, one process),
 // OpenFileStore (one machine, several processes; the embedded default) and
-// NewEtcdStore (several hosts). The overlay package uses the same interface.
+// etcdstore.New in package ipam/etcdstore (several hosts). The overlay package uses the same interface.
 //
 // Revisions are store-wide and increase with every successful CAS, as in
 // etcd: all the keys one CAS writes get the same new revision, and a key that
@@ -45,7 +45,7 @@ type Store interface {
 	Watch(ctx context.Context, prefix string, after int64) <-chan Event
 
 	// Close releases what the store holds (files, watches). It does not
-	// close an etcd client handed to NewEtcdStore.
+	// close an etcd client handed to etcdstore.New.
 	Close() error
 }
 

@@ -26,7 +26,7 @@
 // entry per remote address (answered by proxy ARP, so no ARP crosses the
 // underlay), and a flood entry per remote host. It removes them when
 // endpoints, hosts or networks go. The store is an ipam.Store, the same
-// as the addresses': etcd (ipam.NewEtcdStore) across machines, a memory or
+// as the addresses': etcd (package ipam/etcdstore) across machines, a memory or
 // file store for hosts simulated as namespaces of one machine. A watch that
 // ends (its revision compacted, or the store gone) is followed by a fresh
 // List, from which the host recomputes every entry and removes stale ones,

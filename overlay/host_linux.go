@@ -38,7 +38,7 @@ type HostConfig struct {
 	// is the underlay; the overlays' MTU is derived from its MTU.
 	VTEP netip.Addr
 	// Store holds the control plane shared by the hosts: etcd
-	// (ipam.NewEtcdStore) across machines; a memory or file store for hosts
+	// (package ipam/etcdstore) across machines; a memory or file store for hosts
 	// that are namespaces of one machine.
 	Store ipam.Store
 	// Alloc hands out the overlays' addresses; it must be on the same

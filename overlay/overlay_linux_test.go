@@ -17,10 +17,12 @@ import (
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/ipam/etcdstore"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/overlay"
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }
@@ -38,9 +40,19 @@ func newCluster(t testing.TB, n int, store ipam.Store) *cluster {
 }
 
 // etcdCluster is n hosts on a real etcd server, each with its own client.
+// etcdStore is the store every host of a test cluster shares, under one prefix.
+func etcdStore(t testing.TB, c *clientv3.Client) ipam.Store {
+	t.Helper()
+	s, err := etcdstore.New(c, "nsnet/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func etcdCluster(t testing.TB, srv *etcdtest.Server, n int, ttl time.Duration) *cluster {
 	t.Helper()
-	return joinCluster(t, nstest.Underlay(t, n), func() ipam.Store { return ipam.NewEtcdStore(srv.Client(t), "nsnet/") }, ttl)
+	return joinCluster(t, nstest.Underlay(t, n), func() ipam.Store { return etcdStore(t, srv.Client(t)) }, ttl)
 }
 
 // joinCluster joins the hosts of topo to the overlays, each host on the
@@ -578,7 +590,7 @@ func TestCompacted(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	topo := nstest.Underlay(t, 1)
-	store := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
+	store := etcdStore(t, srv.Client(t))
 	alloc, err := ipam.New(store, ipam.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -597,7 +609,7 @@ func TestCompacted(t *testing.T) {
 	// The lease is long enough for the client to reconnect before the
 	// host gives up its silent watch (which would list again too, but not
 	// meet the compaction).
-	other := ipam.NewEtcdStore(srv.Client(t), "nsnet/")
+	other := etcdStore(t, srv.Client(t))
 	for try := 1; !log.has("overlay: watch compacted"); try++ {
 		if try > 5 {
 			t.Fatalf("in 5 tries, the host's watch never met a compaction: the test did not test it; log %q", log.msgs)

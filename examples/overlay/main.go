@@ -22,6 +22,7 @@ import (
 	"github.com/nsnet/nsnet/examples/internal/check"
 	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/ipam/etcdstore"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/overlay"
@@ -52,7 +53,12 @@ func run(ctx context.Context, env check.Env) error {
 		if err != nil {
 			return nil, nil, err
 		}
-		return ipam.NewEtcdStore(c, "nsnet/"), func() { c.Close() }, nil
+		s, err := etcdstore.New(c, "nsnet/")
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		return s, func() { c.Close() }, nil
 	})
 	if err != nil {
 		return err
