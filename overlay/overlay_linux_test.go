@@ -581,61 +581,124 @@ func (l *logged) has(prefix string) bool {
 	return slices.ContainsFunc(l.msgs, func(m string) bool { return strings.HasPrefix(m, prefix) })
 }
 
-// TestCompacted: while a host's watch is cut off (etcd restarting), a
-// network is defined and etcd's history compacted past the host's
-// revision; the host's watch comes back to "revision compacted", and the
-// host lists everything again instead of retrying the lost revision, and
-// converges.
+// TestCompacted: while a host's watch is cut off, a network is defined and
+// etcd's history compacted past the host's revision; the watch resumes
+// from where it stopped, as an etcd client that reconnects does, meets
+// "revision compacted", and the host lists everything again instead of
+// retrying the lost revision, and converges. The cut is the test's: the
+// watch is held while the store changes, then released, so the watch
+// meets the compaction every time.
 func TestCompacted(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	topo := nstest.Underlay(t, 1)
-	store := etcdStore(t, srv.Client(t))
+	store := &resumingStore{Store: etcdStore(t, srv.Client(t)), cut: make(chan struct{}),
+		held: make(chan int64), resume: make(chan struct{})}
 	alloc, err := ipam.New(store, ipam.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := &logged{}
+	// The lease is far longer than the test, so that the host never gives
+	// up its silent watch (which would list again too, but not meet the
+	// compaction).
 	h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: topo.Hosts[0].NS, Name: "host1",
-		VTEP: topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc, Logger: slog.New(log), LeaseTTL: 5 * time.Second})
+		VTEP: topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc, Logger: slog.New(log), LeaseTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close(context.Background()) })
 
-	// Whether the host's watch comes back before the compaction is a race
-	// with the etcd client's reconnection: the scenario runs until the
-	// watch has met a compaction (usually at once), converging each time.
-	// The lease is long enough for the client to reconnect before the
-	// host gives up its silent watch (which would list again too, but not
-	// meet the compaction).
-	other := etcdStore(t, srv.Client(t))
-	for try := 1; !log.has("overlay: watch compacted"); try++ {
-		if try > 5 {
-			t.Fatalf("in 5 tries, the host's watch never met a compaction: the test did not test it; log %q", log.msgs)
-		}
-		srv.Restart(t)
-		// Another client, at once: define a network, then compact the
-		// history past it, by two revisions, so that the compaction passes
-		// the one the host's watch resumes from (which it would keep).
-		name, vni := fmt.Sprint("late", try), uint32(0x20+try)
-		cfg := overlay.Config{Name: name, VNI: vni, Subnets: subnets(fmt.Sprintf("10.73.%d.0/24", try)), Port: overlay.DefaultPort, Internal: true}
-		val, _ := json.Marshal(cfg)
-		if _, err := other.CAS(t.Context(), ipam.Op{Key: "overlay/net/" + name, Value: val}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := other.CAS(t.Context(), ipam.Op{Key: fmt.Sprintf("overlay/vni/%d", vni), Value: []byte(name)}); err != nil {
-			t.Fatal(err)
-		}
-		srv.Compact(t)
-		dev := fmt.Sprintf("ovvx%x", vni)
-		eventually(t, "the host creates the devices of the network defined while it was cut off", func() error {
-			if slices.Contains(nstest.LinkNames(t, topo.Hosts[0].NS), dev) {
-				return nil
-			}
-			return errors.New("no " + dev)
-		})
+	select { // waits for the host's watch to be open
+	case store.cut <- struct{}{}:
+	case <-time.After(waitFor):
+		t.Fatal("the host never watched")
 	}
+	last := <-store.held
+	// Another client: define a network, then compact the history past it,
+	// by two revisions, so that the compaction passes the one the host's
+	// watch resumes from.
+	other := etcdStore(t, srv.Client(t))
+	cfg := overlay.Config{Name: "late", VNI: 0x21, Subnets: subnets("10.73.1.0/24"), Port: overlay.DefaultPort, Internal: true}
+	val, _ := json.Marshal(cfg)
+	if _, err := other.CAS(t.Context(), ipam.Op{Key: "overlay/net/late", Value: val}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.CAS(t.Context(), ipam.Op{Key: "overlay/vni/33", Value: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	if rev := srv.Compact(t); rev <= last+1 {
+		t.Fatalf("compacted at %d, not past the watch's %d: the test shows nothing", rev, last+1)
+	}
+	close(store.resume)
+	eventually(t, "the host creates the devices of the network defined while it was cut off", func() error {
+		if slices.Contains(nstest.LinkNames(t, topo.Hosts[0].NS), "ovvx21") {
+			return nil
+		}
+		return errors.New("no ovvx21")
+	})
+	if !log.has("overlay: watch compacted") {
+		t.Errorf("the host's watch did not meet the compaction; log %q", log.msgs)
+	}
+}
+
+// resumingStore is a store whose first watch the test holds, as a lost
+// connection does: a send on cut stops it, and its last revision comes
+// back on held; once resume is closed, it watches again from that
+// revision, as an etcd client that reconnects does.
+type resumingStore struct {
+	ipam.Store
+	cut    chan struct{}
+	held   chan int64
+	resume chan struct{}
+	once   sync.Once
+}
+
+func (s *resumingStore) Watch(ctx context.Context, prefix string, after int64) <-chan ipam.Event {
+	first := false
+	s.once.Do(func() { first = true })
+	if !first {
+		return s.Store.Watch(ctx, prefix, after)
+	}
+	out := make(chan ipam.Event)
+	go func() {
+		defer close(out)
+		wctx, cancel := context.WithCancel(ctx)
+		in := s.Store.Watch(wctx, prefix, after)
+		for held := false; ; {
+			select {
+			case <-s.cut:
+				if held {
+					continue
+				}
+				held = true
+				cancel()
+				for range in {
+				}
+				s.held <- after
+				select {
+				case <-s.resume:
+				case <-ctx.Done():
+					return
+				}
+				wctx, cancel = context.WithCancel(ctx)
+				in = s.Store.Watch(wctx, prefix, after)
+			case ev, ok := <-in:
+				if !ok {
+					cancel()
+					return
+				}
+				if ev.Rev > after {
+					after = ev.Rev
+				}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+				}
+			}
+		}
+	}()
+	return out
 }
 
 // TestNames: each host's DNS server answers the names of the overlay's
