@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/vishvananda/netlink"
@@ -236,6 +237,18 @@ func (h *Host) program() {
 	}
 	if h.cfg.DNS != nil {
 		h.programNames(defs, wantNames)
+	}
+	// The ingress filters, before the entries: a host that left loses
+	// access before its entries go, one that came is heard before it is
+	// sent to.
+	var filters []nft.VXLAN
+	for _, vni := range h.local {
+		filters = append(filters, h.filter(vni, h.ports[vni], want))
+	}
+	if len(filters) > 0 {
+		if err := nft.SetVXLAN(context.Background(), h.cfg.NS, nil, filters); err != nil {
+			h.cfg.Logger.Error("overlay: ingress filter", "err", err)
+		}
 	}
 	nl, err := h.cfg.NS.Netlink()
 	if err != nil {

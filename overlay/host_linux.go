@@ -18,6 +18,7 @@ import (
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/names"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/nat"
@@ -75,6 +76,7 @@ type Host struct {
 	closed bool
 	view   map[string][]byte // the store's keys under the prefix, as last seen
 	local  map[string]uint32 // networks whose devices exist here: name -> VNI
+	ports  map[uint32]uint16 // their VXLAN ports, by VNI
 	// defined: the networks the view held when the kernel was last
 	// programmed.
 	defined map[string]bool
@@ -169,7 +171,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
-		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
+		view: map[string][]byte{}, local: map[string]uint32{}, ports: map[uint32]uint16{}, prog: map[entry]bool{},
 		mine: map[string][]byte{}, beats: map[string]beat{}, defined: map[string]bool{}, arpFD: -1,
 		names: map[string]map[string]string{},
 		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
@@ -335,19 +337,35 @@ func (h *Host) ensureLocal(cfg Config) error {
 			return opErr("bridge", brName, err)
 		}
 	}
-	if vx, err := nl.LinkByName(vxName); err == nil {
+	port := uint16(cfg.Port)
+	if port == 0 {
+		port = DefaultPort
+	}
+	vx, vxErr := nl.LinkByName(vxName)
+	if vxErr == nil {
 		// An earlier process made it: what it programmed is this
 		// process's to keep or remove.
 		if err := h.adopt(nl, vx, cfg.VNI); err != nil {
 			return opErr("vxlan", vxName, err)
 		}
-	} else {
+	}
+	// The ingress filter before the device: from its first packet, the
+	// device hears only the network's peers (those adopted, if any, until
+	// the control plane programs them).
+	if err := nft.SetVXLAN(context.Background(), h.cfg.NS, nil, []nft.VXLAN{h.filter(cfg.VNI, port, h.prog)}); err != nil {
+		if vxErr != nil {
+			nl.LinkDel(br)
+		}
+		return opErr("filter", vxName, err)
+	}
+	if vxErr != nil {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU, attrs.MasterIndex = vxName, h.mtu, br.Attrs().Index
 		vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(cfg.VNI), VtepDevIndex: h.underlay,
-			SrcAddr: h.cfg.VTEP.AsSlice(), Port: cfg.Port, Learning: false, Proxy: true}
+			SrcAddr: h.cfg.VTEP.AsSlice(), Port: int(port), Learning: false, Proxy: true}
 		if err := nl.LinkAdd(vx); err != nil && !errors.Is(err, unix.EEXIST) {
 			nl.LinkDel(br)
+			nft.SetVXLAN(context.Background(), h.cfg.NS, []uint32{cfg.VNI}, nil)
 			return opErr("vxlan", vxName, err)
 		}
 	}
@@ -361,6 +379,7 @@ func (h *Host) ensureLocal(cfg Config) error {
 		}
 	}
 	h.local[cfg.Name] = cfg.VNI
+	h.ports[cfg.VNI] = port
 	h.kick()
 	return nil
 }
@@ -398,7 +417,21 @@ func (h *Host) adopt(nl *netlink.Handle, vx netlink.Link, vni uint32) error {
 	return nil
 }
 
-// removeLocal deletes the network's devices on this host. h.mu is held.
+// filter is the ingress filter of the network vni: its peers are the
+// VTEPs of the flood entries of entries, the hosts that have endpoints on
+// it.
+func (h *Host) filter(vni uint32, port uint16, entries map[entry]bool) nft.VXLAN {
+	f := nft.VXLAN{VNI: vni, Port: port}
+	for e := range entries {
+		if e.kind == floodEntry && e.vni == vni && e.ip.Is4() {
+			f.Peers = append(f.Peers, e.ip)
+		}
+	}
+	return f
+}
+
+// removeLocal deletes the network's devices on this host, then their
+// ingress filter. h.mu is held.
 func (h *Host) removeLocal(name string, vni uint32) {
 	nl, err := h.cfg.NS.Netlink()
 	if err != nil {
@@ -411,7 +444,13 @@ func (h *Host) removeLocal(name string, vni uint32) {
 			}
 		}
 	}
+	if _, err := nl.LinkByName(vxlanName(vni)); err != nil {
+		if err := nft.SetVXLAN(context.Background(), h.cfg.NS, []uint32{vni}, nil); err != nil {
+			h.cfg.Logger.Error("overlay: remove the ingress filter", "vni", vni, "err", err)
+		}
+	}
 	delete(h.local, name)
+	delete(h.ports, vni)
 	for e := range h.prog {
 		if e.vni == vni {
 			delete(h.prog, e)
@@ -459,6 +498,25 @@ func (h *Host) Close(ctx context.Context) error {
 	}
 	h.gwMu.Unlock()
 	return errors.Join(errs...)
+}
+
+// Stats are counters of the host's namespace, shared by every Host in it.
+type Stats struct {
+	// VXLANDropped counts the VXLAN packets dropped on the way in because
+	// their sender is not a peer of the network their VNI names: not a
+	// host in the store, a host without endpoints on that network, or a
+	// process or container of this host.
+	VXLANDropped uint64
+	// VXLANEgressDropped counts the VXLAN packets that masqueraded
+	// containers of this host sent to an overlay's port, dropped before
+	// they left with the host's address.
+	VXLANEgressDropped uint64
+}
+
+// Stats returns the host's counters.
+func (h *Host) Stats(ctx context.Context) (Stats, error) {
+	in, out, err := nft.VXLANDrops(ctx, h.cfg.NS)
+	return Stats{VXLANDropped: in, VXLANEgressDropped: out}, err
 }
 
 // Delete removes a network from every host, like `docker network rm`: its
