@@ -95,6 +95,11 @@ type Host struct {
 
 	arpFD int // a packet socket in NS for announce; -1 until needed; h.mu
 
+	// closeMu serialises Close; storeDone and kernelDone are its parts
+	// that succeeded.
+	closeMu               sync.Mutex
+	storeDone, kernelDone bool
+
 	gwMu sync.Mutex
 	gw   *bridge.Network // the gateway bridge, made at the first need
 
@@ -461,28 +466,97 @@ func (h *Host) removeLocal(name string, vni uint32) {
 // Close says goodbye: the host's records go from the store, so that the
 // other hosts drop its endpoints, and its devices and endpoints go from the
 // kernel. The networks stay defined for the other hosts.
+//
+// The kernel's part does not need the store: with the store unreachable
+// or ctx done, Close still removes the host's devices and endpoints, and
+// returns the store's error; a later Close does what is left of the store's
+// part (the other hosts also drop a silent host after its lease). Once
+// both are done, Close returns nil.
 func (h *Host) Close(ctx context.Context) error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		return nil
+	if h == nil || h.done == nil {
+		return ErrClosed
 	}
+	h.mu.Lock()
+	first := !h.closed
 	h.closed = true
 	h.mu.Unlock()
-	h.cancel()
-	<-h.done
-
+	if first {
+		h.cancel()
+		<-h.done
+	}
+	h.closeMu.Lock()
+	defer h.closeMu.Unlock()
 	var errs []error
+	if !h.storeDone {
+		err := h.goodbye(ctx)
+		h.storeDone = err == nil
+		errs = append(errs, err)
+	}
+	if !h.kernelDone {
+		err := h.removeDevices(context.WithoutCancel(ctx))
+		h.kernelDone = err == nil
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// goodbye deletes the host's endpoint records, releasing their
+// addresses, then its host record.
+func (h *Host) goodbye(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	kvs, _, err := h.cfg.Store.List(ctx, h.key(epPrefix))
-	errs = append(errs, err)
+	if err != nil {
+		return err
+	}
+	var errs []error
 	for _, kv := range kvs {
 		var r epRecord
-		if json.Unmarshal(kv.Value, &r) == nil && r.Host == h.cfg.Name {
-			errs = append(errs, h.detachKey(ctx, kv.Key[len(h.cfg.Prefix):]))
+		if json.Unmarshal(kv.Value, &r) != nil || r.Host != h.cfg.Name {
+			continue
+		}
+		key := kv.Key[len(h.cfg.Prefix):]
+		parts := strings.SplitN(strings.TrimPrefix(key, epPrefix), "/", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if err := h.del(ctx, key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, h.cfg.Alloc.Release(ctx, poolName(parts[0]), parts[2]))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return h.del(ctx, hostPrefix+h.cfg.Name)
+}
+
+// removeDevices removes the host's endpoints (the veths on its overlays'
+// bridges, whoever made them, and the gateway bridge with its endpoints),
+// then the overlays' devices and their ingress filters.
+func (h *Host) removeDevices(ctx context.Context) error {
+	var errs []error
+	h.mu.Lock()
+	clear(h.mine)
+	nl, err := h.cfg.NS.Netlink()
+	if err == nil {
+		bridges := map[int]bool{}
+		for _, vni := range h.local {
+			if br, err := nl.LinkByName(bridgeName(vni)); err == nil {
+				bridges[br.Attrs().Index] = true
+			}
+		}
+		links, err := h.cfg.NS.Links()
+		errs = append(errs, err)
+		for _, l := range links {
+			if l.Type() == "veth" && bridges[l.Attrs().MasterIndex] {
+				errs = append(errs, veth.Delete(ctx, h.cfg.NS, l.Attrs().Name))
+			}
 		}
 	}
-	errs = append(errs, h.del(ctx, hostPrefix+h.cfg.Name))
-	h.mu.Lock()
+	errs = append(errs, err)
 	for name, vni := range h.local {
 		h.removeLocal(name, vni)
 	}
@@ -493,8 +567,11 @@ func (h *Host) Close(ctx context.Context) error {
 	h.mu.Unlock()
 	h.gwMu.Lock()
 	if h.gw != nil {
-		errs = append(errs, h.gw.Delete(ctx, true))
-		h.gw = nil
+		err := h.gw.Delete(ctx, true)
+		if err == nil {
+			h.gw = nil
+		}
+		errs = append(errs, err)
 	}
 	h.gwMu.Unlock()
 	return errors.Join(errs...)

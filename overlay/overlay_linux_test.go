@@ -750,3 +750,49 @@ func TestNames(t *testing.T) {
 		return nil
 	})
 }
+
+// TestCloseRetry: a Close whose store part fails (a cancelled context;
+// etcd stopped) returns the error and still removes the host's devices and
+// endpoints; a second Close, with the store back, removes the host's
+// records and returns nil.
+func TestCloseRetry(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	c := etcdCluster(t, srv, 2, 0)
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x50, Subnets: subnets("10.77.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	c.attach(t, 0, "ov", "c1")
+	c.attach(t, 1, "ov", "c2")
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := c.hosts[0].Close(cancelled); err == nil {
+		t.Error("Close with a cancelled context: nil error")
+	}
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if err := c.hosts[1].Close(ctx); err == nil {
+		t.Error("Close with etcd stopped: nil error")
+	}
+	for i, th := range c.topo.Hosts {
+		if names := nstest.LinkNames(t, th.NS); !slices.Equal(names, []string{"lo", "eth0"}) && !slices.Equal(names, []string{"eth0", "lo"}) {
+			t.Errorf("host%d after a failed Close: links %v", i+1, names)
+		}
+	}
+	srv.Restart(t)
+	store := etcdStore(t, srv.Client(t))
+	for i, h := range c.hosts {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		if err := h.Close(ctx); err != nil {
+			t.Errorf("host%d: a second Close with the store back: %v", i+1, err)
+		}
+		cancel()
+	}
+	for _, prefix := range []string{"overlay/ep/", "overlay/host/"} {
+		kvs, _, err := store.List(t.Context(), prefix)
+		if err != nil || len(kvs) > 0 {
+			t.Errorf("after the second Close, %s holds %d records, %v", prefix, len(kvs), err)
+		}
+	}
+}
