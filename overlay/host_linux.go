@@ -16,6 +16,7 @@ import (
 
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/internal/nft"
@@ -251,8 +252,13 @@ func poolName(network string) string { return "overlay." + network }
 // Create defines a network for every host, like `docker network create -d
 // overlay`: the other hosts create its devices when they see it. A network
 // that exists with the same settings is returned; with others, or with a
-// VNI another network has, Create fails with ErrExists.
+// VNI another network has, Create fails with ErrExists. Its address pool
+// is made first, so that a network whose subnets another pool has is
+// refused (matching ipam.ErrOverlap) before any host sees it.
 func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
+	if err := h.check(true); err != nil {
+		return nil, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -262,26 +268,80 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 	if cfg.MTU > h.mtu {
 		return nil, &ValidationError{"MTU", cfg.MTU, fmt.Sprintf("does not fit the underlay: at most %d", h.mtu)}
 	}
-	val := encode(cfg)
-	vniKey := h.key(fmt.Sprintf("vni/%d", cfg.VNI))
-	_, err := h.cfg.Store.CAS(ctx,
-		ipam.Op{Key: h.key(netPrefix + cfg.Name), Value: val},
-		ipam.Op{Key: vniKey, Value: []byte(cfg.Name)})
-	if errors.Is(err, ipam.ErrConflict) {
-		have, gerr := h.definition(ctx, cfg.Name)
-		if gerr != nil && !errors.Is(gerr, ErrNotFound) {
-			return nil, gerr
-		}
-		if gerr != nil || string(encode(have)) != string(val) {
-			return nil, fmt.Errorf("overlay: network %q (VNI %d): %w", cfg.Name, cfg.VNI, ErrExists)
-		}
-	} else if err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if _, err := h.cfg.Alloc.CreatePool(ctx, ipam.PoolConfig{Name: poolName(cfg.Name), Subnets: cfg.Subnets}); err != nil {
+	val := encode(cfg)
+	exists := func() error { return fmt.Errorf("overlay: network %q (VNI %d): %w", cfg.Name, cfg.VNI, ErrExists) }
+	same := func() (bool, error) {
+		have, err := h.definition(ctx, cfg.Name)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if string(encode(have)) != string(val) {
+			return false, exists()
+		}
+		return true, nil
+	}
+	defined, err := same()
+	if err != nil {
+		return nil, err
+	}
+	pool := poolName(cfg.Name)
+	_, _, err = h.cfg.Alloc.Inspect(ctx, pool)
+	made := errors.Is(err, ipam.ErrNotFound) // the pool is this call's
+	if err != nil && !made {
+		return nil, err
+	}
+	if _, err := h.cfg.Alloc.CreatePool(ctx, ipam.PoolConfig{Name: pool, Subnets: cfg.Subnets}); err != nil {
+		if errors.Is(err, ipam.ErrExists) {
+			return nil, fmt.Errorf("%w: %w", exists(), err)
+		}
 		return nil, fmt.Errorf("overlay: network %q: %w", cfg.Name, err)
 	}
+	if !defined {
+		_, err := h.cfg.Store.CAS(ctx,
+			ipam.Op{Key: h.key(netPrefix + cfg.Name), Value: val},
+			ipam.Op{Key: h.key(fmt.Sprintf("vni/%d", cfg.VNI)), Value: []byte(cfg.Name)})
+		if errors.Is(err, ipam.ErrConflict) {
+			// Another Create of the same network won, or the name or VNI
+			// is taken.
+			if ok, serr := same(); !ok {
+				err = serr
+				if err == nil {
+					err = exists()
+				}
+			} else {
+				err = nil
+			}
+		}
+		if err != nil {
+			if made {
+				h.cfg.Alloc.DeletePool(context.WithoutCancel(ctx), pool)
+			}
+			return nil, err
+		}
+	}
 	return h.Network(ctx, cfg.Name)
+}
+
+// check returns an error if h is nil or was not made by Join, or, with
+// open, if it was closed.
+func (h *Host) check(open bool) error {
+	if h == nil || h.done == nil {
+		return &ValidationError{"Host", nil, "nil, or not made by Join"}
+	}
+	if open {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.closed {
+			return ErrClosed
+		}
+	}
+	return nil
 }
 
 func (h *Host) definition(ctx context.Context, name string) (Config, error) {
@@ -302,6 +362,9 @@ func (h *Host) definition(ctx context.Context, name string) (Config, error) {
 // Network returns the network name, defined by any host, with its devices
 // on this host (created if the control plane has not yet).
 func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
+	if err := h.check(true); err != nil {
+		return nil, err
+	}
 	cfg, err := h.definition(ctx, name)
 	if err != nil {
 		return nil, err
@@ -473,8 +536,8 @@ func (h *Host) removeLocal(name string, vni uint32) {
 // part (the other hosts also drop a silent host after its lease). Once
 // both are done, Close returns nil.
 func (h *Host) Close(ctx context.Context) error {
-	if h == nil || h.done == nil {
-		return ErrClosed
+	if err := h.check(false); err != nil {
+		return err
 	}
 	h.mu.Lock()
 	first := !h.closed
@@ -592,6 +655,9 @@ type Stats struct {
 
 // Stats returns the host's counters.
 func (h *Host) Stats(ctx context.Context) (Stats, error) {
+	if err := h.check(false); err != nil {
+		return Stats{}, err
+	}
 	in, out, err := nft.VXLANDrops(ctx, h.cfg.NS)
 	return Stats{VXLANDropped: in, VXLANEgressDropped: out}, err
 }
@@ -601,6 +667,9 @@ func (h *Host) Stats(ctx context.Context) (Stats, error) {
 // devices when it sees that. A network with endpoints on any host is
 // refused with ErrInUse; one that is gone is no error.
 func (h *Host) Delete(ctx context.Context, name string) error {
+	if err := h.check(false); err != nil {
+		return err
+	}
 	cfg, err := h.definition(ctx, name)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -634,8 +703,22 @@ type Network struct {
 	cfg Config
 }
 
-// Config returns the network's settings.
-func (n *Network) Config() Config { return n.cfg }
+// Config returns the network's settings; a nil Network's are zero.
+func (n *Network) Config() Config {
+	if n == nil {
+		return Config{}
+	}
+	return n.cfg
+}
+
+// check returns an error if n is nil or was not made by its Host, or,
+// with open, if its Host was closed.
+func (n *Network) check(open bool) error {
+	if n == nil || n.h == nil {
+		return &ValidationError{"Network", nil, "nil, or not made by Host.Create or Host.Network"}
+	}
+	return n.h.check(open)
+}
 
 // EndpointConfig describes a container's attachment to an overlay.
 type EndpointConfig struct {
@@ -672,24 +755,58 @@ func hostVeth(network, id string) string {
 // Attach connects a container to the overlay: a veth pair whose container
 // end (eth0) has an address of each subnet, allocated cluster-wide, and the
 // overlay's MTU; then the endpoint is published for the other hosts.
-// Attaching an endpoint again returns it. A failure half way leaves
-// nothing.
+// Attaching an endpoint again returns it. Bad input (the host's own
+// namespace among it) is refused with a *ValidationError before the store
+// or the kernel is touched; a network deleted meanwhile with ErrNotFound.
+// A failure half way leaves nothing, and leaves an endpoint attached
+// before as it was.
 func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, error) {
+	if err := n.check(true); err != nil {
+		return Endpoint{}, err
+	}
 	if r := names.Check(ec.ID, 64); r != "" {
 		return Endpoint{}, &ValidationError{"ID", ec.ID, r}
 	}
 	if ec.NS == nil {
 		return Endpoint{}, &ValidationError{"NS", nil, "no container namespace"}
 	}
+	h := n.h
+	if ec.NS.Equal(h.cfg.NS) {
+		return Endpoint{}, &ValidationError{"NS", ec.NS.String(), "the host's own namespace, not a container's"}
+	}
 	if ec.IfName == "" {
 		ec.IfName = "eth0"
 	}
-	h := n.h
+	if r := ifname.Check(ec.IfName); r != "" {
+		return Endpoint{}, &ValidationError{"IfName", ec.IfName, r}
+	}
+	if ec.MAC != nil && (len(ec.MAC) != 6 || ec.MAC[0]&1 != 0 || string(ec.MAC) == string(make(net.HardwareAddr, 6))) {
+		return Endpoint{}, &ValidationError{"MAC", ec.MAC.String(), "not a unicast Ethernet address"}
+	}
+	if err := ctx.Err(); err != nil {
+		return Endpoint{}, err
+	}
+	// Attached before: a failure now must not undo that endpoint.
+	var old *epRecord
+	if kv, err := h.cfg.Store.Get(ctx, h.key(n.epKey(ec.ID))); err == nil {
+		var r epRecord
+		if json.Unmarshal(kv.Value, &r) == nil && r.Host == h.cfg.Name {
+			old = &r
+		}
+	} else if !errors.Is(err, ipam.ErrNotFound) {
+		return Endpoint{}, err
+	}
 	alloc, err := h.cfg.Alloc.Allocate(ctx, poolName(n.cfg.Name), ec.ID)
+	if errors.Is(err, ipam.ErrNotFound) {
+		return Endpoint{}, fmt.Errorf("overlay: attach %s: network %q: %w", ec.ID, n.cfg.Name, ErrNotFound)
+	}
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("overlay: attach %s: %w", ec.ID, err)
 	}
-	undo := []func(){func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), poolName(n.cfg.Name), ec.ID) }}
+	var undo []func()
+	if old == nil {
+		undo = append(undo, func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), poolName(n.cfg.Name), ec.ID) })
+	}
 	fail := func(err error) (Endpoint, error) {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
@@ -697,14 +814,9 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		return Endpoint{}, err
 	}
 	mac := ec.MAC
-	if mac == nil {
+	if mac == nil && old != nil {
 		// Attached before: the same MAC, so that the same pair is found.
-		if kv, err := h.cfg.Store.Get(ctx, h.key(n.epKey(ec.ID))); err == nil {
-			var old epRecord
-			if json.Unmarshal(kv.Value, &old) == nil && old.Host == h.cfg.Name {
-				mac = old.mac()
-			}
-		}
+		mac = old.mac()
 	}
 	if mac == nil {
 		mac = veth.RandomMAC()
@@ -725,12 +837,14 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	h.mu.Lock()
 	h.mine[key] = val
 	h.mu.Unlock()
-	undo = append(undo, func() {
-		h.mu.Lock()
-		delete(h.mine, key)
-		h.mu.Unlock()
-		h.del(context.WithoutCancel(ctx), key)
-	})
+	if old == nil {
+		undo = append(undo, func() {
+			h.mu.Lock()
+			delete(h.mine, key)
+			h.mu.Unlock()
+			h.del(context.WithoutCancel(ctx), key)
+		})
+	}
 	if err := h.put(ctx, key, val); err != nil {
 		return fail(err)
 	}
@@ -741,7 +855,9 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if err != nil {
 		return fail(err)
 	}
-	undo = append(undo, func() { veth.Delete(context.WithoutCancel(ctx), h.cfg.NS, name) })
+	if old == nil {
+		undo = append(undo, func() { veth.Delete(context.WithoutCancel(ctx), h.cfg.NS, name) })
+	}
 	hn, err := h.cfg.NS.Netlink()
 	if err != nil {
 		return fail(err)
@@ -784,6 +900,9 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 // hosts drop it), then its veth pair and its addresses. An endpoint that
 // is gone is no error.
 func (n *Network) Detach(ctx context.Context, id string) error {
+	if err := n.check(false); err != nil {
+		return err
+	}
 	return n.h.detachKey(ctx, n.epKey(id))
 }
 

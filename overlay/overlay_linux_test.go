@@ -796,3 +796,162 @@ func TestCloseRetry(t *testing.T) {
 		}
 	}
 }
+
+// noEvents fails the test if the store saw a change under prefix since
+// rev: it writes a key after the others and reads the events up to it.
+func noEvents(t *testing.T, store ipam.Store, rev int64, prefix string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+	defer cancel()
+	events := store.Watch(ctx, "overlay/", rev)
+	if _, err := store.CAS(ctx, ipam.Op{Key: "overlay/zz-sentinel", Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	for ev := range events {
+		if ev.Err != nil {
+			t.Fatal(ev.Err)
+		}
+		if strings.HasPrefix(ev.Key, prefix) {
+			t.Errorf("the store saw %s (deleted: %v)", ev.Key, ev.Delete)
+		}
+		if ev.Key == "overlay/zz-sentinel" {
+			kv, _ := store.Get(ctx, ev.Key)
+			store.CAS(ctx, ipam.Op{Key: ev.Key, Rev: kv.Rev, Delete: true})
+			return
+		}
+	}
+	t.Fatal("the watch ended before the sentinel")
+}
+
+// TestBadInputTouchesNothing: bad networks and endpoints are refused with
+// typed errors before the store or the kernel sees them; an attach that
+// fails half way leaves nothing, and does not undo an endpoint attached
+// before; nil and zero handles return errors.
+func TestBadInputTouchesNothing(t *testing.T) {
+	t.Parallel()
+	store := ipam.NewMemoryStore()
+	c := newCluster(t, 1, store)
+	h, hostNS := c.hosts[0], c.topo.Hosts[0].NS
+	_, rev, err := store.List(t.Context(), "overlay/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ve *overlay.ValidationError
+	for _, sc := range [][]ipam.SubnetConfig{
+		{{Subnet: netip.MustParsePrefix("10.80.0.0/24"), Gateway: netip.MustParseAddr("10.99.0.1")}},
+		{{Subnet: netip.MustParsePrefix("10.80.0.1/24")}},
+		{{Subnet: netip.MustParsePrefix("10.80.0.0/24")}, {Subnet: netip.MustParsePrefix("10.80.0.0/25")}},
+	} {
+		if _, err := h.Create(t.Context(), overlay.Config{Name: "bad", VNI: 0x70, Subnets: sc}); !errors.As(err, &ve) {
+			t.Errorf("Create with subnets %v: %v, want a *ValidationError", sc, err)
+		}
+	}
+	// Subnets another pool has: refused before the network is written.
+	alloc, err := ipam.New(store, ipam.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alloc.CreatePool(t.Context(), ipam.PoolConfig{Name: "someone", Subnets: subnets("10.81.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Create(t.Context(), overlay.Config{Name: "bad", VNI: 0x70, Subnets: subnets("10.81.1.0/24")}); !errors.Is(err, ipam.ErrOverlap) {
+		t.Errorf("Create with another pool's subnet: %v, want ipam.ErrOverlap", err)
+	}
+	noEvents(t, store, rev, "overlay/net/")
+	if slices.Contains(nstest.LinkNames(t, hostNS), "ovvx70") {
+		t.Error("a refused network has devices")
+	}
+
+	n, err := h.Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x71, Subnets: subnets("10.82.0.0/24"), Internal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := nstest.Container(t, hostNS)
+	_, rev, _ = store.List(t.Context(), "overlay/")
+	for _, ec := range []overlay.EndpointConfig{
+		{ID: "c1", NS: hostNS},
+		{ID: "c1", NS: ctr, IfName: "a-name-too-long-for-linux"},
+		{ID: "c1", NS: ctr, MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}},
+		{ID: "c1", NS: ctr, MAC: net.HardwareAddr{2, 0, 0, 0, 1}},
+		{ID: "", NS: ctr},
+		{ID: "c1"},
+	} {
+		if _, err := n.Attach(t.Context(), ec); !errors.As(err, &ve) {
+			t.Errorf("Attach(%+v): %v, want a *ValidationError", ec, err)
+		}
+	}
+	noEvents(t, store, rev, "overlay/ep/")
+
+	// Half way: the container has an eth0 already.
+	cn, err := ctr.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cn.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: ctr}); err == nil {
+		t.Fatal("Attach into a container that has an eth0: no error")
+	}
+	if kvs, _, _ := store.List(t.Context(), "overlay/ep/"); len(kvs) > 0 {
+		t.Errorf("a failed attach left %s", kvs[0].Key)
+	}
+	if _, allocs, err := alloc.Inspect(t.Context(), "overlay.ov"); err != nil || len(allocs) > 0 {
+		t.Errorf("a failed attach left allocations %v, %v", allocs, err)
+	}
+	// Attached, then again into a container that cannot take it: the
+	// first attachment stays.
+	ep, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: ctr, IfName: "eth1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := nstest.Container(t, hostNS)
+	if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: other, IfName: "eth1"}); err == nil {
+		t.Error("attaching c1 again into another container: no error")
+	}
+	if kvs, _, _ := store.List(t.Context(), "overlay/ep/"); len(kvs) != 1 {
+		t.Errorf("a failed second attach took the first's record: %d records", len(kvs))
+	}
+	if _, allocs, _ := alloc.Inspect(t.Context(), "overlay.ov"); len(allocs) != 1 || allocs[0].Leases()[0].Addr != ep.Addrs[0] {
+		t.Errorf("a failed second attach took the first's address: %v", allocs)
+	}
+	if err := n.Detach(t.Context(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A deleted network.
+	if err := h.Delete(t.Context(), "ov"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c2", NS: ctr, IfName: "eth2"}); !errors.Is(err, overlay.ErrNotFound) {
+		t.Errorf("Attach to a deleted network: %v, want ErrNotFound", err)
+	}
+
+	// Nil and zero handles.
+	for name, h := range map[string]*overlay.Host{"nil": nil, "zero": {}} {
+		if _, err := h.Create(t.Context(), overlay.Config{Name: "x", VNI: 1, Subnets: subnets("10.83.0.0/24")}); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Create: %v", name, err)
+		}
+		if _, err := h.Network(t.Context(), "x"); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Network: %v", name, err)
+		}
+		if err := h.Delete(t.Context(), "x"); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Delete: %v", name, err)
+		}
+		if _, err := h.Stats(t.Context()); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Stats: %v", name, err)
+		}
+		if err := h.Close(t.Context()); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Close: %v", name, err)
+		}
+	}
+	for name, n := range map[string]*overlay.Network{"nil": nil, "zero": {}} {
+		if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c", NS: ctr}); !errors.As(err, &ve) {
+			t.Errorf("%s Network: Attach: %v", name, err)
+		}
+		if err := n.Detach(t.Context(), "c"); !errors.As(err, &ve) {
+			t.Errorf("%s Network: Detach: %v", name, err)
+		}
+		_ = n.Config()
+	}
+}
