@@ -96,4 +96,16 @@
 //
 // Before the announcement, one endpoint in ten took a second: the
 // container's ARP retry.
+//
+// With the VXLAN ingress filter (a host also writes a network's peers
+// into nftables, when they change), measured with the same command on the
+// same machine while other test suites loaded it (load average 12 to 13),
+// side by side with the commit before the filter, three runs each:
+//
+//	store   with the filter            before it
+//	        median      p99            median      p99
+//	memory  1.30-1.41   9.9-79 ms      0.24-1.29   3.6-92 ms
+//	etcd    0.60-1.43   4.5-33 ms      0.27-1.38   5.7-45 ms
+//
+// The load drowns any difference.
 package overlay

@@ -78,6 +78,10 @@ type Host struct {
 	view   map[string][]byte // the store's keys under the prefix, as last seen
 	local  map[string]uint32 // networks whose devices exist here: name -> VNI
 	ports  map[uint32]uint16 // their VXLAN ports, by VNI
+	// filtered is the ingress filters as last programmed; recheck: read
+	// them back from the kernel at the next programming (a heartbeat).
+	filtered string
+	recheck  bool
 	// defined: the networks the view held when the kernel was last
 	// programmed.
 	defined map[string]bool

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
@@ -219,4 +220,33 @@ func TestVXLANIngress(t *testing.T) {
 	if slices.Contains(r1.seen, "rogue") {
 		t.Error("the rogue's packet came through")
 	}
+}
+
+// TestVXLANFilterRestored: after someone flushes the ruleset, the host's
+// next heartbeat puts its ingress filter back.
+func TestVXLANFilterRestored(t *testing.T) {
+	t.Parallel()
+	topo := nstest.Underlay(t, 3)
+	store := ipam.NewMemoryStore()
+	c := joinCluster(t, &nstest.Topology{Underlay: topo.Underlay, Hosts: topo.Hosts[:2]}, func() ipam.Store { return store }, 300*time.Millisecond)
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x42, Subnets: subnets("10.84.0.0/24"), Internal: true}); err != nil {
+		t.Fatal(err)
+	}
+	c1, a1 := c.attach(t, 0, "ov", "c1")
+	_, a2 := c.attach(t, 1, "ov", "c2")
+	eventually(t, "c1 pings c2", func() error { return nstest.Ping(t.Context(), c1, a2) })
+	err := topo.Hosts[0].NS.NFTables(func(c *nftables.Conn) error { c.FlushRuleset(); return c.Flush() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := vxlanPacket(0x42, macOf(t, c1), netip.MustParseAddr("10.84.0.200"), a1, 9999, "rogue")
+	eventually(t, "the filter is back", func() error {
+		sendVXLAN(t, topo.Hosts[2].NS, topo.Hosts[0].Addr.Addr(), pkt)
+		time.Sleep(10 * time.Millisecond)
+		if s := stats(t, c.hosts[0]); s.VXLANDropped == 0 {
+			return fmt.Errorf("stats %+v", s)
+		}
+		return nil
+	})
+	eventually(t, "c1 still pings c2", func() error { return nstest.Ping(t.Context(), c1, a2) })
 }

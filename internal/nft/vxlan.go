@@ -210,14 +210,16 @@ func VXLANDrops(ctx context.Context, host *netns.NS) (in, out uint64, err error)
 	}
 	err = host.NFTables(func(c *nftables.Conn) error {
 		sc := newSchema()
+		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); errors.Is(err, unix.ENOENT) {
+			return nil
+		} else if err != nil {
+			return &netns.OpError{Op: "nft.vxlan-drops", NS: host.String(), Name: TableName, Err: err}
+		}
 		for _, o := range []struct {
 			obj *nftables.CounterObj
 			n   *uint64
 		}{{sc.vxlanInDrops, &in}, {sc.vxlanOutDrops, &out}} {
 			got, err := c.GetObject(o.obj)
-			if errors.Is(err, unix.ENOENT) {
-				return nil
-			}
 			if err != nil {
 				return &netns.OpError{Op: "nft.vxlan-drops", NS: host.String(), Name: o.obj.Name, Err: err}
 			}
