@@ -369,6 +369,9 @@ func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
 	if err := h.check(true); err != nil {
 		return nil, err
 	}
+	if r := names.Check(name, 64); r != "" {
+		return nil, &ValidationError{"Name", name, r}
+	}
 	cfg, err := h.definition(ctx, name)
 	if err != nil {
 		return nil, err
@@ -673,6 +676,9 @@ func (h *Host) Stats(ctx context.Context) (Stats, error) {
 func (h *Host) Delete(ctx context.Context, name string) error {
 	if err := h.check(false); err != nil {
 		return err
+	}
+	if r := names.Check(name, 64); r != "" {
+		return &ValidationError{"Name", name, r}
 	}
 	cfg, err := h.definition(ctx, name)
 	if errors.Is(err, ErrNotFound) {

@@ -927,6 +927,12 @@ func TestBadInputTouchesNothing(t *testing.T) {
 		t.Errorf("Attach to a deleted network: %v, want ErrNotFound", err)
 	}
 
+	if _, err := h.Network(t.Context(), "a/b"); !errors.As(err, &ve) {
+		t.Errorf("Network with a bad name: %v", err)
+	}
+	if err := h.Delete(t.Context(), ""); !errors.As(err, &ve) {
+		t.Errorf("Delete with an empty name: %v", err)
+	}
 	// Nil and zero handles.
 	for name, h := range map[string]*overlay.Host{"nil": nil, "zero": {}} {
 		if _, err := h.Create(t.Context(), overlay.Config{Name: "x", VNI: 1, Subnets: subnets("10.83.0.0/24")}); !errors.As(err, &ve) {
