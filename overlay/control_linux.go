@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/vishvananda/netlink"
@@ -73,6 +74,9 @@ func (h *Host) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				h.mu.Lock()
+				h.recheck = true
+				h.mu.Unlock()
 				rec := encode(hostRecord{VTEP: h.cfg.VTEP, Seen: time.Now()})
 				if err := h.put(ctx, hostPrefix+h.cfg.Name, rec); err != nil && ctx.Err() == nil {
 					h.cfg.Logger.Error("overlay: heartbeat", "err", err)
@@ -236,6 +240,26 @@ func (h *Host) program() {
 	}
 	if h.cfg.DNS != nil {
 		h.programNames(defs, wantNames)
+	}
+	// The ingress filters, before the entries: a host that left loses
+	// access before its entries go, one that came is heard before it is
+	// sent to.
+	// They are read back from the kernel only when they change and at
+	// each heartbeat, which restores them after someone flushed the table.
+	var filters []nft.VXLAN
+	for _, vni := range h.local {
+		filters = append(filters, h.filter(vni, h.ports[vni], want))
+	}
+	slices.SortFunc(filters, func(a, b nft.VXLAN) int { return int(a.VNI) - int(b.VNI) })
+	for i := range filters {
+		slices.SortFunc(filters[i].Peers, netip.Addr.Compare)
+	}
+	if sum := fmt.Sprint(filters); len(filters) > 0 && (h.recheck || sum != h.filtered) {
+		if err := nft.SetVXLAN(context.Background(), h.cfg.NS, nil, filters); err != nil {
+			h.cfg.Logger.Error("overlay: ingress filter", "err", err)
+			sum = ""
+		}
+		h.filtered, h.recheck = sum, false
 	}
 	nl, err := h.cfg.NS.Netlink()
 	if err != nil {

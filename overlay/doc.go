@@ -49,6 +49,24 @@
 // asked before the entry was there and would otherwise ask again only a
 // second later.
 //
+// # Who may send
+//
+// A VXLAN device takes every packet to its UDP port that carries its VNI,
+// whoever sent it. So each host filters, in nsnet's nftables table (an
+// input-hook chain, before the device's socket takes the packet): an IPv4
+// UDP packet to an overlay's port and VNI (the 3 bytes at offset 4 of the
+// VXLAN header) is accepted only from the VTEP of a host in the store that
+// has endpoints on that network, the hosts its flood entries name, and is
+// otherwise dropped and counted (Host.Stats). The filter of a network is
+// in place before its device is made, follows the store with the other
+// entries (a host whose record goes loses access when the others see it),
+// and goes after the device. Processes and containers of the host are no
+// peers either, and a forward-hook chain drops what a masqueraded
+// container sends to an overlay's port and VNI, which would otherwise
+// leave with the host's address, a peer's. The underlay is IPv4 only.
+// After someone flushes the table, the next heartbeat of the host (a
+// third of the lease) programs the filter again.
+//
 // # Names
 //
 // With HostConfig.DNS set, a host keeps its embedded DNS server (dnsd) in
@@ -78,4 +96,16 @@
 //
 // Before the announcement, one endpoint in ten took a second: the
 // container's ARP retry.
+//
+// With the VXLAN ingress filter (a host also writes a network's peers
+// into nftables, when they change), measured with the same command on the
+// same machine while other test suites loaded it (load average 12 to 13),
+// side by side with the commit before the filter, three runs each:
+//
+//	store   with the filter            before it
+//	        median      p99            median      p99
+//	memory  1.30-1.41   9.9-79 ms      0.24-1.29   3.6-92 ms
+//	etcd    0.60-1.43   4.5-33 ms      0.27-1.38   5.7-45 ms
+//
+// The load drowns any difference.
 package overlay

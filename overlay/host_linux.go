@@ -16,8 +16,10 @@ import (
 
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/names"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/nat"
@@ -75,6 +77,11 @@ type Host struct {
 	closed bool
 	view   map[string][]byte // the store's keys under the prefix, as last seen
 	local  map[string]uint32 // networks whose devices exist here: name -> VNI
+	ports  map[uint32]uint16 // their VXLAN ports, by VNI
+	// filtered is the ingress filters as last programmed; recheck: read
+	// them back from the kernel at the next programming (a heartbeat).
+	filtered string
+	recheck  bool
 	// defined: the networks the view held when the kernel was last
 	// programmed.
 	defined map[string]bool
@@ -92,6 +99,11 @@ type Host struct {
 	wakeup chan struct{} // the view changed: program the kernel
 
 	arpFD int // a packet socket in NS for announce; -1 until needed; h.mu
+
+	// closeMu serialises Close; storeDone and kernelDone are its parts
+	// that succeeded.
+	closeMu               sync.Mutex
+	storeDone, kernelDone bool
 
 	gwMu sync.Mutex
 	gw   *bridge.Network // the gateway bridge, made at the first need
@@ -169,7 +181,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{cfg: cfg, underlay: link.Attrs().Index, mtu: link.Attrs().MTU - vxlanOverhead,
-		view: map[string][]byte{}, local: map[string]uint32{}, prog: map[entry]bool{},
+		view: map[string][]byte{}, local: map[string]uint32{}, ports: map[uint32]uint16{}, prog: map[entry]bool{},
 		mine: map[string][]byte{}, beats: map[string]beat{}, defined: map[string]bool{}, arpFD: -1,
 		names: map[string]map[string]string{},
 		ready: make(chan struct{}), wakeup: make(chan struct{}, 1), done: make(chan struct{})}
@@ -244,8 +256,13 @@ func poolName(network string) string { return "overlay." + network }
 // Create defines a network for every host, like `docker network create -d
 // overlay`: the other hosts create its devices when they see it. A network
 // that exists with the same settings is returned; with others, or with a
-// VNI another network has, Create fails with ErrExists.
+// VNI another network has, Create fails with ErrExists. Its address pool
+// is made first, so that a network whose subnets another pool has is
+// refused (matching ipam.ErrOverlap) before any host sees it.
 func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
+	if err := h.check(true); err != nil {
+		return nil, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -255,26 +272,80 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 	if cfg.MTU > h.mtu {
 		return nil, &ValidationError{"MTU", cfg.MTU, fmt.Sprintf("does not fit the underlay: at most %d", h.mtu)}
 	}
-	val := encode(cfg)
-	vniKey := h.key(fmt.Sprintf("vni/%d", cfg.VNI))
-	_, err := h.cfg.Store.CAS(ctx,
-		ipam.Op{Key: h.key(netPrefix + cfg.Name), Value: val},
-		ipam.Op{Key: vniKey, Value: []byte(cfg.Name)})
-	if errors.Is(err, ipam.ErrConflict) {
-		have, gerr := h.definition(ctx, cfg.Name)
-		if gerr != nil && !errors.Is(gerr, ErrNotFound) {
-			return nil, gerr
-		}
-		if gerr != nil || string(encode(have)) != string(val) {
-			return nil, fmt.Errorf("overlay: network %q (VNI %d): %w", cfg.Name, cfg.VNI, ErrExists)
-		}
-	} else if err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if _, err := h.cfg.Alloc.CreatePool(ctx, ipam.PoolConfig{Name: poolName(cfg.Name), Subnets: cfg.Subnets}); err != nil {
+	val := encode(cfg)
+	exists := func() error { return fmt.Errorf("overlay: network %q (VNI %d): %w", cfg.Name, cfg.VNI, ErrExists) }
+	same := func() (bool, error) {
+		have, err := h.definition(ctx, cfg.Name)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if string(encode(have)) != string(val) {
+			return false, exists()
+		}
+		return true, nil
+	}
+	defined, err := same()
+	if err != nil {
+		return nil, err
+	}
+	pool := poolName(cfg.Name)
+	_, _, err = h.cfg.Alloc.Inspect(ctx, pool)
+	made := errors.Is(err, ipam.ErrNotFound) // the pool is this call's
+	if err != nil && !made {
+		return nil, err
+	}
+	if _, err := h.cfg.Alloc.CreatePool(ctx, ipam.PoolConfig{Name: pool, Subnets: cfg.Subnets}); err != nil {
+		if errors.Is(err, ipam.ErrExists) {
+			return nil, fmt.Errorf("%w: %w", exists(), err)
+		}
 		return nil, fmt.Errorf("overlay: network %q: %w", cfg.Name, err)
 	}
+	if !defined {
+		_, err := h.cfg.Store.CAS(ctx,
+			ipam.Op{Key: h.key(netPrefix + cfg.Name), Value: val},
+			ipam.Op{Key: h.key(fmt.Sprintf("vni/%d", cfg.VNI)), Value: []byte(cfg.Name)})
+		if errors.Is(err, ipam.ErrConflict) {
+			// Another Create of the same network won, or the name or VNI
+			// is taken.
+			if ok, serr := same(); !ok {
+				err = serr
+				if err == nil {
+					err = exists()
+				}
+			} else {
+				err = nil
+			}
+		}
+		if err != nil {
+			if made {
+				h.cfg.Alloc.DeletePool(context.WithoutCancel(ctx), pool)
+			}
+			return nil, err
+		}
+	}
 	return h.Network(ctx, cfg.Name)
+}
+
+// check returns an error if h is nil or was not made by Join, or, with
+// open, if it was closed.
+func (h *Host) check(open bool) error {
+	if h == nil || h.done == nil {
+		return &ValidationError{"Host", nil, "nil, or not made by Join"}
+	}
+	if open {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.closed {
+			return ErrClosed
+		}
+	}
+	return nil
 }
 
 func (h *Host) definition(ctx context.Context, name string) (Config, error) {
@@ -295,6 +366,12 @@ func (h *Host) definition(ctx context.Context, name string) (Config, error) {
 // Network returns the network name, defined by any host, with its devices
 // on this host (created if the control plane has not yet).
 func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
+	if err := h.check(true); err != nil {
+		return nil, err
+	}
+	if r := names.Check(name, 64); r != "" {
+		return nil, &ValidationError{"Name", name, r}
+	}
 	cfg, err := h.definition(ctx, name)
 	if err != nil {
 		return nil, err
@@ -335,19 +412,35 @@ func (h *Host) ensureLocal(cfg Config) error {
 			return opErr("bridge", brName, err)
 		}
 	}
-	if vx, err := nl.LinkByName(vxName); err == nil {
+	port := uint16(cfg.Port)
+	if port == 0 {
+		port = DefaultPort
+	}
+	vx, vxErr := nl.LinkByName(vxName)
+	if vxErr == nil {
 		// An earlier process made it: what it programmed is this
 		// process's to keep or remove.
 		if err := h.adopt(nl, vx, cfg.VNI); err != nil {
 			return opErr("vxlan", vxName, err)
 		}
-	} else {
+	}
+	// The ingress filter before the device: from its first packet, the
+	// device hears only the network's peers (those adopted, if any, until
+	// the control plane programs them).
+	if err := nft.SetVXLAN(context.Background(), h.cfg.NS, nil, []nft.VXLAN{h.filter(cfg.VNI, port, h.prog)}); err != nil {
+		if vxErr != nil {
+			nl.LinkDel(br)
+		}
+		return opErr("filter", vxName, err)
+	}
+	if vxErr != nil {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name, attrs.MTU, attrs.MasterIndex = vxName, h.mtu, br.Attrs().Index
 		vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(cfg.VNI), VtepDevIndex: h.underlay,
-			SrcAddr: h.cfg.VTEP.AsSlice(), Port: cfg.Port, Learning: false, Proxy: true}
+			SrcAddr: h.cfg.VTEP.AsSlice(), Port: int(port), Learning: false, Proxy: true}
 		if err := nl.LinkAdd(vx); err != nil && !errors.Is(err, unix.EEXIST) {
 			nl.LinkDel(br)
+			nft.SetVXLAN(context.Background(), h.cfg.NS, []uint32{cfg.VNI}, nil)
 			return opErr("vxlan", vxName, err)
 		}
 	}
@@ -361,6 +454,7 @@ func (h *Host) ensureLocal(cfg Config) error {
 		}
 	}
 	h.local[cfg.Name] = cfg.VNI
+	h.ports[cfg.VNI] = port
 	h.kick()
 	return nil
 }
@@ -398,7 +492,21 @@ func (h *Host) adopt(nl *netlink.Handle, vx netlink.Link, vni uint32) error {
 	return nil
 }
 
-// removeLocal deletes the network's devices on this host. h.mu is held.
+// filter is the ingress filter of the network vni: its peers are the
+// VTEPs of the flood entries of entries, the hosts that have endpoints on
+// it.
+func (h *Host) filter(vni uint32, port uint16, entries map[entry]bool) nft.VXLAN {
+	f := nft.VXLAN{VNI: vni, Port: port}
+	for e := range entries {
+		if e.kind == floodEntry && e.vni == vni && e.ip.Is4() {
+			f.Peers = append(f.Peers, e.ip)
+		}
+	}
+	return f
+}
+
+// removeLocal deletes the network's devices on this host, then their
+// ingress filter. h.mu is held.
 func (h *Host) removeLocal(name string, vni uint32) {
 	nl, err := h.cfg.NS.Netlink()
 	if err != nil {
@@ -411,7 +519,13 @@ func (h *Host) removeLocal(name string, vni uint32) {
 			}
 		}
 	}
+	if _, err := nl.LinkByName(vxlanName(vni)); err != nil {
+		if err := nft.SetVXLAN(context.Background(), h.cfg.NS, []uint32{vni}, nil); err != nil {
+			h.cfg.Logger.Error("overlay: remove the ingress filter", "vni", vni, "err", err)
+		}
+	}
 	delete(h.local, name)
+	delete(h.ports, vni)
 	for e := range h.prog {
 		if e.vni == vni {
 			delete(h.prog, e)
@@ -422,28 +536,97 @@ func (h *Host) removeLocal(name string, vni uint32) {
 // Close says goodbye: the host's records go from the store, so that the
 // other hosts drop its endpoints, and its devices and endpoints go from the
 // kernel. The networks stay defined for the other hosts.
+//
+// The kernel's part does not need the store: with the store unreachable
+// or ctx done, Close still removes the host's devices and endpoints, and
+// returns the store's error; a later Close does what is left of the store's
+// part (the other hosts also drop a silent host after its lease). Once
+// both are done, Close returns nil.
 func (h *Host) Close(ctx context.Context) error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		return nil
+	if err := h.check(false); err != nil {
+		return err
 	}
+	h.mu.Lock()
+	first := !h.closed
 	h.closed = true
 	h.mu.Unlock()
-	h.cancel()
-	<-h.done
-
+	if first {
+		h.cancel()
+		<-h.done
+	}
+	h.closeMu.Lock()
+	defer h.closeMu.Unlock()
 	var errs []error
+	if !h.storeDone {
+		err := h.goodbye(ctx)
+		h.storeDone = err == nil
+		errs = append(errs, err)
+	}
+	if !h.kernelDone {
+		err := h.removeDevices(context.WithoutCancel(ctx))
+		h.kernelDone = err == nil
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// goodbye deletes the host's endpoint records, releasing their
+// addresses, then its host record.
+func (h *Host) goodbye(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	kvs, _, err := h.cfg.Store.List(ctx, h.key(epPrefix))
-	errs = append(errs, err)
+	if err != nil {
+		return err
+	}
+	var errs []error
 	for _, kv := range kvs {
 		var r epRecord
-		if json.Unmarshal(kv.Value, &r) == nil && r.Host == h.cfg.Name {
-			errs = append(errs, h.detachKey(ctx, kv.Key[len(h.cfg.Prefix):]))
+		if json.Unmarshal(kv.Value, &r) != nil || r.Host != h.cfg.Name {
+			continue
+		}
+		key := kv.Key[len(h.cfg.Prefix):]
+		parts := strings.SplitN(strings.TrimPrefix(key, epPrefix), "/", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if err := h.del(ctx, key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, h.cfg.Alloc.Release(ctx, poolName(parts[0]), parts[2]))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return h.del(ctx, hostPrefix+h.cfg.Name)
+}
+
+// removeDevices removes the host's endpoints (the veths on its overlays'
+// bridges, whoever made them, and the gateway bridge with its endpoints),
+// then the overlays' devices and their ingress filters.
+func (h *Host) removeDevices(ctx context.Context) error {
+	var errs []error
+	h.mu.Lock()
+	clear(h.mine)
+	nl, err := h.cfg.NS.Netlink()
+	if err == nil {
+		bridges := map[int]bool{}
+		for _, vni := range h.local {
+			if br, err := nl.LinkByName(bridgeName(vni)); err == nil {
+				bridges[br.Attrs().Index] = true
+			}
+		}
+		links, err := h.cfg.NS.Links()
+		errs = append(errs, err)
+		for _, l := range links {
+			if l.Type() == "veth" && bridges[l.Attrs().MasterIndex] {
+				errs = append(errs, veth.Delete(ctx, h.cfg.NS, l.Attrs().Name))
+			}
 		}
 	}
-	errs = append(errs, h.del(ctx, hostPrefix+h.cfg.Name))
-	h.mu.Lock()
+	errs = append(errs, err)
 	for name, vni := range h.local {
 		h.removeLocal(name, vni)
 	}
@@ -454,11 +637,36 @@ func (h *Host) Close(ctx context.Context) error {
 	h.mu.Unlock()
 	h.gwMu.Lock()
 	if h.gw != nil {
-		errs = append(errs, h.gw.Delete(ctx, true))
-		h.gw = nil
+		err := h.gw.Delete(ctx, true)
+		if err == nil {
+			h.gw = nil
+		}
+		errs = append(errs, err)
 	}
 	h.gwMu.Unlock()
 	return errors.Join(errs...)
+}
+
+// Stats are counters of the host's namespace, shared by every Host in it.
+type Stats struct {
+	// VXLANDropped counts the VXLAN packets dropped on the way in because
+	// their sender is not a peer of the network their VNI names: not a
+	// host in the store, a host without endpoints on that network, or a
+	// process or container of this host.
+	VXLANDropped uint64
+	// VXLANEgressDropped counts the VXLAN packets that masqueraded
+	// containers of this host sent to an overlay's port, dropped before
+	// they left with the host's address.
+	VXLANEgressDropped uint64
+}
+
+// Stats returns the host's counters.
+func (h *Host) Stats(ctx context.Context) (Stats, error) {
+	if err := h.check(false); err != nil {
+		return Stats{}, err
+	}
+	in, out, err := nft.VXLANDrops(ctx, h.cfg.NS)
+	return Stats{VXLANDropped: in, VXLANEgressDropped: out}, err
 }
 
 // Delete removes a network from every host, like `docker network rm`: its
@@ -466,6 +674,12 @@ func (h *Host) Close(ctx context.Context) error {
 // devices when it sees that. A network with endpoints on any host is
 // refused with ErrInUse; one that is gone is no error.
 func (h *Host) Delete(ctx context.Context, name string) error {
+	if err := h.check(false); err != nil {
+		return err
+	}
+	if r := names.Check(name, 64); r != "" {
+		return &ValidationError{"Name", name, r}
+	}
 	cfg, err := h.definition(ctx, name)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -499,8 +713,22 @@ type Network struct {
 	cfg Config
 }
 
-// Config returns the network's settings.
-func (n *Network) Config() Config { return n.cfg }
+// Config returns the network's settings; a nil Network's are zero.
+func (n *Network) Config() Config {
+	if n == nil {
+		return Config{}
+	}
+	return n.cfg
+}
+
+// check returns an error if n is nil or was not made by its Host, or,
+// with open, if its Host was closed.
+func (n *Network) check(open bool) error {
+	if n == nil || n.h == nil {
+		return &ValidationError{"Network", nil, "nil, or not made by Host.Create or Host.Network"}
+	}
+	return n.h.check(open)
+}
 
 // EndpointConfig describes a container's attachment to an overlay.
 type EndpointConfig struct {
@@ -537,24 +765,58 @@ func hostVeth(network, id string) string {
 // Attach connects a container to the overlay: a veth pair whose container
 // end (eth0) has an address of each subnet, allocated cluster-wide, and the
 // overlay's MTU; then the endpoint is published for the other hosts.
-// Attaching an endpoint again returns it. A failure half way leaves
-// nothing.
+// Attaching an endpoint again returns it. Bad input (the host's own
+// namespace among it) is refused with a *ValidationError before the store
+// or the kernel is touched; a network deleted meanwhile with ErrNotFound.
+// A failure half way leaves nothing, and leaves an endpoint attached
+// before as it was.
 func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, error) {
+	if err := n.check(true); err != nil {
+		return Endpoint{}, err
+	}
 	if r := names.Check(ec.ID, 64); r != "" {
 		return Endpoint{}, &ValidationError{"ID", ec.ID, r}
 	}
 	if ec.NS == nil {
 		return Endpoint{}, &ValidationError{"NS", nil, "no container namespace"}
 	}
+	h := n.h
+	if ec.NS.Equal(h.cfg.NS) {
+		return Endpoint{}, &ValidationError{"NS", ec.NS.String(), "the host's own namespace, not a container's"}
+	}
 	if ec.IfName == "" {
 		ec.IfName = "eth0"
 	}
-	h := n.h
+	if r := ifname.Check(ec.IfName); r != "" {
+		return Endpoint{}, &ValidationError{"IfName", ec.IfName, r}
+	}
+	if ec.MAC != nil && (len(ec.MAC) != 6 || ec.MAC[0]&1 != 0 || string(ec.MAC) == string(make(net.HardwareAddr, 6))) {
+		return Endpoint{}, &ValidationError{"MAC", ec.MAC.String(), "not a unicast Ethernet address"}
+	}
+	if err := ctx.Err(); err != nil {
+		return Endpoint{}, err
+	}
+	// Attached before: a failure now must not undo that endpoint.
+	var old *epRecord
+	if kv, err := h.cfg.Store.Get(ctx, h.key(n.epKey(ec.ID))); err == nil {
+		var r epRecord
+		if json.Unmarshal(kv.Value, &r) == nil && r.Host == h.cfg.Name {
+			old = &r
+		}
+	} else if !errors.Is(err, ipam.ErrNotFound) {
+		return Endpoint{}, err
+	}
 	alloc, err := h.cfg.Alloc.Allocate(ctx, poolName(n.cfg.Name), ec.ID)
+	if errors.Is(err, ipam.ErrNotFound) {
+		return Endpoint{}, fmt.Errorf("overlay: attach %s: network %q: %w", ec.ID, n.cfg.Name, ErrNotFound)
+	}
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("overlay: attach %s: %w", ec.ID, err)
 	}
-	undo := []func(){func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), poolName(n.cfg.Name), ec.ID) }}
+	var undo []func()
+	if old == nil {
+		undo = append(undo, func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), poolName(n.cfg.Name), ec.ID) })
+	}
 	fail := func(err error) (Endpoint, error) {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
@@ -562,14 +824,9 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		return Endpoint{}, err
 	}
 	mac := ec.MAC
-	if mac == nil {
+	if mac == nil && old != nil {
 		// Attached before: the same MAC, so that the same pair is found.
-		if kv, err := h.cfg.Store.Get(ctx, h.key(n.epKey(ec.ID))); err == nil {
-			var old epRecord
-			if json.Unmarshal(kv.Value, &old) == nil && old.Host == h.cfg.Name {
-				mac = old.mac()
-			}
-		}
+		mac = old.mac()
 	}
 	if mac == nil {
 		mac = veth.RandomMAC()
@@ -590,12 +847,14 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	h.mu.Lock()
 	h.mine[key] = val
 	h.mu.Unlock()
-	undo = append(undo, func() {
-		h.mu.Lock()
-		delete(h.mine, key)
-		h.mu.Unlock()
-		h.del(context.WithoutCancel(ctx), key)
-	})
+	if old == nil {
+		undo = append(undo, func() {
+			h.mu.Lock()
+			delete(h.mine, key)
+			h.mu.Unlock()
+			h.del(context.WithoutCancel(ctx), key)
+		})
+	}
 	if err := h.put(ctx, key, val); err != nil {
 		return fail(err)
 	}
@@ -606,7 +865,9 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if err != nil {
 		return fail(err)
 	}
-	undo = append(undo, func() { veth.Delete(context.WithoutCancel(ctx), h.cfg.NS, name) })
+	if old == nil {
+		undo = append(undo, func() { veth.Delete(context.WithoutCancel(ctx), h.cfg.NS, name) })
+	}
 	hn, err := h.cfg.NS.Netlink()
 	if err != nil {
 		return fail(err)
@@ -649,6 +910,9 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 // hosts drop it), then its veth pair and its addresses. An endpoint that
 // is gone is no error.
 func (n *Network) Detach(ctx context.Context, id string) error {
+	if err := n.check(false); err != nil {
+		return err
+	}
 	return n.h.detachKey(ctx, n.epKey(id))
 }
 

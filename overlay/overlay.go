@@ -83,6 +83,13 @@ func (c Config) Validate() error {
 			return &ValidationError{"Subnets", s.Subnet, "not a prefix"}
 		}
 	}
+	// What the pool would refuse, refused before anything is written.
+	var ve *ipam.ValidationError
+	if err := (ipam.PoolConfig{Name: poolName(c.Name), Subnets: c.Subnets}).Validate(); errors.As(err, &ve) {
+		return &ValidationError{"Subnets", ve.Value, ve.Field + ": " + ve.Reason}
+	} else if err != nil {
+		return &ValidationError{"Subnets", c.Subnets, err.Error()}
+	}
 	if c.Port < 0 || c.Port > 65535 {
 		return &ValidationError{"Port", c.Port, "not a port"}
 	}

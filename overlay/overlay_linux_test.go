@@ -581,61 +581,124 @@ func (l *logged) has(prefix string) bool {
 	return slices.ContainsFunc(l.msgs, func(m string) bool { return strings.HasPrefix(m, prefix) })
 }
 
-// TestCompacted: while a host's watch is cut off (etcd restarting), a
-// network is defined and etcd's history compacted past the host's
-// revision; the host's watch comes back to "revision compacted", and the
-// host lists everything again instead of retrying the lost revision, and
-// converges.
+// TestCompacted: while a host's watch is cut off, a network is defined and
+// etcd's history compacted past the host's revision; the watch resumes
+// from where it stopped, as an etcd client that reconnects does, meets
+// "revision compacted", and the host lists everything again instead of
+// retrying the lost revision, and converges. The cut is the test's: the
+// watch is held while the store changes, then released, so the watch
+// meets the compaction every time.
 func TestCompacted(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	topo := nstest.Underlay(t, 1)
-	store := etcdStore(t, srv.Client(t))
+	store := &resumingStore{Store: etcdStore(t, srv.Client(t)), cut: make(chan struct{}),
+		held: make(chan int64), resume: make(chan struct{})}
 	alloc, err := ipam.New(store, ipam.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := &logged{}
+	// The lease is far longer than the test, so that the host never gives
+	// up its silent watch (which would list again too, but not meet the
+	// compaction).
 	h, err := overlay.Join(t.Context(), overlay.HostConfig{NS: topo.Hosts[0].NS, Name: "host1",
-		VTEP: topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc, Logger: slog.New(log), LeaseTTL: 5 * time.Second})
+		VTEP: topo.Hosts[0].Addr.Addr(), Store: store, Alloc: alloc, Logger: slog.New(log), LeaseTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close(context.Background()) })
 
-	// Whether the host's watch comes back before the compaction is a race
-	// with the etcd client's reconnection: the scenario runs until the
-	// watch has met a compaction (usually at once), converging each time.
-	// The lease is long enough for the client to reconnect before the
-	// host gives up its silent watch (which would list again too, but not
-	// meet the compaction).
-	other := etcdStore(t, srv.Client(t))
-	for try := 1; !log.has("overlay: watch compacted"); try++ {
-		if try > 5 {
-			t.Fatalf("in 5 tries, the host's watch never met a compaction: the test did not test it; log %q", log.msgs)
-		}
-		srv.Restart(t)
-		// Another client, at once: define a network, then compact the
-		// history past it, by two revisions, so that the compaction passes
-		// the one the host's watch resumes from (which it would keep).
-		name, vni := fmt.Sprint("late", try), uint32(0x20+try)
-		cfg := overlay.Config{Name: name, VNI: vni, Subnets: subnets(fmt.Sprintf("10.73.%d.0/24", try)), Port: overlay.DefaultPort, Internal: true}
-		val, _ := json.Marshal(cfg)
-		if _, err := other.CAS(t.Context(), ipam.Op{Key: "overlay/net/" + name, Value: val}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := other.CAS(t.Context(), ipam.Op{Key: fmt.Sprintf("overlay/vni/%d", vni), Value: []byte(name)}); err != nil {
-			t.Fatal(err)
-		}
-		srv.Compact(t)
-		dev := fmt.Sprintf("ovvx%x", vni)
-		eventually(t, "the host creates the devices of the network defined while it was cut off", func() error {
-			if slices.Contains(nstest.LinkNames(t, topo.Hosts[0].NS), dev) {
-				return nil
-			}
-			return errors.New("no " + dev)
-		})
+	select { // waits for the host's watch to be open
+	case store.cut <- struct{}{}:
+	case <-time.After(waitFor):
+		t.Fatal("the host never watched")
 	}
+	last := <-store.held
+	// Another client: define a network, then compact the history past it,
+	// by two revisions, so that the compaction passes the one the host's
+	// watch resumes from.
+	other := etcdStore(t, srv.Client(t))
+	cfg := overlay.Config{Name: "late", VNI: 0x21, Subnets: subnets("10.73.1.0/24"), Port: overlay.DefaultPort, Internal: true}
+	val, _ := json.Marshal(cfg)
+	if _, err := other.CAS(t.Context(), ipam.Op{Key: "overlay/net/late", Value: val}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.CAS(t.Context(), ipam.Op{Key: "overlay/vni/33", Value: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	if rev := srv.Compact(t); rev <= last+1 {
+		t.Fatalf("compacted at %d, not past the watch's %d: the test shows nothing", rev, last+1)
+	}
+	close(store.resume)
+	eventually(t, "the host creates the devices of the network defined while it was cut off", func() error {
+		if slices.Contains(nstest.LinkNames(t, topo.Hosts[0].NS), "ovvx21") {
+			return nil
+		}
+		return errors.New("no ovvx21")
+	})
+	if !log.has("overlay: watch compacted") {
+		t.Errorf("the host's watch did not meet the compaction; log %q", log.msgs)
+	}
+}
+
+// resumingStore is a store whose first watch the test holds, as a lost
+// connection does: a send on cut stops it, and its last revision comes
+// back on held; once resume is closed, it watches again from that
+// revision, as an etcd client that reconnects does.
+type resumingStore struct {
+	ipam.Store
+	cut    chan struct{}
+	held   chan int64
+	resume chan struct{}
+	once   sync.Once
+}
+
+func (s *resumingStore) Watch(ctx context.Context, prefix string, after int64) <-chan ipam.Event {
+	first := false
+	s.once.Do(func() { first = true })
+	if !first {
+		return s.Store.Watch(ctx, prefix, after)
+	}
+	out := make(chan ipam.Event)
+	go func() {
+		defer close(out)
+		wctx, cancel := context.WithCancel(ctx)
+		in := s.Store.Watch(wctx, prefix, after)
+		for held := false; ; {
+			select {
+			case <-s.cut:
+				if held {
+					continue
+				}
+				held = true
+				cancel()
+				for range in {
+				}
+				s.held <- after
+				select {
+				case <-s.resume:
+				case <-ctx.Done():
+					return
+				}
+				wctx, cancel = context.WithCancel(ctx)
+				in = s.Store.Watch(wctx, prefix, after)
+			case ev, ok := <-in:
+				if !ok {
+					cancel()
+					return
+				}
+				if ev.Rev > after {
+					after = ev.Rev
+				}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+				}
+			}
+		}
+	}()
+	return out
 }
 
 // TestNames: each host's DNS server answers the names of the overlay's
@@ -686,4 +749,215 @@ func TestNames(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestCloseRetry: a Close whose store part fails (a cancelled context;
+// etcd stopped) returns the error and still removes the host's devices and
+// endpoints; a second Close, with the store back, removes the host's
+// records and returns nil.
+func TestCloseRetry(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	c := etcdCluster(t, srv, 2, 0)
+	if _, err := c.hosts[0].Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x50, Subnets: subnets("10.77.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	c.attach(t, 0, "ov", "c1")
+	c.attach(t, 1, "ov", "c2")
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := c.hosts[0].Close(cancelled); err == nil {
+		t.Error("Close with a cancelled context: nil error")
+	}
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if err := c.hosts[1].Close(ctx); err == nil {
+		t.Error("Close with etcd stopped: nil error")
+	}
+	for i, th := range c.topo.Hosts {
+		if names := nstest.LinkNames(t, th.NS); !slices.Equal(names, []string{"lo", "eth0"}) && !slices.Equal(names, []string{"eth0", "lo"}) {
+			t.Errorf("host%d after a failed Close: links %v", i+1, names)
+		}
+	}
+	srv.Restart(t)
+	store := etcdStore(t, srv.Client(t))
+	for i, h := range c.hosts {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		if err := h.Close(ctx); err != nil {
+			t.Errorf("host%d: a second Close with the store back: %v", i+1, err)
+		}
+		cancel()
+	}
+	for _, prefix := range []string{"overlay/ep/", "overlay/host/"} {
+		kvs, _, err := store.List(t.Context(), prefix)
+		if err != nil || len(kvs) > 0 {
+			t.Errorf("after the second Close, %s holds %d records, %v", prefix, len(kvs), err)
+		}
+	}
+}
+
+// noEvents fails the test if the store saw a change under prefix since
+// rev: it writes a key after the others and reads the events up to it.
+func noEvents(t *testing.T, store ipam.Store, rev int64, prefix string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+	defer cancel()
+	events := store.Watch(ctx, "overlay/", rev)
+	if _, err := store.CAS(ctx, ipam.Op{Key: "overlay/zz-sentinel", Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	for ev := range events {
+		if ev.Err != nil {
+			t.Fatal(ev.Err)
+		}
+		if strings.HasPrefix(ev.Key, prefix) {
+			t.Errorf("the store saw %s (deleted: %v)", ev.Key, ev.Delete)
+		}
+		if ev.Key == "overlay/zz-sentinel" {
+			kv, _ := store.Get(ctx, ev.Key)
+			store.CAS(ctx, ipam.Op{Key: ev.Key, Rev: kv.Rev, Delete: true})
+			return
+		}
+	}
+	t.Fatal("the watch ended before the sentinel")
+}
+
+// TestBadInputTouchesNothing: bad networks and endpoints are refused with
+// typed errors before the store or the kernel sees them; an attach that
+// fails half way leaves nothing, and does not undo an endpoint attached
+// before; nil and zero handles return errors.
+func TestBadInputTouchesNothing(t *testing.T) {
+	t.Parallel()
+	store := ipam.NewMemoryStore()
+	c := newCluster(t, 1, store)
+	h, hostNS := c.hosts[0], c.topo.Hosts[0].NS
+	_, rev, err := store.List(t.Context(), "overlay/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ve *overlay.ValidationError
+	for _, sc := range [][]ipam.SubnetConfig{
+		{{Subnet: netip.MustParsePrefix("10.80.0.0/24"), Gateway: netip.MustParseAddr("10.99.0.1")}},
+		{{Subnet: netip.MustParsePrefix("10.80.0.1/24")}},
+		{{Subnet: netip.MustParsePrefix("10.80.0.0/24")}, {Subnet: netip.MustParsePrefix("10.80.0.0/25")}},
+	} {
+		if _, err := h.Create(t.Context(), overlay.Config{Name: "bad", VNI: 0x70, Subnets: sc}); !errors.As(err, &ve) {
+			t.Errorf("Create with subnets %v: %v, want a *ValidationError", sc, err)
+		}
+	}
+	// Subnets another pool has: refused before the network is written.
+	alloc, err := ipam.New(store, ipam.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alloc.CreatePool(t.Context(), ipam.PoolConfig{Name: "someone", Subnets: subnets("10.81.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Create(t.Context(), overlay.Config{Name: "bad", VNI: 0x70, Subnets: subnets("10.81.1.0/24")}); !errors.Is(err, ipam.ErrOverlap) {
+		t.Errorf("Create with another pool's subnet: %v, want ipam.ErrOverlap", err)
+	}
+	noEvents(t, store, rev, "overlay/net/")
+	if slices.Contains(nstest.LinkNames(t, hostNS), "ovvx70") {
+		t.Error("a refused network has devices")
+	}
+
+	n, err := h.Create(t.Context(), overlay.Config{Name: "ov", VNI: 0x71, Subnets: subnets("10.82.0.0/24"), Internal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := nstest.Container(t, hostNS)
+	_, rev, _ = store.List(t.Context(), "overlay/")
+	for _, ec := range []overlay.EndpointConfig{
+		{ID: "c1", NS: hostNS},
+		{ID: "c1", NS: ctr, IfName: "a-name-too-long-for-linux"},
+		{ID: "c1", NS: ctr, MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}},
+		{ID: "c1", NS: ctr, MAC: net.HardwareAddr{2, 0, 0, 0, 1}},
+		{ID: "", NS: ctr},
+		{ID: "c1"},
+	} {
+		if _, err := n.Attach(t.Context(), ec); !errors.As(err, &ve) {
+			t.Errorf("Attach(%+v): %v, want a *ValidationError", ec, err)
+		}
+	}
+	noEvents(t, store, rev, "overlay/ep/")
+
+	// Half way: the container has an eth0 already.
+	cn, err := ctr.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cn.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: ctr}); err == nil {
+		t.Fatal("Attach into a container that has an eth0: no error")
+	}
+	if kvs, _, _ := store.List(t.Context(), "overlay/ep/"); len(kvs) > 0 {
+		t.Errorf("a failed attach left %s", kvs[0].Key)
+	}
+	if _, allocs, err := alloc.Inspect(t.Context(), "overlay.ov"); err != nil || len(allocs) > 0 {
+		t.Errorf("a failed attach left allocations %v, %v", allocs, err)
+	}
+	// Attached, then again into a container that cannot take it: the
+	// first attachment stays.
+	ep, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: ctr, IfName: "eth1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := nstest.Container(t, hostNS)
+	if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c1", NS: other, IfName: "eth1"}); err == nil {
+		t.Error("attaching c1 again into another container: no error")
+	}
+	if kvs, _, _ := store.List(t.Context(), "overlay/ep/"); len(kvs) != 1 {
+		t.Errorf("a failed second attach took the first's record: %d records", len(kvs))
+	}
+	if _, allocs, _ := alloc.Inspect(t.Context(), "overlay.ov"); len(allocs) != 1 || allocs[0].Leases()[0].Addr != ep.Addrs[0] {
+		t.Errorf("a failed second attach took the first's address: %v", allocs)
+	}
+	if err := n.Detach(t.Context(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A deleted network.
+	if err := h.Delete(t.Context(), "ov"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c2", NS: ctr, IfName: "eth2"}); !errors.Is(err, overlay.ErrNotFound) {
+		t.Errorf("Attach to a deleted network: %v, want ErrNotFound", err)
+	}
+
+	if _, err := h.Network(t.Context(), "a/b"); !errors.As(err, &ve) {
+		t.Errorf("Network with a bad name: %v", err)
+	}
+	if err := h.Delete(t.Context(), ""); !errors.As(err, &ve) {
+		t.Errorf("Delete with an empty name: %v", err)
+	}
+	// Nil and zero handles.
+	for name, h := range map[string]*overlay.Host{"nil": nil, "zero": {}} {
+		if _, err := h.Create(t.Context(), overlay.Config{Name: "x", VNI: 1, Subnets: subnets("10.83.0.0/24")}); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Create: %v", name, err)
+		}
+		if _, err := h.Network(t.Context(), "x"); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Network: %v", name, err)
+		}
+		if err := h.Delete(t.Context(), "x"); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Delete: %v", name, err)
+		}
+		if _, err := h.Stats(t.Context()); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Stats: %v", name, err)
+		}
+		if err := h.Close(t.Context()); !errors.As(err, &ve) {
+			t.Errorf("%s Host: Close: %v", name, err)
+		}
+	}
+	for name, n := range map[string]*overlay.Network{"nil": nil, "zero": {}} {
+		if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c", NS: ctr}); !errors.As(err, &ve) {
+			t.Errorf("%s Network: Attach: %v", name, err)
+		}
+		if err := n.Detach(t.Context(), "c"); !errors.As(err, &ve) {
+			t.Errorf("%s Network: Detach: %v", name, err)
+		}
+		_ = n.Config()
+	}
 }

@@ -47,11 +47,18 @@ const TableName = "nsnet"
 //	    oifname @bridges ip saddr 127.0.0.0/8 masquerade  # localhost to a port
 //	    oifname @bridges return
 //	    ip saddr @masq4 masquerade                        # and ip6 alike }
+//	  counter vxlan-in; counter vxlan-out
+//	  chain vxlan-in { type filter hook input priority filter   # vxlan.go
+//	    udp dport . vxlan vni @vxnets ip saddr . vxlan vni != @vxpeers counter name vxlan-in drop }
+//	  chain vxlan-out { type filter hook forward priority filter
+//	    ip saddr @masq4 udp dport . vxlan vni @vxnets counter name vxlan-out drop }
 //	}
 type schema struct {
 	table *nftables.Table
 
 	forward, user, guard, prerouting, output, ports, postrouting *nftables.Chain
+	// vxlanIn, vxlanOut: the VXLAN filters (vxlan.go).
+	vxlanIn, vxlanOut *nftables.Chain
 
 	// bridges: every nsnet bridge of the host.
 	bridges *nftables.Set
@@ -73,6 +80,12 @@ type schema struct {
 	// address . port"; dnat4any, dnat6any: "protocol . port" for mappings
 	// on every local address.
 	dnat4, dnat4any, dnat6, dnat6any *nftables.Set
+	// vxnets: "UDP port . VNI" of every VXLAN network of the host;
+	// vxpeers: "VTEP . VNI", who may send to it (vxlan.go). They are the
+	// overlay's: Reconcile, given the bridges' state, leaves them alone.
+	vxnets, vxpeers *nftables.Set
+	// vxlanInDrops, vxlanOutDrops count what the VXLAN filters drop.
+	vxlanInDrops, vxlanOutDrops *nftables.CounterObj
 }
 
 func newSchema() *schema {
@@ -127,6 +140,16 @@ func newSchema() *schema {
 		dnat4any:  natMap(10, "dnat4any", concat(proto, port), concat(v4, port)),
 		dnat6:     natMap(11, "dnat6", concat(v6, proto, port), concat(v6, port)),
 		dnat6any:  natMap(12, "dnat6any", concat(proto, port), concat(v6, port)),
+
+		vxlanIn: &nftables.Chain{Name: "vxlan-in", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: ptr(nftables.ChainPolicyAccept)},
+		vxlanOut: &nftables.Chain{Name: "vxlan-out", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: ptr(nftables.ChainPolicyAccept)},
+		// The VNI is 3 bytes; a register holds it in 4, the last zero.
+		vxnets:        set(15, "vxnets", concat(port, nftables.TypeInteger)),
+		vxpeers:       set(16, "vxpeers", concat(v4, nftables.TypeInteger)),
+		vxlanInDrops:  &nftables.CounterObj{Table: t, Name: "vxlan-in"},
+		vxlanOutDrops: &nftables.CounterObj{Table: t, Name: "vxlan-out"},
 	}
 }
 
@@ -137,7 +160,7 @@ func (sc *schema) sets() []*nftables.Set {
 
 // chains are the chains the skeleton owns the rules of (not user).
 func (sc *schema) chains() []*nftables.Chain {
-	return []*nftables.Chain{sc.forward, sc.guard, sc.prerouting, sc.output, sc.ports, sc.postrouting}
+	return []*nftables.Chain{sc.forward, sc.guard, sc.prerouting, sc.output, sc.ports, sc.postrouting, sc.vxlanIn, sc.vxlanOut}
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -172,11 +195,14 @@ func (sc *schema) skeleton(c *nftables.Conn) error {
 			c.AddChain(ch)
 		}
 	}
-	for _, s := range sc.sets() {
+	for _, s := range append(sc.sets(), sc.vxnets, sc.vxpeers) {
 		if err := c.AddSet(s, nil); err != nil {
 			return err
 		}
 	}
+	// Adding a counter that exists keeps its count.
+	c.AddObj(sc.vxlanInDrops)
+	c.AddObj(sc.vxlanOutDrops)
 	for _, ch := range sc.chains() {
 		c.FlushChain(ch)
 	}
@@ -274,12 +300,12 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 }
 
 // dropIfEmpty deletes the table in c's batch if, once that batch is
-// applied, nothing of nsnet's is left in it: no bridge, masquerade or
-// mapping but the elements for which gone is true. It reads the sets in
+// applied, nothing of nsnet's is left in it: no bridge, masquerade,
+// mapping or VXLAN network but the elements for which gone is true. It reads the sets in
 // that order and stops at the first element that stays, so a host with
 // networks pays for one read of the bridges.
 func dropIfEmpty(c *nftables.Conn, sc *schema, gone func(*nftables.Set, nftables.SetElement) bool) error {
-	for _, s := range []*nftables.Set{sc.bridges, sc.masqnets4, sc.masqnets6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any} {
+	for _, s := range []*nftables.Set{sc.bridges, sc.masqnets4, sc.masqnets6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any, sc.vxnets} {
 		elems, err := c.GetSetElements(s)
 		if err != nil {
 			return err

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/google/nftables"
@@ -138,4 +139,69 @@ func TestOtherTables(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// vxlanElems counts the elements of the VXLAN sets.
+func vxlanElems(t *testing.T, ns *netns.NS) (nets, peers int) {
+	t.Helper()
+	ns.NFTables(func(c *nftables.Conn) error {
+		sc := newSchema()
+		n, _ := c.GetSetElements(sc.vxnets)
+		p, _ := c.GetSetElements(sc.vxpeers)
+		nets, peers = len(n), len(p)
+		return nil
+	})
+	return nets, peers
+}
+
+// TestVXLAN: the filter's elements are per VNI, so that owners share it;
+// the drop counter counts a packet sent to the port and VNI by who is not
+// a peer (here the host itself, to its loopback), keeps its count when the
+// skeleton is applied again, and the table goes with the last VNI.
+func TestVXLAN(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	peer := netip.MustParseAddr("198.18.0.2")
+	if err := SetVXLAN(t.Context(), host, nil, []VXLAN{{VNI: 42, Port: 4789, Peers: []netip.Addr{peer}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetVXLAN(t.Context(), host, nil, []VXLAN{{VNI: 43, Port: 4789}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, p := vxlanElems(t, host); n != 2 || p != 1 {
+		t.Fatalf("%d networks, %d peers; want 2 and 1", n, p)
+	}
+	send := func(vni uint32) {
+		c, err := host.Dial(t.Context(), nil, "udp", "127.0.0.1:4789")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{8, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(42)
+	send(44) // not a VXLAN network of the host: not the filter's
+	if in, out, err := VXLANDrops(t.Context(), host); err != nil || in != 1 || out != 0 {
+		t.Fatalf("drops %d in, %d out, %v; want 1 and 0", in, out, err)
+	}
+	if err := Ensure(t.Context(), host); err != nil {
+		t.Fatal(err)
+	}
+	if in, _, err := VXLANDrops(t.Context(), host); err != nil || in != 1 {
+		t.Errorf("after Ensure: %d dropped, %v; want the count kept", in, err)
+	}
+	if err := SetVXLAN(t.Context(), host, []uint32{42}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, p := vxlanElems(t, host); n != 1 || p != 0 {
+		t.Fatalf("after removing VNI 42: %d networks, %d peers; want VNI 43's only", n, p)
+	}
+	if err := SetVXLAN(t.Context(), host, []uint32{43}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(t, host); len(got) != 0 {
+		t.Fatalf("after the last VNI: %v, want no table", got)
+	}
 }

@@ -22,7 +22,8 @@ type State struct {
 // Reconcile makes nsnet's table in host hold exactly st, in one
 // transaction: after someone deleted or flushed it (a firewall reload, `nft
 // flush ruleset`), or to drop what a crashed process left. The user chain
-// keeps its rules.
+// keeps its rules, and the VXLAN filter its elements: they are the
+// overlay's (SetVXLAN), which st does not describe.
 func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 	return rebuild(ctx, host, "nft.reconcile", func(c *nftables.Conn, sc *schema) error {
 		for _, s := range sc.sets() {

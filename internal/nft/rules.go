@@ -131,6 +131,8 @@ func (sc *schema) rules() []chainRules {
 		{sc.output, jumpPorts},
 		{sc.ports, ports},
 		{sc.postrouting, postrouting},
+		{sc.vxlanIn, sc.vxlanInRules()},
+		{sc.vxlanOut, sc.vxlanOutRules()},
 	}
 }
 
