@@ -7,12 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"net/netip"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/nsnet/nsnet/internal/ipnet"
 )
 
 // Config configures an Allocator. The zero value is useful: Docker's default
@@ -450,7 +451,7 @@ func overlaps(idx map[string]*poolRecord, subnets []SubnetConfig) error {
 		for _, n := range names {
 			for _, o := range idx[n].Subnets {
 				if o.Subnet.Overlaps(sc.Subnet) {
-					return &ValidationError{
+					return &ValidationError{Pkg: "ipam",
 						Field:  fmt.Sprintf("PoolConfig.Subnets[%d].Subnet", i),
 						Value:  sc.Subnet.String(),
 						Reason: fmt.Sprintf("overlaps %s of pool %s", o.Subnet, n),

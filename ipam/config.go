@@ -91,7 +91,7 @@ func (c PoolConfig) Validate() error {
 		}
 		for j := range i {
 			if o := c.Subnets[j].Subnet; o.Overlaps(sc.Subnet) {
-				return &ValidationError{
+				return &ValidationError{Pkg: "ipam",
 					Field:  fmt.Sprintf("PoolConfig.Subnets[%d].Subnet", i),
 					Value:  sc.Subnet.String(),
 					Reason: fmt.Sprintf("overlaps %s, subnet %d of the pool", o, j),
