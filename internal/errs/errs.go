@@ -31,3 +31,18 @@ func Invalid(pkg, field string, value any, reason string) *nsnet.ValidationError
 	}
 	return &nsnet.ValidationError{Pkg: pkg, Field: field, Value: v, Reason: reason}
 }
+
+// Wrap returns an error with the message format makes (naming the object,
+// without the sentinel's words again) that matches sentinel with errors.Is.
+func Wrap(sentinel error, format string, args ...any) error {
+	return &wrapped{fmt.Sprintf(format, args...), sentinel}
+}
+
+type wrapped struct {
+	msg string
+	err error
+}
+
+func (e *wrapped) Error() string { return e.msg }
+
+func (e *wrapped) Unwrap() error { return e.err }
