@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
@@ -26,7 +28,8 @@ var (
 	// ErrNotFound: no such network or endpoint. It matches os.ErrNotExist.
 	ErrNotFound = errNotFound{}
 	// ErrInUse: the network still has endpoints (Delete without Force).
-	ErrInUse = errors.New("bridge: network has endpoints")
+	// It matches nsnet.ErrInUse.
+	ErrInUse = errs.New("bridge: network in use", nsnet.ErrInUse)
 	// ErrOverlap: a subnet overlaps a subnet of another network of the host
 	// (or another pool of the allocator). It is ipam.ErrOverlap.
 	ErrOverlap = ipam.ErrOverlap
@@ -78,6 +81,11 @@ type Config struct {
 	Internal bool
 	// Labels are the caller's, kept with the network (--label).
 	Labels map[string]string
+	// AllowRouteOverlap lets an explicit subnet overlap a route the host
+	// already has (its LAN, a VPN): New refuses such a subnet otherwise,
+	// since the host would route that range to the containers instead of
+	// where it went. It is a check at creation only, not kept.
+	AllowRouteOverlap bool
 }
 
 // Network is a bridge network of one host. Its methods are safe for
@@ -92,10 +100,28 @@ type Network struct {
 
 // Config returns the network's settings, with what was chosen at creation
 // (bridge name, subnets, gateways, MTU, MAC) filled in.
-func (n *Network) Config() Config { return n.cfg }
+func (n *Network) Config() Config {
+	if n == nil {
+		return Config{}
+	}
+	return n.cfg
+}
 
 // Host returns the namespace the network lives in.
-func (n *Network) Host() *netns.NS { return n.host }
+func (n *Network) Host() *netns.NS {
+	if n == nil {
+		return nil
+	}
+	return n.host
+}
+
+// usable returns a *netns.ValidationError for a nil or zero Network.
+func (n *Network) usable() error {
+	if n == nil || n.host == nil || n.alloc == nil {
+		return &netns.ValidationError{Pkg: "bridge", Field: "Network", Value: "<nil>", Reason: "a nil or zero Network: get one from New or Open"}
+	}
+	return nil
+}
 
 // EndpointConfig describes a container's attachment to a network, like
 // `docker network connect` or the --network part of `docker run`.

@@ -60,6 +60,9 @@ func hostVethName(network, id string) string {
 // fails with the IPAM's error. A failure half way removes the veth and
 // releases the addresses.
 func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, error) {
+	if err := n.usable(); err != nil {
+		return Endpoint{}, err
+	}
 	if err := ep.Validate(); err != nil {
 		return Endpoint{}, err
 	}
@@ -219,6 +222,9 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 // when the container's namespace, the veth or the bridge is already gone; a
 // process may detach endpoints that another process attached.
 func (n *Network) Detach(ctx context.Context, id string) error {
+	if err := n.usable(); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
@@ -88,6 +89,20 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 		for _, t := range taken {
 			if s.Subnet.Overlaps(t) {
 				return nil, fmt.Errorf("bridge: network %q: subnet %s overlaps %s: %w", cfg.Name, s.Subnet, t, ErrOverlap)
+			}
+		}
+	}
+	if !cfg.AllowRouteOverlap && len(cfg.Subnets) > 0 {
+		routes, err := host.RoutePrefixes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for i, s := range cfg.Subnets {
+			for _, r := range routes {
+				if s.Subnet.Overlaps(r) && !slices.Contains(taken, r) {
+					return nil, &netns.ValidationError{Pkg: "bridge", Field: fmt.Sprintf("Config.Subnets[%d].Subnet", i), Value: s.Subnet.String(),
+						Reason: fmt.Sprintf("overlaps the host's route to %s (Config.AllowRouteOverlap takes it anyway)", r), Err: ErrOverlap}
+				}
 			}
 		}
 	}
@@ -332,6 +347,9 @@ func leases(al ipam.Allocation) ([]netip.Prefix, time.Time) {
 // Inspect reads the network back from the kernel and the allocator, with
 // its endpoints, like `docker network inspect`.
 func (n *Network) Inspect(ctx context.Context) (Info, error) {
+	if err := n.usable(); err != nil {
+		return Info{}, err
+	}
 	infos, err := List(ctx, n.host, n.alloc)
 	if err != nil {
 		return Info{}, err
@@ -350,6 +368,9 @@ func (n *Network) Inspect(ctx context.Context) (Info, error) {
 // network that is gone succeeds, and so does deleting one whose bridge
 // someone else already removed.
 func (n *Network) Delete(ctx context.Context, force bool) error {
+	if err := n.usable(); err != nil {
+		return err
+	}
 	info, err := n.Inspect(ctx)
 	if errors.Is(err, ErrNotFound) {
 		// The bridge is gone; its rules and pool may not be.
@@ -362,7 +383,7 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 		for i, e := range info.Endpoints {
 			ids[i] = e.ID
 		}
-		return fmt.Errorf("bridge: network %q has endpoints %v: %w", n.cfg.Name, ids, ErrInUse)
+		return errs.Wrap(ErrInUse, "bridge: network %q has endpoints %v", n.cfg.Name, ids)
 	}
 	for _, e := range info.Endpoints {
 		if err := n.Detach(ctx, e.ID); err != nil {

@@ -7,12 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"net/netip"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/nsnet/nsnet/internal/ipnet"
 )
 
 // Config configures an Allocator. The zero value is useful: Docker's default
@@ -43,6 +44,14 @@ type Allocator struct {
 	// Pool name to *poolHandle: written once per pool, then only read, by
 	// every call, which sync.Map does without a lock.
 	pools sync.Map
+}
+
+// usable returns a *ValidationError for a nil or zero Allocator.
+func (a *Allocator) usable() error {
+	if a == nil || a.store == nil {
+		return invalid("Allocator", nil, "a nil or zero Allocator: get one from New")
+	}
+	return nil
 }
 
 // Allocation is what an owner holds in a pool: one address of each IP
@@ -87,6 +96,9 @@ type Pool struct {
 // New returns an Allocator that keeps its state in store. It returns a
 // *ValidationError if cfg's default pools are not valid.
 func New(store Store, cfg Config) (*Allocator, error) {
+	if store == nil {
+		return nil, invalid("store", nil, "no Store: use NewMemoryStore, OpenFileStore or etcdstore.New")
+	}
 	defaults := cfg.DefaultPools
 	if defaults == nil {
 		defaults = DockerDefaultPools()
@@ -336,6 +348,9 @@ func (a *Allocator) index(ctx context.Context) (map[string]*poolRecord, int64, e
 // pool's (matching ErrOverlap), give a *ValidationError before anything is
 // written.
 func (a *Allocator) CreatePool(ctx context.Context, cfg PoolConfig) (Pool, error) {
+	if err := a.usable(); err != nil {
+		return Pool{}, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return Pool{}, err
 	}
@@ -450,7 +465,7 @@ func overlaps(idx map[string]*poolRecord, subnets []SubnetConfig) error {
 		for _, n := range names {
 			for _, o := range idx[n].Subnets {
 				if o.Subnet.Overlaps(sc.Subnet) {
-					return &ValidationError{
+					return &ValidationError{Pkg: "ipam",
 						Field:  fmt.Sprintf("PoolConfig.Subnets[%d].Subnet", i),
 						Value:  sc.Subnet.String(),
 						Reason: fmt.Sprintf("overlaps %s of pool %s", o.Subnet, n),
@@ -492,6 +507,9 @@ func newID() string {
 // rm`. A pool that still has allocations gives an error matching ErrInUse;
 // a pool that does not exist is no error.
 func (a *Allocator) DeletePool(ctx context.Context, pool string) error {
+	if err := a.usable(); err != nil {
+		return err
+	}
 	for {
 		idx, rev, err := a.index(ctx)
 		if err != nil {
@@ -536,6 +554,9 @@ func (a *Allocator) DeletePool(ctx context.Context, pool string) error {
 
 // Pools returns every pool, ordered by name.
 func (a *Allocator) Pools(ctx context.Context) ([]Pool, error) {
+	if err := a.usable(); err != nil {
+		return nil, err
+	}
 	idx, _, err := a.index(ctx)
 	if err != nil {
 		return nil, err
@@ -586,6 +607,9 @@ func notFound(op, pool string) error {
 // pool. If ctx ends first, the allocation may still have been made: call
 // Allocate again (it returns the same addresses) or Release.
 func (a *Allocator) Allocate(ctx context.Context, pool, owner string, static ...netip.Addr) (Allocation, error) {
+	if err := a.usable(); err != nil {
+		return Allocation{}, err
+	}
 	if err := validOwner(owner); err != nil {
 		return Allocation{}, err
 	}
@@ -600,6 +624,9 @@ func (a *Allocator) Allocate(ctx context.Context, pool, owner string, static ...
 // (like `docker rm` of the container). An owner that holds none, or a pool
 // that does not exist, is no error.
 func (a *Allocator) Release(ctx context.Context, pool, owner string) error {
+	if err := a.usable(); err != nil {
+		return err
+	}
 	_, err := a.do(ctx, pool, poolReq{kind: reqRelease, owner: owner})
 	return err
 }
@@ -607,6 +634,9 @@ func (a *Allocator) Release(ctx context.Context, pool, owner string) error {
 // ReleaseAddr frees one address of the pool, whoever holds it. An address
 // that nobody holds, or a pool that does not exist, is no error.
 func (a *Allocator) ReleaseAddr(ctx context.Context, pool string, addr netip.Addr) error {
+	if err := a.usable(); err != nil {
+		return err
+	}
 	addr = addr.Unmap()
 	return a.doFunc(ctx, pool, func(st *poolState) error {
 		if st != nil {
@@ -619,6 +649,9 @@ func (a *Allocator) ReleaseAddr(ctx context.Context, pool string, addr netip.Add
 // Inspect returns the pool and every allocation in it, ordered by owner. It
 // returns an error matching ErrNotFound if there is no such pool.
 func (a *Allocator) Inspect(ctx context.Context, pool string) (Pool, []Allocation, error) {
+	if err := a.usable(); err != nil {
+		return Pool{}, nil, err
+	}
 	var p Pool
 	var allocs []Allocation
 	err := a.doFunc(ctx, pool, func(st *poolState) error {
@@ -640,6 +673,12 @@ func (a *Allocator) Inspect(ctx context.Context, pool string) (Pool, []Allocatio
 // forgotten ones left behind (RELIABILITY.md rule 2). live is called
 // without any lock held. A pool that does not exist is no error.
 func (a *Allocator) GC(ctx context.Context, pool string, live func(owner string) bool) ([]Allocation, error) {
+	if err := a.usable(); err != nil {
+		return nil, err
+	}
+	if live == nil {
+		return nil, invalid("live", nil, "no function to tell live owners")
+	}
 	_, allocs, err := a.Inspect(ctx, pool)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil

@@ -91,7 +91,7 @@ func (c PoolConfig) Validate() error {
 		}
 		for j := range i {
 			if o := c.Subnets[j].Subnet; o.Overlaps(sc.Subnet) {
-				return &ValidationError{
+				return &ValidationError{Pkg: "ipam",
 					Field:  fmt.Sprintf("PoolConfig.Subnets[%d].Subnet", i),
 					Value:  sc.Subnet.String(),
 					Reason: fmt.Sprintf("overlaps %s, subnet %d of the pool", o, j),
@@ -130,6 +130,11 @@ func (sc SubnetConfig) normalize(field string) (SubnetConfig, error) {
 	if hostBits(p) < 2 {
 		return sc, invalid(field+".Subnet", p, "too small to hold a host besides the gateway")
 	}
+	for _, sp := range specialPurpose {
+		if sp.prefix.Overlaps(p) {
+			return sc, invalid(field+".Subnet", p, "overlaps %s, %s", sp.prefix, sp.what)
+		}
+	}
 	n := newSubnet(SubnetConfig{Subnet: p})
 	if !sc.Gateway.IsValid() {
 		sc.Gateway = n.first
@@ -164,6 +169,22 @@ func (sc SubnetConfig) normalize(field string) (SubnetConfig, error) {
 		return sc, invalid(field, sc.Subnet, "no address left to hand out (gateway, reserved addresses and ip-range leave none)")
 	}
 	return sc, nil
+}
+
+// specialPurpose are the ranges no container network may take: the kernel
+// or the protocols give them another meaning (RFC 6890).
+var specialPurpose = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\""},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved (and broadcast)"},
+	{netip.MustParsePrefix("::/8"), "loopback, unspecified and IPv4-mapped"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
 }
 
 // equal reports whether two normalized subnet configs are the same.

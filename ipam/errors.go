@@ -3,6 +3,8 @@ package ipam
 import (
 	"fmt"
 	"os"
+
+	"github.com/nsnet/nsnet"
 )
 
 // Sentinel errors. Test for them with errors.Is; the errors ipam returns wrap
@@ -14,8 +16,9 @@ var (
 	// ErrExists: a pool of that name exists with other settings, or the
 	// owner already holds another address than the static one asked for.
 	ErrExists error = &sentinel{"already exists", os.ErrExist}
-	// ErrInUse: the pool still has allocations, so it cannot be deleted.
-	ErrInUse error = &sentinel{"in use", nil}
+	// ErrInUse: the pool still has allocations, so it cannot be deleted. It
+	// matches nsnet.ErrInUse.
+	ErrInUse error = &sentinel{"in use", nsnet.ErrInUse}
 	// ErrAddrInUse: the static address asked for belongs to another owner.
 	ErrAddrInUse error = &sentinel{"address in use", nil}
 	// ErrExhausted: no free address is left in the pool (for the family
@@ -49,22 +52,13 @@ func (e *sentinel) Is(target error) bool { return e.is != nil && target == e.is 
 //
 //	ipam: PoolConfig.Subnets[0].Gateway "10.1.0.0": the network address of 10.1.0.0/16
 //
-// Err, when set, is a sentinel the error also matches (ErrOverlap).
-type ValidationError struct {
-	Field  string // "PoolConfig.Subnets[0].Gateway", "owner", "static"
-	Value  string // the offending value as given
-	Reason string // what is wrong with it
-	Err    error  // nil, or a sentinel such as ErrOverlap
-}
-
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("ipam: %s %q: %s", e.Field, e.Value, e.Reason)
-}
-
-func (e *ValidationError) Unwrap() error { return e.Err }
+// Err, when set, is a sentinel the error also matches (ErrOverlap). It is
+// nsnet.ValidationError, the one type every nsnet package returns for bad
+// input.
+type ValidationError = nsnet.ValidationError
 
 func invalid(field string, value any, format string, args ...any) *ValidationError {
-	return &ValidationError{Field: field, Value: fmt.Sprint(value), Reason: fmt.Sprintf(format, args...)}
+	return &ValidationError{Pkg: "ipam", Field: field, Value: fmt.Sprint(value), Reason: fmt.Sprintf(format, args...)}
 }
 
 // CorruptError reports stored state that cannot be read: a state file of the

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"net/netip"
 	"testing"
+
+	"github.com/nsnet/nsnet/internal/ipnet"
 )
 
 // FuzzPoolConfig: whatever the configuration, CreatePool either refuses it

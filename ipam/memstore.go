@@ -26,6 +26,9 @@ func NewMemoryStore() *MemoryStore {
 
 // Get implements Store.
 func (s *MemoryStore) Get(ctx context.Context, key string) (KV, error) {
+	if err := s.usable(); err != nil {
+		return KV{}, err
+	}
 	if err := ctx.Err(); err != nil {
 		return KV{}, err
 	}
@@ -40,6 +43,9 @@ func (s *MemoryStore) Get(ctx context.Context, key string) (KV, error) {
 
 // List implements Store.
 func (s *MemoryStore) List(ctx context.Context, prefix string) ([]KV, int64, error) {
+	if err := s.usable(); err != nil {
+		return nil, 0, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
@@ -58,6 +64,9 @@ func (s *MemoryStore) List(ctx context.Context, prefix string) ([]KV, int64, err
 
 // CAS implements Store.
 func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
+	if err := s.usable(); err != nil {
+		return 0, err
+	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -91,12 +100,30 @@ func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 
 // Watch implements Store.
 func (s *MemoryStore) Watch(ctx context.Context, prefix string, after int64) <-chan Event {
+	if err := s.usable(); err != nil {
+		ch := make(chan Event, 1)
+		ch <- Event{Err: err}
+		close(ch)
+		return ch
+	}
 	return s.hub.watch(ctx, prefix, after)
+}
+
+// usable returns a *ValidationError for a nil or zero MemoryStore.
+func (s *MemoryStore) usable() error {
+	if s == nil || s.hub == nil {
+		return invalid("MemoryStore", nil, "a nil or zero MemoryStore: get one from NewMemoryStore")
+	}
+	return nil
 }
 
 // Compact forgets the events up to rev: a Watch that starts before it gets
 // a *CompactedError. Like `etcdctl compact REV`.
-func (s *MemoryStore) Compact(rev int64) { s.hub.compact(rev) }
+func (s *MemoryStore) Compact(rev int64) {
+	if s.usable() == nil {
+		s.hub.compact(rev)
+	}
+}
 
 // Close implements Store; a MemoryStore holds nothing to release. Watches
 // end with their contexts.

@@ -4,12 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"math"
 	"math/bits"
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/nsnet/nsnet/internal/ipnet"
 )
 
 // subnet is a normalized SubnetConfig with what allocation needs of it.

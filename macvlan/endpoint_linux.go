@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
@@ -54,6 +55,9 @@ func kernelMode(m Mode) netlink.MacvlanMode {
 // ipam.ErrAddrInUse. A failure half way removes the interface and releases
 // the addresses.
 func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, error) {
+	if err := n.usable(); err != nil {
+		return Endpoint{}, err
+	}
 	if err := ep.Validate(); err != nil {
 		return Endpoint{}, err
 	}
@@ -119,7 +123,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 			return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
 		}
 		if eps := endpoints(n.cfg.Name, allocs); len(eps) > 0 {
-			return Endpoint{}, fmt.Errorf("macvlan: attach %q to passthru network %q: it has container %q: %w", ep.ID, n.cfg.Name, eps[0].ID, ErrInUse)
+			return Endpoint{}, errs.Wrap(ErrInUse, "macvlan: attach %q to passthru network %q: it has container %q", ep.ID, n.cfg.Name, eps[0].ID)
 		}
 	}
 	al, err := n.alloc.Allocate(ctx, n.pool, owner, ep.Addrs...)
@@ -263,6 +267,9 @@ func (n *Network) findEndpoint(ns *netns.NS, id string) (netlink.Link, epMark, e
 // and routes out of the container, not after it has freed the device
 // (16 ms later, RCU grace periods): see the package doc's Performance.
 func (n *Network) Detach(ctx context.Context, id string, ctr *netns.NS) error {
+	if err := n.usable(); err != nil {
+		return err
+	}
 	return n.detach(ctx, id, ctr, true)
 }
 

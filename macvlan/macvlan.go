@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 )
@@ -23,7 +25,7 @@ var (
 	// the parent is taken: a passthru network (or any passthru macvlan)
 	// holds it, a passthru network already has its container, or a
 	// passthru network is asked for on a parent that other macvlans use.
-	ErrInUse = errors.New("macvlan: in use")
+	ErrInUse = errs.New("macvlan: in use", nsnet.ErrInUse)
 	// ErrOverlap: a subnet overlaps a subnet of another network of the host
 	// (or another pool of the allocator). It is ipam.ErrOverlap.
 	ErrOverlap = ipam.ErrOverlap
@@ -116,10 +118,28 @@ type Network struct {
 
 // Config returns the network's settings, with what was chosen at creation
 // (mode, subnets, gateways, MTU) filled in.
-func (n *Network) Config() Config { return n.cfg }
+func (n *Network) Config() Config {
+	if n == nil {
+		return Config{}
+	}
+	return n.cfg
+}
 
 // Host returns the namespace the network lives in.
-func (n *Network) Host() *netns.NS { return n.host }
+func (n *Network) Host() *netns.NS {
+	if n == nil {
+		return nil
+	}
+	return n.host
+}
+
+// usable returns a *netns.ValidationError for a nil or zero Network.
+func (n *Network) usable() error {
+	if n == nil || n.host == nil || n.alloc == nil {
+		return &netns.ValidationError{Pkg: "macvlan", Field: "Network", Value: "<nil>", Reason: "a nil or zero Network: get one from New or Open"}
+	}
+	return nil
+}
 
 // EndpointConfig describes a container's interface on a network, like
 // `docker network connect` or the --network part of `docker run`.

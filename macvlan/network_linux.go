@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
@@ -172,10 +173,10 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 			what = fmt.Sprintf("macvlan network %q", m.Name)
 		}
 		if mv.Mode == netlink.MACVLAN_MODE_PASSTHRU {
-			return nil, fmt.Errorf("macvlan: network %q: parent %s is held by passthru %s: %w", cfg.Name, cfg.Parent, what, ErrInUse)
+			return nil, errs.Wrap(ErrInUse, "macvlan: network %q: parent %s is held by passthru %s", cfg.Name, cfg.Parent, what)
 		}
 		if cfg.Mode == ModePassthru {
-			return nil, fmt.Errorf("macvlan: passthru network %q: parent %s is used by %s: %w", cfg.Name, cfg.Parent, what, ErrInUse)
+			return nil, errs.Wrap(ErrInUse, "macvlan: passthru network %q: parent %s is used by %s", cfg.Name, cfg.Parent, what)
 		}
 	}
 	if cfg.MTU == 0 {
@@ -415,6 +416,9 @@ func leases(al ipam.Allocation) ([]netip.Prefix, time.Time) {
 // its endpoints and shim, like `docker network inspect`. Endpoints attached
 // in this process come with their namespace and interface.
 func (n *Network) Inspect(ctx context.Context) (Info, error) {
+	if err := n.usable(); err != nil {
+		return Info{}, err
+	}
 	infos, err := List(ctx, n.host, n.alloc)
 	if err != nil {
 		return Info{}, err
@@ -458,6 +462,9 @@ func (n *Network) Inspect(ctx context.Context) (Info, error) {
 // go, and their addresses are released). Deleting a network that is gone
 // succeeds.
 func (n *Network) Delete(ctx context.Context, force bool) error {
+	if err := n.usable(); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -472,7 +479,7 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 		for i, e := range info.Endpoints {
 			ids[i] = e.ID
 		}
-		return fmt.Errorf("macvlan: network %q has endpoints %v: %w", n.cfg.Name, ids, ErrInUse)
+		return errs.Wrap(ErrInUse, "macvlan: network %q has endpoints %v", n.cfg.Name, ids)
 	}
 	for _, e := range info.Endpoints {
 		if err := n.detach(ctx, e.ID, nil, false); err != nil {

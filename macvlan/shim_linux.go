@@ -40,6 +40,9 @@ var afterShimAddr func() error
 // inside the host, and a vepa network's only through a switch that sends
 // frames back.
 func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
+	if err := n.usable(); err != nil {
+		return Shim{}, err
+	}
 	switch n.cfg.Mode {
 	case ModePassthru:
 		return Shim{}, bad("Network.Mode", string(n.cfg.Mode), "a passthru container holds the parent alone: no shim can share it")
@@ -144,6 +147,9 @@ func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
 // in the pool), and the anchor goes down again. Removing a shim that is not
 // there succeeds, and so does removing the shim of a network that is gone.
 func (n *Network) RemoveShim(ctx context.Context) error {
+	if err := n.usable(); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}

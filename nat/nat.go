@@ -21,9 +21,11 @@ package nat
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
+	"os"
 
+	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/ifname"
 )
 
@@ -39,28 +41,35 @@ type Network struct {
 // ErrInternal is returned for an internal network, which has no egress.
 var ErrInternal = errors.New("nat: an internal network has no egress")
 
-// ValidationError is bad input, refused before anything is changed.
-type ValidationError struct {
-	Field  string
-	Value  any
-	Reason string
-}
+// ValidationError is bad input, refused before anything is changed: the
+// one type every nsnet package returns for it.
+type ValidationError = nsnet.ValidationError
 
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("nat: %s %v: %s", e.Field, e.Value, e.Reason)
+// Sentinel errors, the same as every nsnet package has.
+var (
+	// ErrNotFound: no such network. It is os.ErrNotExist.
+	ErrNotFound = os.ErrNotExist
+	// ErrExists: it exists with other settings. It is os.ErrExist.
+	ErrExists = os.ErrExist
+	// ErrInUse: it still has users. It is nsnet.ErrInUse.
+	ErrInUse = nsnet.ErrInUse
+)
+
+func invalid(field string, value any, reason string) error {
+	return errs.Invalid("nat", field, value, reason)
 }
 
 // Validate checks n without touching the kernel.
 func (n Network) Validate() error {
 	if why := ifname.Check(n.Bridge); why != "" {
-		return &ValidationError{"Bridge", n.Bridge, why}
+		return invalid("Network.Bridge", n.Bridge, why)
 	}
 	if len(n.Subnets) == 0 {
-		return &ValidationError{"Subnets", n.Subnets, "none given"}
+		return invalid("Network.Subnets", n.Subnets, "none given")
 	}
 	for _, p := range n.Subnets {
 		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
-			return &ValidationError{"Subnets", p, "not an IPv4 or IPv6 prefix"}
+			return invalid("Network.Subnets", p, "not an IPv4 or IPv6 prefix")
 		}
 	}
 	if n.Internal {

@@ -66,7 +66,7 @@ func forwarding(host *netns.NS, subnets []netip.Prefix) error {
 // masquerade, or a host without nsnet's table, is no error.
 func Remove(ctx context.Context, host *netns.NS, bridge string) error {
 	if why := ifname.Check(bridge); why != "" {
-		return &ValidationError{"Bridge", bridge, why}
+		return invalid("bridge", bridge, why)
 	}
 	return nft.RemoveMasquerade(ctx, host, bridge)
 }

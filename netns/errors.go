@@ -2,9 +2,9 @@ package netns
 
 import (
 	"errors"
-	"fmt"
 	"os"
 
+	"github.com/nsnet/nsnet"
 	"github.com/nsnet/nsnet/internal/nlerr"
 )
 
@@ -18,6 +18,8 @@ var (
 	ErrNotFound = os.ErrNotExist
 	// ErrExists: an object with that name already exists.
 	ErrExists = os.ErrExist
+	// ErrInUse: the object still has users; it is nsnet.ErrInUse.
+	ErrInUse = nsnet.ErrInUse
 	// ErrClosed: the NS was closed.
 	ErrClosed = errors.New("netns: namespace handle closed")
 )
@@ -54,17 +56,6 @@ func (e *OpError) Unwrap() error { return e.Err }
 // make itself.
 func (e *OpError) Is(target error) bool { return nlerr.Is(e.Err, target) }
 
-// ValidationError reports bad input, found before the kernel was touched.
-// Every nsnet package returns it for its own input:
-//
-//	veth: Config.Peer.Name "container-eth0-x": longer than 15 bytes
-type ValidationError struct {
-	Pkg    string // "veth", "netns", ...
-	Field  string // "Config.Peer.Name", "name"
-	Value  string // the offending value as given
-	Reason string // "longer than 15 bytes"
-}
-
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("%s: %s %q: %s", e.Pkg, e.Field, e.Value, e.Reason)
-}
+// ValidationError is bad input, refused before the kernel was touched:
+// nsnet.ValidationError, the one type every nsnet package returns for it.
+type ValidationError = nsnet.ValidationError

@@ -196,6 +196,9 @@ func (ns *NS) ListenPacket(network, address string) (net.PacketConn, error) {
 // Dial connects from ns, like (*net.Dialer).DialContext run inside the
 // namespace; d may be nil for the zero Dialer. The connection stays in ns.
 func (ns *NS) Dial(ctx context.Context, d *net.Dialer, network, address string) (net.Conn, error) {
+	if ctx == nil {
+		return nil, &ValidationError{Pkg: "netns", Field: "ctx", Value: "<nil>", Reason: "no context"}
+	}
 	if d == nil {
 		d = &net.Dialer{}
 	}

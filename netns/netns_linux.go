@@ -51,7 +51,21 @@ type NS struct {
 }
 
 // ID returns the namespace's identity.
-func (ns *NS) ID() ID { return ns.id }
+func (ns *NS) ID() ID {
+	if ns == nil {
+		return ID{}
+	}
+	return ns.id
+}
+
+// usable returns a *ValidationError for a nil NS or a zero one (not made by
+// this package: its descriptor would be 0, the process's standard input).
+func (ns *NS) usable() error {
+	if ns == nil || ns.id == (ID{}) {
+		return &ValidationError{Pkg: "netns", Field: "NS", Value: "<nil>", Reason: "a nil or zero NS: get one from New, Open, OpenPID, Current or Dir.New"}
+	}
+	return nil
+}
 
 // Equal reports whether ns and other refer to the same namespace; a caller
 // uses it to tell "host mode" (the container's namespace is the host's) from
@@ -64,11 +78,21 @@ func (ns *NS) Equal(other *NS) bool {
 }
 
 // Name returns the name of a named namespace, or "".
-func (ns *NS) Name() string { return ns.name }
+func (ns *NS) Name() string {
+	if ns == nil {
+		return ""
+	}
+	return ns.name
+}
 
 // Path returns the path the namespace was opened by (its bind mount, or a
 // /proc path), or "" for an anonymous namespace made by New.
-func (ns *NS) Path() string { return ns.path }
+func (ns *NS) Path() string {
+	if ns == nil {
+		return ""
+	}
+	return ns.path
+}
 
 // String describes the namespace for messages: its path, or its ID.
 func (ns *NS) String() string {
@@ -84,6 +108,9 @@ func (ns *NS) String() string {
 // Fd returns the namespace's file descriptor, or -1 once it is closed. The
 // descriptor belongs to ns: do not close it, and do not use it after Close.
 func (ns *NS) Fd() int {
+	if ns.usable() != nil {
+		return -1
+	}
 	ns.mu.RLock()
 	defer ns.mu.RUnlock()
 	return ns.fd
@@ -93,6 +120,9 @@ func (ns *NS) Fd() int {
 // its own: closing one does not affect the other. A container that joins
 // another's namespace (Docker's --network container:NAME) is such a handle.
 func (ns *NS) Dup() (*NS, error) {
+	if err := ns.usable(); err != nil {
+		return nil, err
+	}
 	ns.mu.RLock()
 	defer ns.mu.RUnlock()
 	if ns.fd < 0 {
@@ -106,8 +136,12 @@ func (ns *NS) Dup() (*NS, error) {
 }
 
 // Close releases the handle: the nftables connection, the netlink handle and
-// the descriptor. Closing a closed NS returns nil.
+// the descriptor. Closing a closed NS returns nil, and so does closing a nil
+// or zero NS, which holds nothing.
 func (ns *NS) Close() error {
+	if ns.usable() != nil {
+		return nil
+	}
 	ns.nftMu.Lock()
 	if ns.nft != nil {
 		_ = ns.nft.CloseLasting()
@@ -235,7 +269,9 @@ func openPath(path, name string) (*NS, error) {
 	if path == "" {
 		return nil, &ValidationError{Pkg: "netns", Field: "path", Value: path, Reason: "empty"}
 	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: a FIFO at path must not block the open (fromFd then
+	// refuses it as not a namespace).
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, &OpError{Op: "netns.open", NS: path, Err: err}
 	}
@@ -253,6 +289,12 @@ func openPath(path, name string) (*NS, error) {
 // stay in ns after Do returns and can be used from any goroutine: this is how
 // nsnet opens every socket it needs in a namespace.
 func (ns *NS) Do(fn func() error) error {
+	if err := ns.usable(); err != nil {
+		return err
+	}
+	if fn == nil {
+		return &ValidationError{Pkg: "netns", Field: "fn", Value: "<nil>", Reason: "no function to run"}
+	}
 	return onThread(func() error {
 		if err := ns.setns(); err != nil {
 			return err
@@ -316,6 +358,9 @@ func onThread(fn func() error) error {
 
 // setns switches the calling (locked) thread into ns.
 func (ns *NS) setns() error {
+	if err := ns.usable(); err != nil {
+		return err
+	}
 	ns.mu.RLock()
 	defer ns.mu.RUnlock()
 	if ns.fd < 0 {
@@ -335,6 +380,9 @@ func (ns *NS) setns() error {
 // kernel's list changed meanwhile: use NS.Links, NS.Addrs and NS.Routes,
 // which retry, instead of the handle's LinkList, AddrList and RouteList.
 func (ns *NS) Netlink() (*netlink.Handle, error) {
+	if err := ns.usable(); err != nil {
+		return nil, err
+	}
 	ns.nlOnce.Lock()
 	defer ns.nlOnce.Unlock()
 	if ns.nl != nil {
@@ -361,6 +409,12 @@ func (ns *NS) Netlink() (*netlink.Handle, error) {
 // that no other caller's rules can join. The connection belongs to ns and is
 // closed by Close.
 func (ns *NS) NFTables(fn func(c *nftables.Conn) error) error {
+	if err := ns.usable(); err != nil {
+		return err
+	}
+	if fn == nil {
+		return &ValidationError{Pkg: "netns", Field: "fn", Value: "<nil>", Reason: "no function to run"}
+	}
 	ns.nftMu.Lock()
 	defer ns.nftMu.Unlock()
 	if ns.nft == nil {
@@ -444,19 +498,39 @@ func (d Dir) Delete(name string) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	return deletePath(filepath.Join(d.path(), name))
+	return deletePath(filepath.Join(d.path(), name), true)
 }
 
 // Delete removes a named namespace: by name in DefaultDir, or by path when
 // the argument contains a '/'. Deleting what is not there succeeds.
 func Delete(nameOrPath string) error {
 	if strings.Contains(nameOrPath, "/") {
-		return deletePath(nameOrPath)
+		return deletePath(nameOrPath, false)
 	}
 	return Dir("").Delete(nameOrPath)
 }
 
-func deletePath(path string) error {
+// deletePath unmounts and removes the namespace bound at path. Anything else
+// at path is refused, and left alone: a file that is not a namespace is not
+// nsnet's to delete. In a namespace directory (inDir), an empty regular file
+// is taken for what it is there: the mount point of a namespace whose
+// creation or deletion was cut short.
+func deletePath(path string, inDir bool) error {
+	var sfs unix.Statfs_t
+	switch err := unix.Statfs(path, &sfs); {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case err != nil:
+		return &OpError{Op: "netns.delete", NS: path, Err: err}
+	case sfs.Type != unix.NSFS_MAGIC:
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return &OpError{Op: "netns.delete", NS: path, Err: err}
+		}
+		if !inDir || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 {
+			return &ValidationError{Pkg: "netns", Field: "path", Value: path, Reason: "not a network namespace"}
+		}
+	}
 	// MNT_DETACH: like ip netns delete, do not fail while a process still
 	// has the mount busy; the namespace lives on while it is referenced.
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {

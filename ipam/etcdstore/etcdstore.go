@@ -30,7 +30,7 @@ type Store struct {
 // an *ipam.ValidationError.
 func New(c *clientv3.Client, prefix string) (*Store, error) {
 	if c == nil {
-		return nil, &ipam.ValidationError{Field: "client", Value: "<nil>", Reason: "an etcd client is required"}
+		return nil, &ipam.ValidationError{Pkg: "etcdstore", Field: "client", Value: "<nil>", Reason: "an etcd client is required"}
 	}
 	return &Store{c: c, prefix: prefix}, nil
 }
