@@ -156,13 +156,13 @@ func gatewayID(network, id string) string { return network + "." + id }
 // kernel in step with the other hosts' endpoints until Close.
 func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 	if cfg.NS == nil || cfg.Store == nil || cfg.Alloc == nil {
-		return nil, &ValidationError{"HostConfig", nil, "NS, Store and Alloc are required"}
+		return nil, invalid("HostConfig", nil, "NS, Store and Alloc are required")
 	}
 	if r := names.Check(cfg.Name, 64); r != "" {
-		return nil, &ValidationError{"Name", cfg.Name, r}
+		return nil, invalid("Name", cfg.Name, r)
 	}
 	if !cfg.VTEP.Is4() {
-		return nil, &ValidationError{"VTEP", cfg.VTEP, "not an IPv4 address"}
+		return nil, invalid("VTEP", cfg.VTEP, "not an IPv4 address")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = "overlay/"
@@ -174,7 +174,7 @@ func Join(ctx context.Context, cfg HostConfig) (*Host, error) {
 		cfg.LeaseTTL = 10 * time.Second
 	}
 	if cfg.LeaseTTL < 30*time.Millisecond {
-		return nil, &ValidationError{"LeaseTTL", cfg.LeaseTTL, "under 30 ms"}
+		return nil, invalid("LeaseTTL", cfg.LeaseTTL, "under 30 ms")
 	}
 	link, err := linkWithAddr(cfg.NS, cfg.VTEP)
 	if err != nil {
@@ -215,7 +215,7 @@ func linkWithAddr(ns *netns.NS, addr netip.Addr) (netlink.Link, error) {
 			return nl.LinkByIndex(a.LinkIndex)
 		}
 	}
-	return nil, &ValidationError{"VTEP", addr, "not an address of the host"}
+	return nil, invalid("VTEP", addr, "not an address of the host")
 }
 
 func (h *Host) key(k string) string { return h.cfg.Prefix + k }
@@ -270,7 +270,7 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 		cfg.Port = DefaultPort
 	}
 	if cfg.MTU > h.mtu {
-		return nil, &ValidationError{"MTU", cfg.MTU, fmt.Sprintf("does not fit the underlay: at most %d", h.mtu)}
+		return nil, invalid("MTU", cfg.MTU, fmt.Sprintf("does not fit the underlay: at most %d", h.mtu))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -336,7 +336,7 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 // open, if it was closed.
 func (h *Host) check(open bool) error {
 	if h == nil || h.done == nil {
-		return &ValidationError{"Host", nil, "nil, or not made by Join"}
+		return invalid("Host", nil, "nil, or not made by Join")
 	}
 	if open {
 		h.mu.Lock()
@@ -370,7 +370,7 @@ func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
 		return nil, err
 	}
 	if r := names.Check(name, 64); r != "" {
-		return nil, &ValidationError{"Name", name, r}
+		return nil, invalid("Name", name, r)
 	}
 	cfg, err := h.definition(ctx, name)
 	if err != nil {
@@ -678,7 +678,7 @@ func (h *Host) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	if r := names.Check(name, 64); r != "" {
-		return &ValidationError{"Name", name, r}
+		return invalid("Name", name, r)
 	}
 	cfg, err := h.definition(ctx, name)
 	if errors.Is(err, ErrNotFound) {
@@ -725,7 +725,7 @@ func (n *Network) Config() Config {
 // with open, if its Host was closed.
 func (n *Network) check(open bool) error {
 	if n == nil || n.h == nil {
-		return &ValidationError{"Network", nil, "nil, or not made by Host.Create or Host.Network"}
+		return invalid("Network", nil, "nil, or not made by Host.Create or Host.Network")
 	}
 	return n.h.check(open)
 }
@@ -775,23 +775,23 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		return Endpoint{}, err
 	}
 	if r := names.Check(ec.ID, 64); r != "" {
-		return Endpoint{}, &ValidationError{"ID", ec.ID, r}
+		return Endpoint{}, invalid("ID", ec.ID, r)
 	}
 	if ec.NS == nil {
-		return Endpoint{}, &ValidationError{"NS", nil, "no container namespace"}
+		return Endpoint{}, invalid("NS", nil, "no container namespace")
 	}
 	h := n.h
 	if ec.NS.Equal(h.cfg.NS) {
-		return Endpoint{}, &ValidationError{"NS", ec.NS.String(), "the host's own namespace, not a container's"}
+		return Endpoint{}, invalid("NS", ec.NS.String(), "the host's own namespace, not a container's")
 	}
 	if ec.IfName == "" {
 		ec.IfName = "eth0"
 	}
 	if r := ifname.Check(ec.IfName); r != "" {
-		return Endpoint{}, &ValidationError{"IfName", ec.IfName, r}
+		return Endpoint{}, invalid("IfName", ec.IfName, r)
 	}
 	if ec.MAC != nil && (len(ec.MAC) != 6 || ec.MAC[0]&1 != 0 || string(ec.MAC) == string(make(net.HardwareAddr, 6))) {
-		return Endpoint{}, &ValidationError{"MAC", ec.MAC.String(), "not a unicast Ethernet address"}
+		return Endpoint{}, invalid("MAC", ec.MAC.String(), "not a unicast Ethernet address")
 	}
 	if err := ctx.Err(); err != nil {
 		return Endpoint{}, err

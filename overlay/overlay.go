@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 
+	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
 )
@@ -16,25 +19,24 @@ import (
 // Errors, to match with errors.Is.
 var (
 	// ErrExists: a network of that name or VNI exists with other settings.
-	ErrExists = errors.New("overlay: exists with other settings")
-	// ErrNotFound: no such network.
-	ErrNotFound = errors.New("overlay: not found")
+	// It matches os.ErrExist.
+	ErrExists = errs.New("overlay: exists with other settings", os.ErrExist)
+	// ErrNotFound: no such network. It matches os.ErrNotExist.
+	ErrNotFound = errs.New("overlay: not found", os.ErrNotExist)
 	// ErrClosed: the Host was closed.
 	ErrClosed = errors.New("overlay: host closed")
-	// ErrInUse: the network still has endpoints on some host.
-	ErrInUse = errors.New("overlay: in use")
+	// ErrInUse: the network still has endpoints on some host. It matches
+	// nsnet.ErrInUse.
+	ErrInUse = errs.New("overlay: in use", nsnet.ErrInUse)
 )
 
 // ValidationError is bad input, refused before the store or the kernel is
-// touched.
-type ValidationError struct {
-	Field  string
-	Value  any
-	Reason string
-}
+// touched: nsnet.ValidationError, the one type every nsnet package returns
+// for it.
+type ValidationError = nsnet.ValidationError
 
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("overlay: %s %v: %s", e.Field, e.Value, e.Reason)
+func invalid(field string, value any, reason string) *ValidationError {
+	return errs.Invalid("overlay", field, value, reason)
 }
 
 // MaxVNI is the highest VXLAN network identifier (24 bits).
@@ -70,31 +72,31 @@ type Config struct {
 // Validate reports what is wrong with c.
 func (c Config) Validate() error {
 	if r := names.Check(c.Name, 64); r != "" {
-		return &ValidationError{"Name", c.Name, r}
+		return invalid("Name", c.Name, r)
 	}
 	if c.VNI == 0 || c.VNI > MaxVNI {
-		return &ValidationError{"VNI", c.VNI, fmt.Sprintf("not within 1 and %d", MaxVNI)}
+		return invalid("VNI", c.VNI, fmt.Sprintf("not within 1 and %d", MaxVNI))
 	}
 	if len(c.Subnets) == 0 {
-		return &ValidationError{"Subnets", nil, "none given: an overlay needs the same subnets on every host"}
+		return invalid("Subnets", nil, "none given: an overlay needs the same subnets on every host")
 	}
 	for _, s := range c.Subnets {
 		if !s.Subnet.IsValid() {
-			return &ValidationError{"Subnets", s.Subnet, "not a prefix"}
+			return invalid("Subnets", s.Subnet, "not a prefix")
 		}
 	}
 	// What the pool would refuse, refused before anything is written.
 	var ve *ipam.ValidationError
 	if err := (ipam.PoolConfig{Name: poolName(c.Name), Subnets: c.Subnets}).Validate(); errors.As(err, &ve) {
-		return &ValidationError{"Subnets", ve.Value, ve.Field + ": " + ve.Reason}
+		return invalid("Subnets", ve.Value, ve.Field+": "+ve.Reason)
 	} else if err != nil {
-		return &ValidationError{"Subnets", c.Subnets, err.Error()}
+		return invalid("Subnets", c.Subnets, err.Error())
 	}
 	if c.Port < 0 || c.Port > 65535 {
-		return &ValidationError{"Port", c.Port, "not a port"}
+		return invalid("Port", c.Port, "not a port")
 	}
 	if c.MTU != 0 && c.MTU < 1280 {
-		return &ValidationError{"MTU", c.MTU, "under 1280"}
+		return invalid("MTU", c.MTU, "under 1280")
 	}
 	return nil
 }
