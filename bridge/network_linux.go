@@ -254,6 +254,9 @@ func open(host *netns.NS, alloc *ipam.Allocator, i Info) *Network {
 // (subnets as created, the endpoints' addresses), like `docker network ls`
 // and `docker network inspect`, or `brctl show`.
 func List(ctx context.Context, host *netns.NS, alloc *ipam.Allocator) ([]Info, error) {
+	if host == nil || alloc == nil {
+		return nil, &netns.ValidationError{Pkg: "bridge", Field: "host, alloc", Value: "<nil>", Reason: "a host namespace and an allocator are required"}
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

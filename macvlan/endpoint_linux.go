@@ -127,6 +127,10 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 		}
 	}
 	al, err := n.alloc.Allocate(ctx, n.pool, owner, ep.Addrs...)
+	if errors.Is(err, ipam.ErrNotFound) {
+		// The pool goes with the network: it was deleted.
+		return Endpoint{}, errs.Wrap(ErrNotFound, "macvlan: attach %q: network %q not found", ep.ID, n.cfg.Name)
+	}
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
 	}

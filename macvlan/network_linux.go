@@ -343,6 +343,9 @@ func open(host *netns.NS, alloc *ipam.Allocator, i Info) *Network {
 // from alloc (subnets, and the endpoints as the owners of addresses), like
 // `docker network ls` and `docker network inspect`.
 func List(ctx context.Context, host *netns.NS, alloc *ipam.Allocator) ([]Info, error) {
+	if host == nil || alloc == nil {
+		return nil, &netns.ValidationError{Pkg: "macvlan", Field: "host, alloc", Value: "<nil>", Reason: "a host namespace and an allocator are required"}
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,9 @@ func Masquerade(ctx context.Context, host *netns.NS, n Network) error {
 	if err := n.Validate(); err != nil {
 		return err
 	}
+	if host == nil {
+		return invalid("host", nil, "no namespace")
+	}
 	have, err := nft.Masqueraded(ctx, host, n.Bridge)
 	if err != nil {
 		return err
@@ -65,6 +68,9 @@ func forwarding(host *netns.NS, subnets []netip.Prefix) error {
 // Forwarding stays on (other networks may need it). A network without
 // masquerade, or a host without nsnet's table, is no error.
 func Remove(ctx context.Context, host *netns.NS, bridge string) error {
+	if host == nil {
+		return invalid("host", nil, "no namespace")
+	}
 	if why := ifname.Check(bridge); why != "" {
 		return invalid("bridge", bridge, why)
 	}
@@ -74,5 +80,8 @@ func Remove(ctx context.Context, host *netns.NS, bridge string) error {
 // Subnets returns the subnets masqueraded for the network on bridge, read
 // from the table.
 func Subnets(ctx context.Context, host *netns.NS, bridge string) ([]netip.Prefix, error) {
+	if host == nil {
+		return nil, invalid("host", nil, "no namespace")
+	}
 	return nft.Masqueraded(ctx, host, bridge)
 }

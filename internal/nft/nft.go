@@ -353,6 +353,11 @@ func change(ctx context.Context, host *netns.NS, op string, create bool, fn func
 			if err := sc.skeleton(c); err != nil {
 				return err
 			}
+			// Made first, on its own: fn reads the table's sets, which
+			// the kernel has only once the skeleton is flushed.
+			if err := flush(host, c, op); err != nil {
+				return err
+			}
 		}
 		dirty, err := fn(c, sc)
 		if err != nil {

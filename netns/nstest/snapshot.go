@@ -97,3 +97,29 @@ func Snapshot(t testing.TB, ns *netns.NS) string {
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
 }
+
+// Untouched runs call and returns its error, failing t if call panicked or
+// if it changed any of nss (compared by Snapshot before and after): what a
+// test of bad input asserts for every call it makes.
+func Untouched(t testing.TB, call func() error, nss ...*netns.NS) (err error) {
+	t.Helper()
+	before := make([]string, len(nss))
+	for i, ns := range nss {
+		before[i] = Snapshot(t, ns)
+	}
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				t.Errorf("panic: %v", v)
+				err = fmt.Errorf("panic: %v", v)
+			}
+		}()
+		err = call()
+	}()
+	for i, ns := range nss {
+		if after := Snapshot(t, ns); after != before[i] {
+			t.Errorf("%s changed:\n%s\n--- after:\n%s", ns, before[i], after)
+		}
+	}
+	return err
+}
