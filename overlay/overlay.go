@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -11,9 +12,11 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
+	"github.com/nsnet/nsnet/netns"
 )
 
 // Errors, to match with errors.Is.
@@ -144,3 +147,76 @@ func encode(v any) []byte {
 // VXLAN device, named by the VNI so that each host finds them.
 func bridgeName(vni uint32) string { return "ovbr" + strconv.FormatUint(uint64(vni), 16) }
 func vxlanName(vni uint32) string  { return "ovvx" + strconv.FormatUint(uint64(vni), 16) }
+
+func poolName(network string) string { return "overlay." + network }
+
+// HostConfig says how a host takes part in the overlays.
+type HostConfig struct {
+	// NS is the host's namespace.
+	NS *netns.NS
+	// Name is the host's name, unique in the cluster.
+	Name string
+	// VTEP is the host's address on the underlay: the source of its VXLAN
+	// packets, and where the other hosts send theirs. The link that has it
+	// is the underlay; the overlays' MTU is derived from its MTU.
+	VTEP netip.Addr
+	// Store holds the control plane shared by the hosts: etcd
+	// (package ipam/etcdstore) across machines; a memory or file store for hosts
+	// that are namespaces of one machine.
+	Store ipam.Store
+	// Alloc hands out the overlays' addresses; it must be on the same
+	// store, so that no two hosts give out one address.
+	Alloc *ipam.Allocator
+	// GatewayAlloc hands out the addresses of the host's gateway bridge,
+	// which are the host's own: an allocator on a store of this host
+	// (ipam.OpenFileStore). Nil: one in memory, for the process's life.
+	GatewayAlloc *ipam.Allocator
+	// Prefix of the control plane's keys in Store; "" is "overlay/".
+	Prefix string
+	// LeaseTTL is how long a host stays in the others' kernels after its
+	// last heartbeat (it beats every third of it); 0 is 10 s. A host that
+	// dies without Close is removed from the others after it.
+	LeaseTTL time.Duration
+	// Logger, if set, gets the control plane's errors.
+	Logger *slog.Logger
+	// DNS, if set, is the host's embedded DNS server: the host keeps in it
+	// every overlay's names, its own endpoints' and the other hosts', each
+	// endpoint under its ID, so that containers resolve their peers on
+	// other hosts by name.
+	DNS *dnsd.Server
+}
+
+// Stats are counters of the host's namespace, shared by every Host in it.
+type Stats struct {
+	// VXLANDropped counts the VXLAN packets dropped on the way in because
+	// their sender is not a peer of the network their VNI names: not a
+	// host in the store, a host without endpoints on that network, or a
+	// process or container of this host.
+	VXLANDropped uint64
+	// VXLANEgressDropped counts the VXLAN packets that masqueraded
+	// containers of this host sent to an overlay's port, dropped before
+	// they left with the host's address.
+	VXLANEgressDropped uint64
+}
+
+// EndpointConfig describes a container's attachment to an overlay.
+type EndpointConfig struct {
+	// ID names the endpoint (the container), unique in the network across
+	// hosts; it owns the endpoint's addresses.
+	ID string
+	// NS is the container's namespace.
+	NS *netns.NS
+	// IfName in the container; "" is eth0.
+	IfName string
+	// MAC of the container's interface; nil: random.
+	MAC net.HardwareAddr
+}
+
+// Endpoint is a container's attachment to an overlay.
+type Endpoint struct {
+	ID     string
+	IfName string
+	MAC    net.HardwareAddr
+	Addrs  []netip.Prefix
+	MTU    int
+}
