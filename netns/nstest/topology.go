@@ -187,3 +187,24 @@ func nthAddr(p netip.Prefix, n int) netip.Addr {
 	}
 	return a
 }
+
+// Attach connects ns to the underlay's bridge as one more machine of the
+// segment (a store, a router): a veth whose end in ns is "eth0", up, with
+// address addr, and whose other end is a port of the bridge. The link is
+// removed at cleanup. ns must not have an eth0 yet.
+func (topo *Topology) Attach(t testing.TB, ns *netns.NS, addr netip.Prefix) {
+	t.Helper()
+	h, err := topo.Underlay.Netlink()
+	if err != nil {
+		t.Fatalf("nstest.Attach: %v", err)
+	}
+	br, err := h.LinkByName("br0")
+	if err != nil {
+		t.Fatalf("nstest.Attach: the underlay's bridge: %v", err)
+	}
+	port := Name(t, "at")
+	if err := wire(topo.Underlay, port, br.Attrs().Index, ns, "eth0", addr); err != nil {
+		t.Fatalf("nstest.Attach: %v", err)
+	}
+	t.Cleanup(func() { deleteLink(topo.Underlay, port) })
+}
