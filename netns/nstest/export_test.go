@@ -7,7 +7,7 @@ import "github.com/nsnet/nsnet/netns"
 // Only for tests that do not run in parallel.
 func UseMachine(ns *netns.NS, dir netns.Dir) (restore func()) {
 	saved := machineEnv
-	machineEnv.open = ns.Dup
+	machineEnv.open = func() (*netns.NS, error) { return ns, nil }
 	machineEnv.dir = dir
 	return func() { machineEnv = saved }
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns"
-	"github.com/vishvananda/netlink"
 )
 
 // state is what a namespace holds that a test could leak: links, addresses,
@@ -28,56 +27,31 @@ type state struct {
 
 func snapshotNS(ns *netns.NS) (state, error) {
 	var s state
-	links, err := ns.Links()
+	d, err := newDumper(ns)
 	if err != nil {
 		return s, err
+	}
+	defer d.close()
+	links, err := d.links()
+	if err != nil {
+		return s, fmt.Errorf("links of %s: %w", ns, err)
 	}
 	for _, l := range links {
-		s.links = append(s.links, l.Attrs().Name)
+		s.links = append(s.links, l.name)
 	}
-	addrs, err := ns.Addrs(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return s, err
+	if s.addrs, err = d.addrs(); err != nil {
+		return s, fmt.Errorf("addresses of %s: %w", ns, err)
 	}
-	for _, a := range addrs {
-		if a.IP.IsLinkLocalUnicast() {
-			continue // IPv6 link-local addresses come and go with their links
-		}
-		s.addrs = append(s.addrs, a.IPNet.String())
+	if s.routes, err = d.routes(); err != nil {
+		return s, fmt.Errorf("routes of %s: %w", ns, err)
 	}
-	routes, err := ns.Routes(netlink.FAMILY_ALL)
-	if err != nil {
-		return s, err
-	}
-	for _, r := range routes {
-		if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
-			continue
-		}
-		s.routes = append(s.routes, fmt.Sprintf("%v via %v dev %d", r.Dst, r.Gw, r.LinkIndex))
-	}
-	s.tables, err = tables(ns)
-	if err != nil {
-		return s, err
+	if s.tables, err = d.tables(); err != nil {
+		return s, fmt.Errorf("nftables tables of %s: %w", ns, err)
 	}
 	for _, l := range [][]string{s.links, s.addrs, s.routes, s.tables} {
 		slices.Sort(l)
 	}
 	return s, nil
-}
-
-func tables(ns *netns.NS) ([]string, error) {
-	var out []string
-	err := ns.NFTables(func(c *nftables.Conn) error {
-		ts, err := c.ListTables()
-		if err != nil {
-			return err
-		}
-		for _, t := range ts {
-			out = append(out, fmt.Sprintf("table %s %s", family(t.Family), t.Name))
-		}
-		return nil
-	})
-	return out, err
 }
 
 func family(f nftables.TableFamily) string {
@@ -149,21 +123,30 @@ func removeLeaks(ns *netns.NS, before, after state) {
 // namespace (links, nftables tables) and the named namespaces of
 // /var/run/netns.
 type machine struct {
-	links  []machineLink
+	links  []link
 	tables []string
 	named  []string
 }
-
-// machineLink is a link of the machine's namespace, with its alias: nsnet
-// marks its links there.
-type machineLink struct{ name, alias string }
 
 // machineEnv is where the machine checks look: the process's own namespace
 // and DefaultDir. nstest's own tests point it at sandboxes.
 var machineEnv = struct {
 	open func() (*netns.NS, error)
 	dir  netns.Dir
-}{netns.Current, netns.Dir("")}
+}{processNS, netns.Dir("")}
+
+var (
+	rootOnce sync.Once
+	root     *netns.NS
+	rootErr  error
+)
+
+// processNS returns the process's own namespace, through one handle for
+// the whole process.
+func processNS() (*netns.NS, error) {
+	rootOnce.Do(func() { root, rootErr = netns.Current() })
+	return root, rootErr
+}
 
 func snapshotMachine(t testing.TB) machine {
 	t.Helper()
@@ -180,16 +163,16 @@ func readMachine() (machine, error) {
 	if err != nil {
 		return m, err
 	}
-	defer root.Close()
-	links, err := root.Links()
+	d, err := newDumper(root)
 	if err != nil {
 		return m, err
 	}
-	for _, l := range links {
-		m.links = append(m.links, machineLink{l.Attrs().Name, l.Attrs().Alias})
+	defer d.close()
+	if m.links, err = d.links(); err != nil {
+		return m, fmt.Errorf("links: %w", err)
 	}
-	if m.tables, err = tables(root); err != nil {
-		return m, err
+	if m.tables, err = d.tables(); err != nil {
+		return m, fmt.Errorf("nftables tables: %w", err)
 	}
 	m.named, err = machineEnv.dir.List()
 	return m, err
@@ -229,7 +212,7 @@ func noteNamed(ns *netns.NS) {
 
 // ours reports whether a link of the machine's namespace may be a leak of
 // the test: nsnet's, or named by Name.
-func (l machineLink) ours() bool {
+func (l link) ours() bool {
 	_, named := issued.Load(l.name)
 	return named || strings.HasPrefix(l.alias, nsnetMark) || nsnetLinkName.MatchString(l.name)
 }
@@ -312,6 +295,9 @@ func Main(m *testing.M) {
 		r.Close()
 		w.Close()
 	}
+	// And the machine check's handle of the process's namespace, which
+	// lives as long as the process.
+	readMachine()
 	fds := countFDs()
 	goroutines := countGoroutines()
 

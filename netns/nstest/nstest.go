@@ -38,6 +38,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
@@ -45,6 +46,7 @@ import (
 
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/netns"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -103,24 +105,61 @@ func Name(t testing.TB, prefix string) string {
 // machine's own namespace did not change, and closes it.
 func Host(t testing.TB) *netns.NS {
 	t.Helper()
+	return newHost(t).ns
+}
+
+// sandbox is a host namespace and what it held when the test got it.
+type sandbox struct {
+	ns     *netns.NS
+	before state
+}
+
+// newHost is Host, keeping the baseline for fixtures that add their own
+// links to a host before the test gets it (see rebase).
+func newHost(t testing.TB) *sandbox {
+	t.Helper()
 	Require(t)
 	Machine(t)
-	ns := newNS(t)
-	before, err := snapshotNS(ns)
-	if err != nil {
+	sb := &sandbox{ns: newNS(t)}
+	// Every fresh namespace with lo up holds the same: read it once per
+	// process, not once per host.
+	var err error
+	if sb.before, err = freshState(sb.ns); err != nil {
 		t.Fatalf("nstest.Host: %v", err)
 	}
 	t.Cleanup(func() {
-		after, err := snapshotNS(ns)
+		after, err := snapshotNS(sb.ns)
 		if err != nil {
 			t.Errorf("nstest.Host: reading the sandbox at cleanup: %v", err)
-		} else if leaks := after.minus(before); len(leaks) > 0 {
-			t.Errorf("nstest.Host: the test left in its sandbox host %s:\n%s", ns, leaks)
-			removeLeaks(ns, before, after)
+		} else if leaks := after.minus(sb.before); len(leaks) > 0 {
+			t.Errorf("nstest.Host: the test left in its sandbox host %s:\n%s", sb.ns, leaks)
+			removeLeaks(sb.ns, sb.before, after)
 		}
-		ns.Close()
 	})
-	return ns
+	return sb
+}
+
+// rebase makes what the sandbox holds now its baseline: for a fixture that
+// wired a host it made, before the test got it.
+func (sb *sandbox) rebase(t testing.TB) {
+	t.Helper()
+	var err error
+	if sb.before, err = snapshotNS(sb.ns); err != nil {
+		t.Fatalf("nstest: %v", err)
+	}
+}
+
+var (
+	freshOnce sync.Once
+	fresh     state
+	freshErr  error
+)
+
+// freshState returns what a namespace holds right after newNS: read from
+// the first one, the same for all.
+func freshState(ns *netns.NS) (state, error) {
+	freshOnce.Do(func() { fresh, freshErr = snapshotNS(ns) })
+	return fresh, freshErr
 }
 
 // Machine records the machine's own namespace (its links and nftables
@@ -140,9 +179,26 @@ func Machine(t testing.TB, opts ...MachineOption) {
 	t.Helper()
 	Require(t)
 	strict := strictEnv() || slices.Contains(opts, Strict)
+	// One check per test is enough (Underlay makes several hosts): the
+	// first one's snapshot is the earliest.
+	key := machineKey{t, strict}
+	if _, dup := machineChecks.LoadOrStore(key, true); dup {
+		return
+	}
 	before := snapshotMachine(t)
-	t.Cleanup(func() { before.check(t, strict) })
+	t.Cleanup(func() {
+		before.check(t, strict)
+		machineChecks.Delete(key)
+	})
 }
+
+type machineKey struct {
+	t      testing.TB
+	strict bool
+}
+
+// machineChecks holds the tests whose machine check is registered.
+var machineChecks sync.Map
 
 // Container returns a new namespace with lo up, for a container of host
 // (the host is where its links will be wired to; the namespace itself is
@@ -163,10 +219,34 @@ func newNS(t testing.TB) *netns.NS {
 		noteNamed(ns)
 		ns.Close()
 	})
-	if err := ns.LoopbackUp(); err != nil {
+	if err := loopbackUp(ns); err != nil {
 		t.Fatalf("nstest: %v", err)
 	}
 	return ns
+}
+
+// loopbackUp is ns.LoopbackUp through an ioctl on a socket of ns: it needs
+// no netlink handle (which the test may never use) and no dump to find lo.
+func loopbackUp(ns *netns.NS) error {
+	return ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("lo up: %w", err)
+		}
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq("lo")
+		if err == nil {
+			err = unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr)
+		}
+		if err == nil {
+			ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+			err = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+		}
+		if err != nil {
+			return fmt.Errorf("lo up: %w", err)
+		}
+		return nil
+	})
 }
 
 // Dir returns a private run directory for named namespaces, so that a test
