@@ -25,6 +25,7 @@ type fakeMachine struct {
 }
 
 func newFakeMachine(t *testing.T) *fakeMachine {
+	t.Setenv("NSTEST_STRICT", "") // the default check, whatever the run's
 	m := &fakeMachine{t: t, ns: nstest.Host(t), dir: nstest.Dir(t)}
 	var err error
 	if m.h, err = m.ns.Netlink(); err != nil {
