@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns"
+	"golang.org/x/sys/unix"
 )
 
 // state is what a namespace holds that a test could leak: links, addresses,
@@ -200,12 +201,12 @@ var issued sync.Map
 // namespace can have its inode number.
 func noteNamed(ns *netns.NS) {
 	names, _ := machineEnv.dir.List()
+	id := ns.ID()
 	for _, n := range names {
-		if o, err := machineEnv.dir.Open(n); err == nil {
-			if o.Equal(ns) {
-				issued.Store(n, true)
-			}
-			o.Close()
+		// A bind mount stats as the namespace it holds.
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(dirPath(machineEnv.dir), n), &st) == nil && st.Dev == id.Dev && st.Ino == id.Ino {
+			issued.Store(n, true)
 		}
 	}
 }
