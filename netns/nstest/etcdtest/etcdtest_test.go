@@ -2,6 +2,11 @@ package etcdtest_test
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -94,4 +99,68 @@ func TestUnderlay(t *testing.T) {
 	if _, err := h2.Get(ctx, "from"); err == nil {
 		t.Fatal("a host without uplink reached the store")
 	}
+}
+
+// TestOneBuild: three test processes that need the server at once, with
+// an empty cache directory, build it once: the others wait on the lock
+// and use that build.
+func TestOneBuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the etcd server (from the Go build cache: seconds)")
+	}
+	nstest.Require(t)
+	if _, err := etcdtest.Binary(); err != nil {
+		t.Skipf("no etcd server here: %v", err) // Start fails or skips for it
+	}
+	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
+	if err != nil {
+		t.Fatalf("go env GOCACHE: %v", err)
+	}
+	cache := t.TempDir()
+	var procs []*exec.Cmd
+	var outs []*strings.Builder
+	for range 3 {
+		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestBuildChild$")
+		// The same Go build cache, a new cache directory for the server.
+		cmd.Env = append(os.Environ(), "ETCDTEST_BUILD_CHILD=1", "XDG_CACHE_HOME="+cache,
+			"GOCACHE="+strings.TrimSpace(string(gocache)))
+		out := new(strings.Builder)
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		procs, outs = append(procs, cmd), append(outs, out)
+	}
+	var bins []string
+	for i, cmd := range procs {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("child %d: %v\n%s", i, err, outs[i])
+		}
+		_, after, _ := strings.Cut(outs[i].String(), "binary: ")
+		bin, _, _ := strings.Cut(after, "\n")
+		bins = append(bins, bin)
+	}
+	if bins[0] == "" || bins[0] != bins[1] || bins[1] != bins[2] || !strings.HasPrefix(bins[0], cache) {
+		t.Fatalf("binaries %q, want one path under %s", bins, cache)
+	}
+	log, err := os.ReadFile(filepath.Join(filepath.Dir(bins[0]), "builds.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(log), "\n"); n != 1 {
+		t.Errorf("%d builds for three processes, want 1:\n%s", n, log)
+	}
+}
+
+// TestBuildChild is TestOneBuild's child process: it prints the path of
+// the server binary.
+func TestBuildChild(t *testing.T) {
+	if os.Getenv("ETCDTEST_BUILD_CHILD") != "1" {
+		t.Skip("a child process of TestOneBuild")
+	}
+	bin, err := etcdtest.Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("binary: %s\n", bin)
 }
