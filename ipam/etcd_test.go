@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/ipam/etcdstore"
+	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	"github.com/nsnet/nsnet/overlay"
 )
 

@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet/dnsd"
-	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/ipam/etcdstore"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	"github.com/nsnet/nsnet/overlay"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -39,7 +39,6 @@ func newCluster(t testing.TB, n int, store ipam.Store) *cluster {
 	return joinCluster(t, nstest.Underlay(t, n), func() ipam.Store { return store }, 0)
 }
 
-// etcdCluster is n hosts on a real etcd server, each with its own client.
 // etcdStore is the store every host of a test cluster shares, under one prefix.
 func etcdStore(t testing.TB, c *clientv3.Client) ipam.Store {
 	t.Helper()
@@ -50,9 +49,17 @@ func etcdStore(t testing.TB, c *clientv3.Client) ipam.Store {
 	return s
 }
 
+// etcdCluster is n hosts on a real etcd server attached to their
+// underlay, each with its own client that reaches it across the underlay.
 func etcdCluster(t testing.TB, srv *etcdtest.Server, n int, ttl time.Duration) *cluster {
 	t.Helper()
-	return joinCluster(t, nstest.Underlay(t, n), func() ipam.Store { return etcdStore(t, srv.Client(t)) }, ttl)
+	topo := nstest.Underlay(t, n)
+	srv.Attach(t, topo)
+	next := 0
+	return joinCluster(t, topo, func() ipam.Store {
+		next++
+		return etcdStore(t, srv.ClientFrom(t, topo.Hosts[next-1].NS))
+	}, ttl)
 }
 
 // joinCluster joins the hosts of topo to the overlays, each host on the

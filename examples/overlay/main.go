@@ -1,6 +1,6 @@
 // Command overlay reproduces scenario S11, an overlay network across hosts
-// with a shared store, twice: on a real etcd server (started on loopback by
-// the example), and on nsnet's embedded file store. Three hosts share an
+// with a shared store, twice: on a real etcd server (started in a
+// namespace of its own by the example), and on nsnet's embedded file store. Three hosts share an
 // underlay segment; the overlay 172.30.0.0/16 (gateway 172.30.0.254),
 // created on one host, exists on all of them; containers on different
 // hosts get distinct addresses, resolve each other by name, reach each
@@ -20,11 +20,11 @@ import (
 
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/examples/check"
-	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/ipam/etcdstore"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	"github.com/nsnet/nsnet/overlay"
 )
 
@@ -44,10 +44,10 @@ func run(ctx context.Context, env check.Env) error {
 
 	// On etcd: each host has its own client, as separate machines would.
 	srv, err := etcdtest.Launch(filepath.Join(dir, "etcd"))
-	if !log.OK("an etcd server on loopback", err) {
+	if !log.OK("an etcd server, in a namespace of its own", err) {
 		return err
 	}
-	defer srv.Stop()
+	defer srv.Close()
 	err = s11(ctx, env, hosts, "etcd", 4096, func() (ipam.Store, func(), error) {
 		c, err := srv.NewClient()
 		if err != nil {

@@ -1,10 +1,11 @@
-package linkdel
+package linkdel_test
 
 import (
 	"net/netip"
 	"slices"
 	"testing"
 
+	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/vishvananda/netlink"
@@ -61,7 +62,7 @@ func TestDelete(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		if err := Delete(ctr, l.Attrs().Index); err != nil {
+		if err := linkdel.Delete(ctr, l.Attrs().Index); err != nil {
 			t.Fatalf("round %d: Delete: %v", round, err)
 		}
 		if _, err := ch.LinkByIndex(l.Attrs().Index); !nlerr.NotExist(err) {
@@ -88,7 +89,7 @@ func TestDelete(t *testing.T) {
 func TestDeleteGone(t *testing.T) {
 	t.Parallel()
 	ctr := nstest.Container(t, nstest.Host(t))
-	if err := Delete(ctr, 4242); !nlerr.NotExist(err) {
+	if err := linkdel.Delete(ctr, 4242); !nlerr.NotExist(err) {
 		t.Fatalf("Delete of no link: %v, want a not-exist error", err)
 	}
 }

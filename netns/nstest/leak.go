@@ -4,15 +4,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns"
-	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // state is what a namespace holds that a test could leak: links, addresses,
@@ -26,56 +28,31 @@ type state struct {
 
 func snapshotNS(ns *netns.NS) (state, error) {
 	var s state
-	links, err := ns.Links()
+	d, err := newDumper(ns)
 	if err != nil {
 		return s, err
+	}
+	defer d.close()
+	links, err := d.links()
+	if err != nil {
+		return s, fmt.Errorf("links of %s: %w", ns, err)
 	}
 	for _, l := range links {
-		s.links = append(s.links, l.Attrs().Name)
+		s.links = append(s.links, l.name)
 	}
-	addrs, err := ns.Addrs(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return s, err
+	if s.addrs, err = d.addrs(); err != nil {
+		return s, fmt.Errorf("addresses of %s: %w", ns, err)
 	}
-	for _, a := range addrs {
-		if a.IP.IsLinkLocalUnicast() {
-			continue // IPv6 link-local addresses come and go with their links
-		}
-		s.addrs = append(s.addrs, a.IPNet.String())
+	if s.routes, err = d.routes(); err != nil {
+		return s, fmt.Errorf("routes of %s: %w", ns, err)
 	}
-	routes, err := ns.Routes(netlink.FAMILY_ALL)
-	if err != nil {
-		return s, err
-	}
-	for _, r := range routes {
-		if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
-			continue
-		}
-		s.routes = append(s.routes, fmt.Sprintf("%v via %v dev %d", r.Dst, r.Gw, r.LinkIndex))
-	}
-	s.tables, err = tables(ns)
-	if err != nil {
-		return s, err
+	if s.tables, err = d.tables(); err != nil {
+		return s, fmt.Errorf("nftables tables of %s: %w", ns, err)
 	}
 	for _, l := range [][]string{s.links, s.addrs, s.routes, s.tables} {
 		slices.Sort(l)
 	}
 	return s, nil
-}
-
-func tables(ns *netns.NS) ([]string, error) {
-	var out []string
-	err := ns.NFTables(func(c *nftables.Conn) error {
-		ts, err := c.ListTables()
-		if err != nil {
-			return err
-		}
-		for _, t := range ts {
-			out = append(out, fmt.Sprintf("table %s %s", family(t.Family), t.Name))
-		}
-		return nil
-	})
-	return out, err
 }
 
 func family(f nftables.TableFamily) string {
@@ -147,8 +124,29 @@ func removeLeaks(ns *netns.NS, before, after state) {
 // namespace (links, nftables tables) and the named namespaces of
 // /var/run/netns.
 type machine struct {
-	state
-	named []string
+	links  []link
+	tables []string
+	named  []string
+}
+
+// machineEnv is where the machine checks look: the process's own namespace
+// and DefaultDir. nstest's own tests point it at sandboxes.
+var machineEnv = struct {
+	open func() (*netns.NS, error)
+	dir  netns.Dir
+}{processNS, netns.Dir("")}
+
+var (
+	rootOnce sync.Once
+	root     *netns.NS
+	rootErr  error
+)
+
+// processNS returns the process's own namespace, through one handle for
+// the whole process.
+func processNS() (*netns.NS, error) {
+	rootOnce.Do(func() { root, rootErr = netns.Current() })
+	return root, rootErr
 }
 
 func snapshotMachine(t testing.TB) machine {
@@ -162,40 +160,125 @@ func snapshotMachine(t testing.TB) machine {
 
 func readMachine() (machine, error) {
 	var m machine
-	root, err := netns.Current()
+	root, err := machineEnv.open()
 	if err != nil {
 		return m, err
 	}
-	defer root.Close()
-	links, err := root.Links()
+	d, err := newDumper(root)
 	if err != nil {
 		return m, err
 	}
-	for _, l := range links {
-		m.links = append(m.links, l.Attrs().Name)
+	defer d.close()
+	if m.links, err = d.links(); err != nil {
+		return m, fmt.Errorf("links: %w", err)
 	}
-	if m.tables, err = tables(root); err != nil {
-		return m, err
+	if m.tables, err = d.tables(); err != nil {
+		return m, fmt.Errorf("nftables tables: %w", err)
 	}
-	m.named, err = netns.Dir("").List()
+	m.named, err = machineEnv.dir.List()
 	return m, err
 }
 
-func (before machine) check(t testing.TB) {
+// Names of kernel objects that nsnet or a test made, as Machine judges
+// them. A link is nsnet's when its alias carries nsnet's mark (bridge and
+// macvlan networks and endpoints), or when its name is one nsnet derives
+// without a mark: an overlay's bridge and VXLAN device ("ovbr", "ovvx" and
+// the VNI in hex) and an endpoint's host veth ("veth" and 11 hex digits;
+// Docker's have 7). An nftables table is nsnet's when it is named "nsnet".
+var (
+	nsnetLinkName = regexp.MustCompile(`^(ovbr[0-9a-f]{1,6}|ovvx[0-9a-f]{1,6}|veth[0-9a-f]{11})$`)
+	nsnetMark     = `{"nsnet":`
+)
+
+// issued records the names Name handed out, and the names under which a
+// fixture's namespace was found bind-mounted in the machine's run
+// directory, so that Machine can tell the test's objects from those of
+// other processes.
+var issued sync.Map
+
+// noteNamed records the names under which ns is mounted in the machine's
+// run directory. It runs while the fixture still holds ns, so no other
+// namespace can have its inode number.
+func noteNamed(ns *netns.NS) {
+	names, _ := machineEnv.dir.List()
+	id := ns.ID()
+	for _, n := range names {
+		// A bind mount stats as the namespace it holds.
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(dirPath(machineEnv.dir), n), &st) == nil && st.Dev == id.Dev && st.Ino == id.Ino {
+			issued.Store(n, true)
+		}
+	}
+}
+
+// ours reports whether a link of the machine's namespace may be a leak of
+// the test: nsnet's, or named by Name.
+func (l link) ours() bool {
+	_, named := issued.Load(l.name)
+	return named || strings.HasPrefix(l.alias, nsnetMark) || nsnetLinkName.MatchString(l.name)
+}
+
+// ourTable reports whether an nftables table ("table FAMILY NAME") of the
+// machine's namespace may be a leak of the test: nsnet's own.
+func ourTable(table string) bool { return strings.HasSuffix(table, " "+nsnetTable) }
+
+// nsnetTable is internal/nft.TableName (not imported: nft's tests import
+// nstest).
+const nsnetTable = "nsnet"
+
+// ourNamed reports whether the named namespace name of the machine's run
+// directory may be a leak of the test: named by Name, or one of the
+// namespaces the fixtures made.
+func ourNamed(name string) bool {
+	_, ok := issued.Load(name)
+	return ok
+}
+
+// A MachineOption changes what Machine checks.
+type MachineOption int
+
+// Strict makes Machine report every link, nftables table and named
+// namespace that appeared in the machine's namespace during the test,
+// whoever made it: the check to use on a machine where nothing else runs
+// (CI). Without it, Machine reports only what the test could have leaked
+// (see Machine). NSTEST_STRICT=1 in the environment makes every check
+// strict, including those of Host.
+const Strict MachineOption = 1
+
+func dirPath(d netns.Dir) string {
+	if d == "" {
+		return netns.DefaultDir
+	}
+	return string(d)
+}
+
+func strictEnv() bool { return os.Getenv("NSTEST_STRICT") == "1" }
+
+func (before machine) check(t testing.TB, strict bool) {
 	t.Helper()
 	after, err := readMachine()
 	if err != nil {
 		t.Errorf("nstest: reading the machine's own namespace: %v", err)
 		return
 	}
-	leaks := after.minus(before.state)
-	for _, n := range after.named {
-		if !slices.Contains(before.named, n) {
-			leaks += fmt.Sprintf("  named namespace %s\n", filepath.Join(netns.DefaultDir, n))
+	var leaks strings.Builder
+	for _, l := range after.links {
+		if !slices.Contains(before.links, l) && (strict || l.ours()) {
+			fmt.Fprintf(&leaks, "  link %s\n", l.name)
 		}
 	}
-	if leaks != "" {
-		t.Errorf("nstest: the machine's own namespace changed during the test:\n%s", leaks)
+	for _, tb := range after.tables {
+		if !slices.Contains(before.tables, tb) && (strict || ourTable(tb)) {
+			fmt.Fprintf(&leaks, "  nftables %s\n", tb)
+		}
+	}
+	for _, n := range after.named {
+		if !slices.Contains(before.named, n) && (strict || ourNamed(n)) {
+			fmt.Fprintf(&leaks, "  named namespace %s\n", filepath.Join(dirPath(machineEnv.dir), n))
+		}
+	}
+	if leaks.Len() > 0 {
+		t.Errorf("nstest: the machine's own namespace changed during the test:\n%s", leaks.String())
 	}
 }
 
@@ -217,6 +300,9 @@ func Main(m *testing.M) {
 		r.Close()
 		w.Close()
 	}
+	// And the machine check's handle of the process's namespace, which
+	// lives as long as the process.
+	readMachine()
 	fds := countFDs()
 	goroutines := countGoroutines()
 

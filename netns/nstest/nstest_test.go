@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/vishvananda/netlink"
 )
@@ -56,10 +57,25 @@ func TestHostReportsLeaks(t *testing.T) {
 	if err := h.AddrAdd(br, &netlink.Addr{IPNet: netlink.NewIPNet(netip.MustParseAddr("203.0.113.1").AsSlice())}); err != nil {
 		t.Fatal(err)
 	}
-	got := rec.finish()
-	if !strings.Contains(got, "link "+name) || !strings.Contains(got, "address 203.0.113.1/32") {
-		t.Fatalf("leak report = %q, want the link and the address", got)
+	if err := h.LinkSetUp(br); err != nil {
+		t.Fatal(err)
 	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: br.Index, Dst: netlink.NewIPNet(netip.MustParseAddr("203.0.113.7").AsSlice())}); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.NFTables(func(c *nftables.Conn) error {
+		c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "left"})
+		return c.Flush()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.finish()
+	for _, want := range []string{"link " + name, "address 203.0.113.1/32", "route 203.0.113.7/32 dev", "nftables table inet left"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("leak report = %q, want %q", got, want)
+		}
+	}
+
 }
 
 func TestHostCleanReportsNothing(t *testing.T) {
