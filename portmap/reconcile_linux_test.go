@@ -12,7 +12,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/nsnet/nsnet/bridge"
-	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
 )
@@ -33,8 +32,8 @@ func TestReconcile(t *testing.T) {
 	m := w.publish(t, portmap.Mapping{HostPort: 8080, CtrAddr: webAddr, CtrPort: 80, ID: "web"})
 	published := netip.AddrPortFrom(w.out.HostAddr.Addr(), 8080)
 	state := portmap.State{
-		Networks: []bridge.Config{a.Config(), b.Config()},
-		Masquerade: []nat.Network{
+		Networks: []portmap.Network{networkOf(a), networkOf(b)},
+		Masquerade: []portmap.Masquerade{
 			{Bridge: a.Config().Bridge, Subnets: []netip.Prefix{netip.MustParsePrefix("10.45.0.0/24")}},
 			{Bridge: b.Config().Bridge, Subnets: []netip.Prefix{netip.MustParsePrefix("10.46.0.0/24")}},
 		},
@@ -132,4 +131,14 @@ func TestReconcile(t *testing.T) {
 	if got, err := w.mp.List(t.Context()); err != nil || len(got) != 1 {
 		t.Errorf("List after a refused Reconcile: %v, %v", got, err)
 	}
+}
+
+// networkOf is what Reconcile needs of a bridge network.
+func networkOf(n *bridge.Network) portmap.Network {
+	c := n.Config()
+	pn := portmap.Network{Bridge: c.Bridge, Internal: c.Internal, DisableICC: c.DisableICC}
+	for _, s := range c.Subnets {
+		pn.Subnets = append(pn.Subnets, s.Subnet)
+	}
+	return pn
 }
