@@ -3,6 +3,7 @@ package portmap_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -11,8 +12,11 @@ import (
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/nat"
+	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkPublish publishes and unpublishes one mapping on a host that
@@ -35,7 +39,7 @@ func BenchmarkPublish(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer n.Delete(context.Background(), true)
-			mp := portmap.New(host, portmap.Config{})
+			mp := newMapper(b, host, portmap.Config{})
 			defer mp.Close()
 			ctr := netip.MustParseAddr("172.31.0.2")
 			for i := range existing {
@@ -67,6 +71,53 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkUDP publishes and unpublishes one UDP mapping on a host whose
+// conntrack table holds 10 or 10,000 entries already (UDP flows inserted
+// through conntrack netlink in the sandbox host), and reports the median of
+// each.
+//
+//	go test -run '^$' -bench UDP -benchmem ./portmap/
+func BenchmarkUDP(b *testing.B) {
+	for _, entries := range []int{10, 10000} {
+		b.Run(fmt.Sprint("conntrack=", entries), func(b *testing.B) {
+			host := nstest.Host(b)
+			h, err := host.Netlink()
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := range entries {
+				src := net.IPv4(10, 9, byte(i>>8), byte(i))
+				dst := net.IPv4(10, 8, 0, 1)
+				f := &netlink.ConntrackFlow{FamilyType: unix.AF_INET, TimeOut: 600,
+					Forward: netlink.IPTuple{SrcIP: src, DstIP: dst, Protocol: unix.IPPROTO_UDP, SrcPort: 1000 + uint16(i%50000), DstPort: 53},
+					Reverse: netlink.IPTuple{SrcIP: dst, DstIP: src, Protocol: unix.IPPROTO_UDP, SrcPort: 53, DstPort: 1000 + uint16(i%50000)}}
+				if err := h.ConntrackCreate(netlink.ConntrackTable, netlink.FAMILY_V4, f); err != nil {
+					b.Fatalf("conntrack entry %d: %v", i, err)
+				}
+			}
+			mp := newMapper(b, host, portmap.Config{})
+			defer mp.Close()
+			ctr := netip.MustParseAddr("172.31.0.2")
+			pub := make([]time.Duration, 0, b.N)
+			unpub := make([]time.Duration, 0, b.N)
+			for i := 0; b.Loop(); i++ {
+				m := portmap.Mapping{Proto: "udp", HostPort: 40000 + i%20000, CtrAddr: ctr, CtrPort: 53, ID: "bench"}
+				t0 := time.Now()
+				if _, err := mp.Add(b.Context(), m); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := mp.Remove(b.Context(), m); err != nil {
+					b.Fatal(err)
+				}
+				pub, unpub = append(pub, t1.Sub(t0)), append(unpub, time.Since(t1))
+			}
+			b.ReportMetric(median(pub), "publish-ms")
+			b.ReportMetric(median(unpub), "unpublish-ms")
 		})
 	}
 }
@@ -120,4 +171,9 @@ func median(ds []time.Duration) float64 {
 	}
 	slices.Sort(ds)
 	return float64(ds[len(ds)/2]) / float64(time.Millisecond)
+}
+
+func newMapper(tb testing.TB, host *netns.NS, cfg portmap.Config) *portmap.Mapper {
+	tb.Helper()
+	return portmap.New(host, cfg)
 }

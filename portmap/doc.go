@@ -32,14 +32,40 @@
 //   - Traffic routed into a bridge that is neither a reply nor DNATed is
 //     dropped: a machine on the uplink that routes a container subnet to the
 //     host reaches no port that was not published.
-//   - Remove deletes the mapping's elements, then its conntrack entries, so
-//     a running UDP stream stops reaching the container at once. Add deletes
-//     the entries of a UDP port it publishes, so that a client that sent to
-//     the port before does not keep missing the container.
+//   - Remove of a UDP or SCTP mapping deletes the mapping's elements, then
+//     its conntrack entries, so a running UDP stream stops reaching the
+//     container at once. Add deletes the entries of a UDP port it
+//     publishes, so that a client that sent to the port before does not
+//     keep missing the container. Both match exactly: the protocol, the
+//     host's own address (the mapping's, or each local address of its
+//     family) and the port; a container's traffic to the same port of
+//     another machine keeps its entries. See Conntrack for TCP.
 //   - When an nftables transaction is reported as failed, Add reads the
 //     table back and acts on what is there: the kernel may have applied it.
 //   - Take the rules away before the links: Remove a container's mappings
 //     before it is detached, as Docker does.
+//
+// # Conntrack
+//
+// TCP mappings need no conntrack work, which keeps Remove (a container's
+// detach) to one nftables transaction:
+//
+//   - Add: an entry for the host port without DNAT is either a connection
+//     to a program of the host that is still open (its packets must keep
+//     going to it: deleting it would break it), or a dead attempt, closed by
+//     the host's RST. The port was free (Add reserves it), so no new
+//     connection can be established locally; and a new SYN that meets a
+//     closed entry makes the kernel drop that entry and track the SYN
+//     afresh, through the nat chains and so the DNAT.
+//   - Remove: established connections through the mapping run on until
+//     they end, as with Docker, which deletes only UDP entries: the
+//     container's stop or detach ends them, and their packets are then
+//     forwarded to no interface of nsnet's and dropped.
+//
+// UDP has no connection to end: an entry lives as long as packets keep
+// coming, so a stream that started before a change would never see it.
+// UDP (and SCTP, on Remove) mappings delete their entries, which the kernel
+// can only find by walking its whole conntrack table (see Performance).
 //
 // # Port reservation
 //
