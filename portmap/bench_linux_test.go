@@ -175,5 +175,9 @@ func median(ds []time.Duration) float64 {
 
 func newMapper(tb testing.TB, host *netns.NS, cfg portmap.Config) *portmap.Mapper {
 	tb.Helper()
-	return portmap.New(host, cfg)
+	mp, err := portmap.New(host, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return mp
 }

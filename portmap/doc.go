@@ -3,7 +3,7 @@
 // container's address and port, by nftables rules in nsnet's own table
 // ("inet nsnet") of the host namespace.
 //
-//	mp := portmap.New(host, portmap.Config{})
+//	mp, err := portmap.New(host, portmap.Config{})
 //	defer mp.Close()
 //	m, err := mp.Add(ctx, portmap.Mapping{HostPort: 8080, CtrAddr: ctr, CtrPort: 80, ID: "web"}) // -p 8080:80
 //	...

@@ -21,10 +21,18 @@ import (
 
 // Config configures a Mapper.
 type Config struct {
-	// EphemeralPorts is the range ephemeral host ports come from; zero:
-	// 32768 to 60999 (Linux's default ip_local_port_range, which Docker
-	// uses).
+	// EphemeralPorts is the range ephemeral host ports come from, first
+	// and last, within 1 to 65535; zero: 32768 to 60999 (Linux's default
+	// ip_local_port_range, which Docker uses).
 	EphemeralPorts [2]int
+}
+
+// Validate checks c without touching the kernel.
+func (c Config) Validate() error {
+	if r := c.EphemeralPorts; r != [2]int{} && (r[0] < 1 || r[1] > 65535 || r[0] > r[1]) {
+		return &ValidationError{"EphemeralPorts", r, "not a range of ports within 1 to 65535, first to last"}
+	}
+	return nil
 }
 
 // Mapper publishes ports in one host namespace and holds their
@@ -113,12 +121,29 @@ type resKey struct {
 	port  int
 }
 
-// New returns a Mapper for host.
-func New(host *netns.NS, cfg Config) *Mapper {
+// New returns a Mapper for host. Errors: *ValidationError for a nil host
+// or a bad Config.
+func New(host *netns.NS, cfg Config) (*Mapper, error) {
+	if host == nil {
+		return nil, &ValidationError{"host", nil, "no namespace"}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.EphemeralPorts == [2]int{} {
 		cfg.EphemeralPorts = [2]int{32768, 60999}
 	}
-	return &Mapper{host: host, cfg: cfg, reserved: map[resKey]io.Closer{}}
+	return &Mapper{host: host, cfg: cfg, reserved: map[resKey]io.Closer{}}, nil
+}
+
+// ErrNoMapper: a method was called on a nil Mapper or one not made by New.
+var ErrNoMapper = errors.New("portmap: nil or zero Mapper (make it with New)")
+
+func (mp *Mapper) ok() error {
+	if mp == nil || mp.host == nil || mp.reserved == nil {
+		return ErrNoMapper
+	}
+	return nil
 }
 
 // elems are the table elements of m, one per port.
@@ -155,6 +180,9 @@ func overlaps(e, n nft.Mapping) bool {
 // is published for an overlapping address; ErrPortInUse if a program of the
 // host holds it.
 func (mp *Mapper) Add(ctx context.Context, m Mapping) (Mapping, error) {
+	if err := mp.ok(); err != nil {
+		return Mapping{}, err
+	}
 	if err := m.Validate(); err != nil {
 		return Mapping{}, err
 	}
@@ -358,6 +386,9 @@ func (mp *Mapper) forget(m Mapping) error {
 // a running UDP stream stops reaching the old container, then its
 // reservations. A mapping that is not there is no error.
 func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
 	m.Proto = m.proto()
 	if _, ok := protos[m.Proto]; !ok {
 		return &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}
@@ -386,11 +417,17 @@ func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
 // List reads the mappings back from the table, one per port, ordered by
 // protocol, host address and port.
 func (mp *Mapper) List(ctx context.Context) ([]Mapping, error) {
+	if err := mp.ok(); err != nil {
+		return nil, err
+	}
 	return List(ctx, mp.host)
 }
 
 // List reads the mappings of host back from nsnet's table, one per port.
 func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
+	if host == nil {
+		return nil, &ValidationError{"host", nil, "no namespace"}
+	}
 	elems, err := nft.Mappings(ctx, host)
 	if err != nil {
 		return nil, err
@@ -421,6 +458,9 @@ func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
 // Reserve takes the reservations of mappings that exist already, for a
 // process that restarted and found them with List.
 func (mp *Mapper) Reserve(m Mapping) error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
 	if err := m.Validate(); err != nil {
 		return err
 	}
@@ -432,6 +472,9 @@ func (mp *Mapper) Reserve(m Mapping) error {
 
 // Close releases every reservation. The mappings stay.
 func (mp *Mapper) Close() error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	for k, c := range mp.reserved {
