@@ -45,6 +45,13 @@
 //   - Take the rules away before the links: Remove a container's mappings
 //     before it is detached, as Docker does.
 //
+// # Forwarding
+//
+// A DNATed packet is forwarded to the container, so Add turns on IPv4 (for
+// an IPv6 mapping, IPv6) forwarding in the host namespace where it is off,
+// as dockerd does, whether or not the network was given to nat.Masquerade.
+// Remove leaves it on: other mappings and networks may need it.
+//
 // # Conntrack
 //
 // TCP mappings need no conntrack work, which keeps Remove (a container's

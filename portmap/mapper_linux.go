@@ -287,6 +287,9 @@ func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
 			return err
 		}
 	}
+	if err := mp.forwarding(m.CtrAddr.Is6()); err != nil {
+		return err
+	}
 	err := nft.AddMappings(ctx, mp.host, elems)
 	if err != nil {
 		have, rerr := nft.Mappings(context.WithoutCancel(ctx), mp.host)
@@ -305,6 +308,20 @@ func contains(have, want []nft.Mapping) bool {
 		}
 	}
 	return true
+}
+
+// forwarding turns on IPv4 (or IPv6) forwarding in the host namespace, as
+// dockerd does: a DNATed packet is forwarded to the container. It reads the
+// sysctl first, so that a host where it is on already sees no write.
+func (mp *Mapper) forwarding(v6 bool) error {
+	key := "net.ipv4.ip_forward"
+	if v6 {
+		key = "net.ipv6.conf.all.forwarding"
+	}
+	if v, err := mp.host.Sysctl(key); err == nil && v == "1" {
+		return nil
+	}
+	return mp.host.SetSysctl(key, "1")
 }
 
 // localnet lets packets from 127.0.0.1 that are DNATed to the container

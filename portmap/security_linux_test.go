@@ -278,3 +278,24 @@ func TestIPv6(t *testing.T) {
 		t.Errorf("List: %d mappings, want 2", len(ms))
 	}
 }
+
+// TestForwardingWithoutMasquerade: a port published on a host where no
+// network was given to nat.Masquerade (so nothing turned forwarding on)
+// is reached from outside: Add turns forwarding on, as dockerd does.
+func TestForwardingWithoutMasquerade(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	n, err := bridge.New(t.Context(), w.host, w.alloc, bridge.Config{Name: "a",
+		Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("10.55.0.0/24")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Delete(context.Background(), true) })
+	web, webAddr := w.container(t, n, "web")
+	nstest.Serve(t, web, "tcp", "0.0.0.0:80")
+	if v, err := w.host.Sysctl("net.ipv4.ip_forward"); err != nil || v != "0" {
+		t.Fatalf("ip_forward before Add: %q, %v; the test needs it off to mean anything", v, err)
+	}
+	w.publish(t, portmap.Mapping{HostPort: 8090, CtrAddr: webAddr, CtrPort: 80})
+	reach(t, "a published port without masquerade", w.out.NS, "tcp", netip.AddrPortFrom(w.out.HostAddr.Addr(), 8090))
+}
