@@ -299,3 +299,35 @@ func TestForwardingWithoutMasquerade(t *testing.T) {
 	w.publish(t, portmap.Mapping{HostPort: 8090, CtrAddr: webAddr, CtrPort: 80})
 	reach(t, "a published port without masquerade", w.out.NS, "tcp", netip.AddrPortFrom(w.out.HostAddr.Addr(), 8090))
 }
+
+// TestUnpublishKeepsOtherEntries: publishing and unpublishing a UDP port
+// on every address of the host deletes the conntrack entries addressed to
+// the host on that port, and no others: a container's own stream to the
+// same port of a machine outside keeps its entry (and so its masquerade).
+func TestUnpublishKeepsOtherEntries(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.56.0.0/24")
+	client, _ := w.container(t, a, "client")
+	_, webAddr := w.container(t, a, "web")
+	nstest.Serve(t, w.out.NS, "udp", w.out.Addr.String()+":5360")
+	reach(t, "the outside's UDP server on 5360", client, "udp", netip.AddrPortFrom(w.out.Addr, 5360))
+	toOutside := func() int {
+		return countFlows(t, w, func(f *netlink.ConntrackFlow) bool {
+			return f.Forward.DstPort == 5360 && f.Forward.DstIP.Equal(w.out.Addr.AsSlice())
+		})
+	}
+	if n := toOutside(); n == 0 {
+		t.Fatal("no conntrack entry of the container's stream to the outside")
+	}
+	m := w.publish(t, portmap.Mapping{Proto: "udp", HostPort: 5360, CtrAddr: webAddr, CtrPort: 53})
+	if n := toOutside(); n == 0 {
+		t.Error("publishing udp 5360 deleted the container's entry to the outside's port 5360")
+	}
+	if err := w.mp.Remove(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	if n := toOutside(); n == 0 {
+		t.Error("unpublishing udp 5360 deleted the container's entry to the outside's port 5360")
+	}
+}
