@@ -331,3 +331,56 @@ func TestUnpublishKeepsOtherEntries(t *testing.T) {
 		t.Error("unpublishing udp 5360 deleted the container's entry to the outside's port 5360")
 	}
 }
+
+// TestDNATOnlyIntoNetworks: a network is deleted while its container's
+// mapping is still in the table; a packet to the published port is DNATed
+// to the container's old address, which the host now routes out of its
+// uplink: it must be dropped, not sent to whoever holds that address
+// outside.
+func TestDNATOnlyIntoNetworks(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.57.0.0/24")
+	b := w.network(t, "b", "10.58.0.0/24")
+	_, webAddr := w.container(t, a, "web")
+	client, _ := w.container(t, b, "client")
+	w.publish(t, portmap.Mapping{Proto: "udp", HostPort: 8095, CtrAddr: webAddr, CtrPort: 80})
+	if err := a.Delete(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+
+	// Outside, a machine holds the old container address.
+	h, err := w.out.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(webAddr, 32))}
+	if err := h.AddrAdd(lo, held); err != nil {
+		t.Fatal(err)
+	}
+	defer h.AddrDel(lo, held)
+	rec, err := w.out.NS.ListenPacket("udp4", netip.AddrPortFrom(webAddr, 80).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec.Close()
+
+	c, err := client.Dial(t.Context(), &net.Dialer{}, "udp4", netip.AddrPortFrom(b.Config().Subnets[0].Gateway, 8095).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, from, err := rec.ReadFrom(make([]byte, 16)); err == nil {
+		t.Errorf("a packet for the deleted network's mapping left through the uplink (from %s)", from)
+	}
+}

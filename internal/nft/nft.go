@@ -28,6 +28,7 @@ const TableName = "nsnet"
 //	    jump user
 //	    iifname . oifname @noicc drop; iifname . oifname @same accept
 //	    iifname @internal drop; oifname @internal drop
+//	    ct status dnat ct direction original oifname != @bridges drop
 //	    ct status dnat accept                      # published ports
 //	    iifname @bridges oifname @bridges drop     # isolation
 //	    oifname @bridges ct state established,related accept
