@@ -28,7 +28,13 @@
 //     host runs on localhost, is reachable from the host only, even from a
 //     neighbour or a container that routes 127.0.0.1 at the host.
 //     route_localnet, which the host's own access to such a mapping needs,
-//     is turned on for the container's bridge only.
+//     is turned on for the interface towards the container only, and only
+//     while a mapping that covers 127.0.0.1 has its container behind it:
+//     Remove turns it off with the last. The table records the interfaces
+//     it is on for, and stays (with the guard) while any is recorded.
+//   - A DNATed connection is forwarded only into nsnet's bridges: a
+//     mapping left behind by a deleted network does not send outside
+//     traffic on to wherever the host now routes the old container address.
 //   - Traffic routed into a bridge that is neither a reply nor DNATed is
 //     dropped: a machine on the uplink that routes a container subnet to the
 //     host reaches no port that was not published.

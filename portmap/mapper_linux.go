@@ -276,8 +276,13 @@ func (mp *Mapper) pick(m Mapping) (Mapping, error) {
 // applied a batch reported as failed.
 func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
 	elems := m.elems()
-	if err := mp.localnet(m); err != nil {
+	lnet, err := mp.localnet(m)
+	if err != nil {
 		return err
+	}
+	var lnets []string
+	if lnet != "" {
+		lnets = append(lnets, lnet)
 	}
 	// A UDP client that sent to the port before the mapping existed has a
 	// conntrack entry without DNAT that would keep its packets from the
@@ -290,7 +295,7 @@ func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
 	if err := mp.forwarding(m.CtrAddr.Is6()); err != nil {
 		return err
 	}
-	err := nft.AddMappings(ctx, mp.host, elems)
+	err = nft.AddMappings(ctx, mp.host, elems, lnets...)
 	if err != nil {
 		have, rerr := nft.Mappings(context.WithoutCancel(ctx), mp.host)
 		if rerr == nil && contains(have, elems) {
@@ -324,27 +329,127 @@ func (mp *Mapper) forwarding(v6 bool) error {
 	return mp.host.SetSysctl(key, "1")
 }
 
-// localnet lets packets from 127.0.0.1 that are DNATed to the container
-// leave through its bridge (route_localnet on that interface only), for a
-// mapping that covers 127.0.0.1. nsnet's table drops packets for
-// 127.0.0.0/8 that did not come in on lo, which is what makes this safe.
-func (mp *Mapper) localnet(m Mapping) error {
-	if !m.CtrAddr.Is4() || m.HostAddr.IsValid() && !m.HostAddr.IsLoopback() {
-		return nil
-	}
+// coversLoopback reports whether m catches packets for 127.0.0.1.
+func (m Mapping) coversLoopback() bool {
+	return m.CtrAddr.Is4() && (!m.HostAddr.IsValid() || m.HostAddr.IsLoopback())
+}
+
+// linkTo returns the interface the host routes ctr out of, nil if none.
+func (mp *Mapper) linkTo(ctr netip.Addr) netlink.Link {
 	h, err := mp.host.Netlink()
 	if err != nil {
-		return err
+		return nil
 	}
-	routes, err := h.RouteGet(m.CtrAddr.AsSlice())
+	routes, err := h.RouteGet(ctr.AsSlice())
 	if err != nil || len(routes) == 0 {
-		return nil // no route to the container (yet): nothing to do
+		return nil
 	}
 	l, err := h.LinkByIndex(routes[0].LinkIndex)
 	if err != nil {
 		return nil
 	}
-	return mp.host.SetSysctl("net/ipv4/conf/"+l.Attrs().Name+"/route_localnet", "1")
+	return l
+}
+
+// localnet lets packets from 127.0.0.1 that are DNATed to the container
+// leave through the interface towards it (route_localnet on that interface
+// only), for a mapping that covers 127.0.0.1, and returns the interface's
+// name for the table's record ("" if none). nsnet's table drops packets for
+// 127.0.0.0/8 that did not come in on lo, which is what makes this safe;
+// the table stays while the record has an interface.
+func (mp *Mapper) localnet(m Mapping) (string, error) {
+	if !m.coversLoopback() {
+		return "", nil
+	}
+	l := mp.linkTo(m.CtrAddr)
+	if l == nil {
+		return "", nil // no route to the container (yet): nothing to do
+	}
+	name := l.Attrs().Name
+	return name, mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1")
+}
+
+// unLocalnet returns the interface whose route_localnet the removal of
+// gone leaves without a mapping that needs it ("" if none): no mapping of
+// the index that covers 127.0.0.1 has its container behind it.
+func (mp *Mapper) unLocalnet(gone []nft.Mapping) string {
+	var ctr netip.Addr
+	for _, e := range gone {
+		if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) && e.CtrAddr.IsValid() && !e.CtrAddr.IsUnspecified() {
+			ctr = e.CtrAddr
+		}
+	}
+	if !ctr.IsValid() {
+		return ""
+	}
+	l := mp.linkTo(ctr)
+	if l == nil {
+		return ""
+	}
+	routes, err := mp.host.Routes(netlink.FAMILY_V4)
+	if err != nil {
+		return ""
+	}
+	var behind []netip.Prefix
+	for _, r := range routes {
+		if r.LinkIndex == l.Attrs().Index && r.Dst != nil {
+			if p, ok := netipx(r.Dst); ok {
+				behind = append(behind, p)
+			}
+		}
+	}
+	for _, es := range mp.index {
+		for _, e := range es {
+			if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) &&
+				slices.ContainsFunc(behind, func(p netip.Prefix) bool { return p.Contains(e.CtrAddr) }) {
+				return ""
+			}
+		}
+	}
+	return l.Attrs().Name
+}
+
+// unLocalnets turns route_localnet off on the interface that the removal
+// of gone leaves without a mapping that needs it, if nsnet turned it on,
+// and returns the interfaces to take off the table's record: that one, and
+// those that no longer exist.
+func (mp *Mapper) unLocalnets(ctx context.Context, gone []nft.Mapping) ([]string, error) {
+	if !slices.ContainsFunc(gone, func(e nft.Mapping) bool {
+		return e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback())
+	}) {
+		return nil, nil
+	}
+	rec, err := nft.Localnet(ctx, mp.host)
+	if err != nil || len(rec) == 0 {
+		return nil, err
+	}
+	h, err := mp.host.Netlink()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	name := mp.unLocalnet(gone)
+	for _, r := range rec {
+		var notFound netlink.LinkNotFoundError
+		if _, err := h.LinkByName(r); errors.As(err, &notFound) {
+			out = append(out, r) // gone with its link
+		} else if r == name {
+			if err := mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "0"); err != nil {
+				return nil, err
+			}
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func netipx(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // forget deletes the conntrack entries of m's host ports that are
@@ -418,11 +523,30 @@ func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
-	if err := nft.RemoveMappings(ctx, mp.host, m.elems()); err != nil {
+	if err := mp.load(ctx); err != nil {
+		return err
+	}
+	// The elements as the index has them (with their containers), then
+	// route_localnet off where no mapping left needs it, before the
+	// table (and the guard with it) may go.
+	var gone []nft.Mapping
+	for _, n := range m.elems() {
+		for _, e := range mp.index[keyOf(n)] {
+			if e.HostAddr == n.HostAddr {
+				gone = append(gone, e)
+			}
+		}
+	}
+	mp.indexRemove(gone)
+	lnets, err := mp.unLocalnets(ctx, gone)
+	if err != nil {
 		mp.index = nil
 		return err
 	}
-	mp.indexRemove(m.elems())
+	if err := nft.RemoveMappings(ctx, mp.host, m.elems(), lnets...); err != nil {
+		mp.index = nil
+		return err
+	}
 	mp.release(m)
 	// TCP needs no conntrack work: see doc.go, Conntrack.
 	if m.Proto != "tcp" {

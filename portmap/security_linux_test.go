@@ -15,6 +15,7 @@ import (
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
+	"github.com/nsnet/nsnet/veth"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -383,4 +384,68 @@ func TestDNATOnlyIntoNetworks(t *testing.T) {
 	if _, from, err := rec.ReadFrom(make([]byte, 16)); err == nil {
 		t.Errorf("a packet for the deleted network's mapping left through the uplink (from %s)", from)
 	}
+}
+
+// TestLocalnetEndsWithMapping: route_localnet, which a mapping covering
+// 127.0.0.1 turns on for the interface towards its container, is turned
+// off when the last such mapping goes. Here the container is behind a
+// plain veth (no nsnet network), so the table, and the guard that drops
+// packets for 127.0.0.0/8 from anywhere but lo, goes with the last
+// mapping: a route_localnet left on would let the container reach the
+// host's 127.0.0.1 services.
+func TestLocalnetEndsWithMapping(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctr := nstest.Container(t, w.host)
+	ends, err := veth.Pair(t.Context(), w.host, veth.Config{Name: "vrl0", Up: true, Peer: veth.End{NS: ctr, Name: "eth0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, ctrAddr := netip.MustParseAddr("10.59.0.1"), netip.MustParseAddr("10.59.0.2")
+	for _, e := range []struct {
+		ns   *netns.NS
+		name string
+		addr netip.Addr
+	}{{w.host, ends.Host.Name, gw}, {ctr, "eth0", ctrAddr}} {
+		h, err := e.ns.Netlink()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := h.LinkByName(e.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(e.addr, 24))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if h, err := w.host.Netlink(); err == nil {
+			if l, err := h.LinkByName("vrl0"); err == nil {
+				h.LinkDel(l)
+			}
+		}
+	})
+	nstest.Serve(t, w.host, "tcp", "127.0.0.1:9998")
+	m, err := w.mp.Add(t.Context(), portmap.Mapping{HostPort: 8096, CtrAddr: ctrAddr, CtrPort: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "net/ipv4/conf/vrl0/route_localnet"
+	if v, err := w.host.Sysctl(key); err != nil || v != "1" {
+		t.Fatalf("route_localnet with the mapping: %q, %v; the test needs it on to mean anything", v, err)
+	}
+	routeLoopbackVia(t, ctr, "eth0", gw)
+	noReach(t, "the host's 127.0.0.1 service from the container, with the mapping", ctr, "tcp", netip.MustParseAddrPort("127.0.0.1:9998"))
+
+	if err := w.mp.Remove(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.host.Sysctl(key); err != nil || v != "0" {
+		t.Errorf("route_localnet after the last mapping's Remove: %q, %v; want 0", v, err)
+	}
+	noReach(t, "the host's 127.0.0.1 service from the container, after Remove", ctr, "tcp", netip.MustParseAddrPort("127.0.0.1:9998"))
 }

@@ -24,7 +24,9 @@ type State struct {
 func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 	return rebuild(ctx, host, "nft.reconcile", func(c *nftables.Conn, sc *schema) error {
 		for _, s := range sc.sets() {
-			c.FlushSet(s)
+			if s != sc.localnet { // the kernel's state, not the caller's
+				c.FlushSet(s)
+			}
 		}
 		for _, n := range st.Networks {
 			if err := addNetwork(c, sc, n); err != nil {
