@@ -77,8 +77,16 @@
 //
 // UDP has no connection to end: an entry lives as long as packets keep
 // coming, so a stream that started before a change would never see it.
-// UDP (and SCTP, on Remove) mappings delete their entries, which the kernel
-// can only find by walking its whole conntrack table (see Performance).
+// UDP (and SCTP, on Remove) mappings delete their entries. The kernel
+// selects them: each filter (protocol, port, and the host address, or for
+// a mapping on every address the DNAT to its container on Remove, each
+// local address on Add) is one conntrack flush with CTA_FILTER (Linux
+// 6.12), which deletes what matches without copying anything out. More
+// than 16 filters at once, or an older kernel (5.10), take one dump per
+// family and protocol, filtered by the kernel, and delete each match by
+// its exact tuple, zone and ID. Either way the kernel walks its whole
+// conntrack table, which no request can avoid: it has no index but the
+// full tuple (see Performance).
 //
 // # Port reservation
 //
@@ -129,9 +137,10 @@
 // Publishing and unpublishing a TCP port cost the same at 10,000 mappings
 // as at 10: conflicts are checked against the Mapper's index, the kernel
 // adds or deletes one map element, and there is no conntrack work (see
-// Conntrack). A UDP port's conntrack cleanup walks the kernel's conntrack
-// hash table, which is the whole machine's (262,144 buckets here), and
-// reads the namespace's entries: it grows with them. Removing a network's
+// Conntrack). A UDP port's conntrack cleanup is one kernel walk of the
+// conntrack hash table, which is the whole machine's (262,144 buckets
+// here): about 0.3 ms with few entries, and 0.17 µs per entry beyond, 2
+// ms at 10,000; nothing is copied out. Removing a network's
 // masquerade reads which subnets are its, one element per masqueraded
 // subnet of the host.
 package portmap

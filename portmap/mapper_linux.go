@@ -49,6 +49,11 @@ type Mapper struct {
 	// 10,000. Nil: to be read again (after a failure, or a conflict that
 	// another Mapper's reservation revealed).
 	index map[portKey][]nft.Mapping
+	// ct is the ctnetlink socket in the host namespace, opened on first
+	// use (see conntrack_linux.go).
+	ct *ctSocket
+	// ctNoFlush: the kernel has no filtered conntrack flush (before 6.12).
+	ctNoFlush bool
 }
 
 // portKey is what overlapping mappings share.
@@ -288,7 +293,7 @@ func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
 	// conntrack entry without DNAT that would keep its packets from the
 	// container; TCP has none to fear, as the port was free (reserved).
 	if m.Proto == "udp" {
-		if err := mp.forget(m); err != nil {
+		if err := mp.forget(elems, false); err != nil {
 			return err
 		}
 	}
@@ -452,55 +457,70 @@ func netipx(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
-// forget deletes the conntrack entries of m's host ports that are
-// addressed to the host: by protocol, the host's own address (m's, or every
-// local address of m's family for a mapping on every address) and port,
-// never wider, so that a container's own traffic to the same port of
-// another machine keeps its entries.
-//
-// The kernel has no index for that: it walks its conntrack hash table,
-// which is the whole machine's (262,144 buckets on the project's machine:
-// about 5 ms). Only UDP and SCTP mappings call it (see doc.go, Conntrack).
-func (mp *Mapper) forget(m Mapping) error {
-	h, err := mp.host.Netlink()
-	if err != nil {
-		return err
-	}
-	fam := netlink.FAMILY_V4
-	if m.CtrAddr.Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	dsts := []netip.Addr{m.HostAddr}
-	if !m.HostAddr.IsValid() {
-		addrs, err := mp.host.Addrs(nil, fam)
-		if err != nil {
-			return err
+// forget deletes the conntrack entries of the UDP and SCTP elements that
+// are addressed to the host (see conntrackFilters), in one pass.
+func (mp *Mapper) forget(elems []nft.Mapping, removing bool) error {
+	var fs []ctFilter
+	local := map[bool]map[netip.Addr]bool{}
+	for _, e := range elems {
+		if e.Proto == unix.IPPROTO_TCP {
+			continue
 		}
-		dsts = dsts[:0]
-		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok {
-				dsts = append(dsts, ip.Unmap())
-			}
-		}
-	}
-	var filters []netlink.CustomConntrackFilter
-	for _, e := range m.elems() {
-		for _, dst := range dsts {
-			f := &netlink.ConntrackFilter{}
-			if err := errors.Join(f.AddProtocol(e.Proto), f.AddPort(netlink.ConntrackOrigDstPort, e.HostPort),
-				f.AddIP(netlink.ConntrackOrigDstIP, dst.AsSlice())); err != nil {
+		v6 := e.CtrAddr.Is6()
+		if !e.HostAddr.IsValid() && local[v6] == nil {
+			var err error
+			if local[v6], err = mp.localAddrs(v6); err != nil {
 				return err
 			}
-			filters = append(filters, f)
+		}
+		fs = append(fs, conntrackFilters(e, removing, local[v6])...)
+	}
+	return mp.ctForget(fs)
+}
+
+// conntrackFilters select the conntrack entries of e's host port that are
+// addressed to the host, never wider, so that a container's own traffic to
+// the same port of another machine keeps its entries: by protocol and
+// port, and by e's host address, or for a mapping on every address, on
+// Remove by the DNAT to e's container (the entries of the mapping), else
+// by each local address of the family (an entry to the host from before
+// the mapping). The kernel selects them: the cost does not grow with the
+// number of entries it copies out. Only UDP and SCTP need it (see doc.go,
+// Conntrack).
+func conntrackFilters(e nft.Mapping, removing bool, local map[netip.Addr]bool) []ctFilter {
+	f := ctFilter{v6: e.CtrAddr.Is6(), proto: e.Proto, dst: e.HostAddr, port: e.HostPort}
+	if e.HostAddr.IsValid() {
+		return []ctFilter{f}
+	}
+	if removing && !e.CtrAddr.IsUnspecified() {
+		f.ctr = netip.AddrPortFrom(e.CtrAddr, e.CtrPort)
+		return []ctFilter{f}
+	}
+	fs := make([]ctFilter, 0, len(local))
+	for a := range local {
+		f.dst = a
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// localAddrs returns the host's addresses of a family.
+func (mp *Mapper) localAddrs(v6 bool) (map[netip.Addr]bool, error) {
+	fam := netlink.FAMILY_V4
+	if v6 {
+		fam = netlink.FAMILY_V6
+	}
+	addrs, err := mp.host.Addrs(nil, fam)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out[ip.Unmap()] = true
 		}
 	}
-	if len(filters) == 0 {
-		return nil
-	}
-	if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(fam), filters...); err != nil {
-		return fmt.Errorf("portmap: delete conntrack entries of %s: %w", m, err)
-	}
-	return nil
+	return out, nil
 }
 
 // Remove unpublishes m (by protocol, host address and ports; the other
@@ -529,13 +549,16 @@ func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
 	// The elements as the index has them (with their containers), then
 	// route_localnet off where no mapping left needs it, before the
 	// table (and the guard with it) may go.
-	var gone []nft.Mapping
+	var gone, forget []nft.Mapping
 	for _, n := range m.elems() {
+		found := n // not in the table: its container is not known
 		for _, e := range mp.index[keyOf(n)] {
 			if e.HostAddr == n.HostAddr {
 				gone = append(gone, e)
+				found = e
 			}
 		}
+		forget = append(forget, found)
 	}
 	mp.indexRemove(gone)
 	lnets, err := mp.unLocalnets(ctx, gone)
@@ -548,11 +571,8 @@ func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
 		return err
 	}
 	mp.release(m)
-	// TCP needs no conntrack work: see doc.go, Conntrack.
-	if m.Proto != "tcp" {
-		return mp.forget(m)
-	}
-	return nil
+	// TCP needs no conntrack work (forget skips it): see doc.go, Conntrack.
+	return mp.forget(forget, true)
 }
 
 // List reads the mappings back from the table, one per port, ordered by
@@ -622,6 +642,7 @@ func (mp *Mapper) Close() error {
 		c.Close()
 		delete(mp.reserved, k)
 	}
+	mp.ctClose()
 	return nil
 }
 
