@@ -185,74 +185,146 @@ func overlaps(e, n nft.Mapping) bool {
 // is published for an overlapping address; ErrPortInUse if a program of the
 // host holds it.
 func (mp *Mapper) Add(ctx context.Context, m Mapping) (Mapping, error) {
+	out, err := mp.addAll(ctx, []Mapping{m})
+	var be *BatchError
+	if errors.As(err, &be) {
+		return Mapping{}, be.Err
+	}
+	if err != nil {
+		return Mapping{}, err
+	}
+	return out[0], nil
+}
+
+// AddAll publishes ms as Add does, all or none: their reservations in one
+// pass, their conntrack cleanup in one (a filtered dump per family where
+// they are many), their elements in one nftables transaction. If one
+// mapping is bad, conflicts (with the host's mappings or another of ms) or
+// cannot be reserved, nothing is published, every reservation AddAll took
+// is released, and the error is a *BatchError that names it and wraps the
+// error Add would return (errors.Is(err, ErrConflict) works). It returns
+// ms with their ephemeral ports, in order.
+func (mp *Mapper) AddAll(ctx context.Context, ms []Mapping) ([]Mapping, error) {
+	return mp.addAll(ctx, ms)
+}
+
+func (mp *Mapper) addAll(ctx context.Context, ms []Mapping) ([]Mapping, error) {
 	if err := mp.ok(); err != nil {
-		return Mapping{}, err
+		return nil, err
 	}
-	if err := m.Validate(); err != nil {
-		return Mapping{}, err
-	}
-	m.Proto = m.proto()
-	if err := mp.hostHas(m.HostAddr); err != nil {
-		return Mapping{}, err
+	ms = slices.Clone(ms)
+	checked := map[netip.Addr]bool{}
+	for i := range ms {
+		if err := ms[i].Validate(); err != nil {
+			return nil, &BatchError{i, ms[i], err}
+		}
+		ms[i].Proto = ms[i].proto()
+		if a := ms[i].HostAddr; !checked[a] {
+			if err := mp.hostHas(a); err != nil {
+				return nil, &BatchError{i, ms[i], err}
+			}
+			checked[a] = true
+		}
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	if err := mp.load(ctx); err != nil {
-		return Mapping{}, err
+		return nil, err
 	}
-	m, err := mp.add(ctx, m)
+	i, err := mp.add(ctx, ms)
 	if errors.Is(err, ErrPortInUse) {
 		// Held by a program, or by another Mapper's reservation for a
 		// mapping this one has not seen: read the table again to tell.
 		mp.index = nil
 		if lerr := mp.load(ctx); lerr != nil {
-			return Mapping{}, errors.Join(err, lerr)
+			return nil, errors.Join(err, lerr)
 		}
-		if m.HostPort != 0 {
+		if m := ms[max(i, 0)]; i >= 0 && m.HostPort != 0 {
 			for _, n := range m.elems() {
 				if e, found, _ := mp.conflict(n); found {
-					return Mapping{}, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
+					err = fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
 				}
 			}
 		}
 	}
-	if err != nil {
-		return Mapping{}, err
+	if err != nil && i >= 0 {
+		return nil, &BatchError{i, ms[i], err}
 	}
-	return m, nil
+	if err != nil {
+		return nil, err
+	}
+	return ms, nil
 }
 
-func (mp *Mapper) add(ctx context.Context, m Mapping) (Mapping, error) {
-	if m.HostPort == 0 {
-		var err error
-		if m, err = mp.pick(m); err != nil {
-			return Mapping{}, err
-		}
-	} else {
-		same := 0
-		for _, n := range m.elems() {
-			e, found, there := mp.conflict(n)
-			if found {
-				return Mapping{}, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
-			}
-			if there {
-				same++
-			}
-		}
-		if same == m.length() { // there already: make sure of its reservation
-			return m, mp.reserve(m)
-		}
-	}
-	if err := mp.reserve(m); err != nil {
-		return m, err
-	}
-	if err := mp.publish(ctx, m); err != nil {
-		mp.release(m)
+// BatchError names the mapping of a batch (AddAll, RemoveAll) that failed
+// it: its index in the batch, the mapping, and the error.
+type BatchError struct {
+	Index   int
+	Mapping Mapping
+	Err     error
+}
+
+func (e *BatchError) Error() string {
+	return fmt.Sprintf("portmap: mapping %d of the batch (%s): %v", e.Index, e.Mapping, e.Err)
+}
+
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// add publishes ms (picking their ephemeral ports in place) and returns,
+// on failure, the index of the mapping at fault (-1: none in particular).
+// The index holds ms's elements as they are checked, so that each is
+// checked against the others too; on failure it is read again.
+func (mp *Mapper) add(ctx context.Context, ms []Mapping) (int, error) {
+	var took []resKey
+	var fresh []Mapping
+	fail := func(i int, err error) (int, error) {
+		mp.releaseKeys(took)
 		mp.index = nil
-		return Mapping{}, err
+		return i, err
 	}
-	mp.indexAdd(m.elems())
-	return m, nil
+	for i := range ms {
+		m := &ms[i]
+		if m.HostPort == 0 {
+			picked, err := mp.pick(*m)
+			if err != nil {
+				return fail(i, err)
+			}
+			*m = picked
+		} else {
+			same := 0
+			for _, n := range m.elems() {
+				e, found, there := mp.conflict(n)
+				if found {
+					return fail(i, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID))
+				}
+				if there {
+					same++
+				}
+			}
+			if same == m.length() { // there already: make sure of its reservation
+				k, err := mp.reserve(*m)
+				took = append(took, k...)
+				if err != nil {
+					return fail(i, err)
+				}
+				continue
+			}
+		}
+		k, err := mp.reserve(*m)
+		took = append(took, k...)
+		if err != nil {
+			return fail(i, err)
+		}
+		mp.indexAdd(m.elems())
+		fresh = append(fresh, *m)
+	}
+	if len(fresh) == 0 {
+		return -1, nil
+	}
+	if err := mp.publish(ctx, fresh); err != nil {
+		return fail(-1, err)
+	}
+	return -1, nil
 }
 
 // pick finds a free ephemeral port for m and reserves nothing yet.
@@ -268,37 +340,48 @@ func (mp *Mapper) pick(m Mapping) (Mapping, error) {
 		if _, held := mp.reserved[m.resKeys()[0]]; held {
 			continue
 		}
-		if err := mp.reserve(m); err == nil {
-			mp.release(m) // Add reserves it again, with the others
+		if took, err := mp.reserve(m); err == nil {
+			mp.releaseKeys(took) // add reserves it again, with the others
 			return m, nil
 		}
 	}
 	return m, ErrExhausted
 }
 
-// publish deletes stale conntrack entries and adds the elements; after a
-// failed transaction it reads the table back, since the kernel may have
-// applied a batch reported as failed.
-func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
-	elems := m.elems()
-	lnet, err := mp.localnet(m)
+// publish deletes stale conntrack entries and adds the elements of ms;
+// after a failed transaction it reads the table back, since the kernel may
+// have applied a batch reported as failed.
+func (mp *Mapper) publish(ctx context.Context, ms []Mapping) error {
+	var elems, udp []nft.Mapping
+	v4, v6 := false, false
+	var loopback []netip.Addr
+	for _, m := range ms {
+		elems = append(elems, m.elems()...)
+		// A UDP client that sent to the port before the mapping existed
+		// has a conntrack entry without DNAT that would keep its packets
+		// from the container; TCP has none to fear, as the port was free
+		// (reserved).
+		if m.Proto == "udp" {
+			udp = append(udp, m.elems()...)
+		}
+		v4, v6 = v4 || m.CtrAddr.Is4(), v6 || m.CtrAddr.Is6()
+		if m.coversLoopback() && !slices.Contains(loopback, m.CtrAddr) {
+			loopback = append(loopback, m.CtrAddr)
+		}
+	}
+	lnets, err := mp.localnet(loopback)
 	if err != nil {
 		return err
 	}
-	var lnets []string
-	if lnet != "" {
-		lnets = append(lnets, lnet)
-	}
-	// A UDP client that sent to the port before the mapping existed has a
-	// conntrack entry without DNAT that would keep its packets from the
-	// container; TCP has none to fear, as the port was free (reserved).
-	if m.Proto == "udp" {
-		if err := mp.forget(elems, false); err != nil {
-			return err
-		}
-	}
-	if err := mp.forwarding(m.CtrAddr.Is6()); err != nil {
+	if err := mp.forget(udp, false); err != nil {
 		return err
+	}
+	for _, f := range []struct{ on, v6 bool }{{v4, false}, {v6, true}} {
+		if f.on {
+			if err := mp.forwarding(f.v6); err != nil {
+				return err
+			}
+		}
 	}
 	err = nft.AddMappings(ctx, mp.host, elems, lnets...)
 	if err != nil {
@@ -356,67 +439,85 @@ func (mp *Mapper) linkTo(ctr netip.Addr) netlink.Link {
 	return l
 }
 
-// localnet lets packets from 127.0.0.1 that are DNATed to the container
-// leave through the interface towards it (route_localnet on that interface
-// only), for a mapping that covers 127.0.0.1, and returns the interface's
-// name for the table's record ("" if none). nsnet's table drops packets for
-// 127.0.0.0/8 that did not come in on lo, which is what makes this safe;
-// the table stays while the record has an interface.
-func (mp *Mapper) localnet(m Mapping) (string, error) {
-	if !m.coversLoopback() {
-		return "", nil
-	}
-	l := mp.linkTo(m.CtrAddr)
-	if l == nil {
-		return "", nil // no route to the container (yet): nothing to do
-	}
-	name := l.Attrs().Name
-	return name, mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1")
-}
-
-// unLocalnet returns the interface whose route_localnet the removal of
-// gone leaves without a mapping that needs it ("" if none): no mapping of
-// the index that covers 127.0.0.1 has its container behind it.
-func (mp *Mapper) unLocalnet(gone []nft.Mapping) string {
-	var ctr netip.Addr
-	for _, e := range gone {
-		if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) && e.CtrAddr.IsValid() && !e.CtrAddr.IsUnspecified() {
-			ctr = e.CtrAddr
+// localnet lets packets from 127.0.0.1 that are DNATed to the containers
+// ctrs (of mappings that cover 127.0.0.1) leave through the interfaces
+// towards them (route_localnet on those interfaces only), and returns the
+// interfaces' names for the table's record. nsnet's table drops packets
+// for 127.0.0.0/8 that did not come in on lo, which is what makes this
+// safe; the table stays while the record has an interface.
+func (mp *Mapper) localnet(ctrs []netip.Addr) ([]string, error) {
+	var names []string
+	for _, ctr := range ctrs {
+		l := mp.linkTo(ctr)
+		if l == nil {
+			continue // no route to the container (yet): nothing to do
+		}
+		if name := l.Attrs().Name; !slices.Contains(names, name) {
+			if err := mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
+				return nil, err
+			}
+			names = append(names, name)
 		}
 	}
-	if !ctr.IsValid() {
-		return ""
+	return names, nil
+}
+
+// unLocalnet returns the interfaces whose route_localnet the removal of
+// gone leaves without a mapping that needs it: the interfaces towards the
+// containers of gone's mappings that cover 127.0.0.1, when no mapping of
+// the index that covers 127.0.0.1 has its container behind them.
+func (mp *Mapper) unLocalnet(gone []nft.Mapping) []string {
+	var ctrs []netip.Addr
+	for _, e := range gone {
+		if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) && e.CtrAddr.IsValid() &&
+			!e.CtrAddr.IsUnspecified() && !slices.Contains(ctrs, e.CtrAddr) {
+			ctrs = append(ctrs, e.CtrAddr)
+		}
 	}
-	l := mp.linkTo(ctr)
-	if l == nil {
-		return ""
+	links := map[int]string{}
+	for _, ctr := range ctrs {
+		if l := mp.linkTo(ctr); l != nil {
+			links[l.Attrs().Index] = l.Attrs().Name
+		}
+	}
+	if len(links) == 0 {
+		return nil
 	}
 	routes, err := mp.host.Routes(netlink.FAMILY_V4)
 	if err != nil {
-		return ""
+		return nil
 	}
-	var behind []netip.Prefix
+	behind := map[int][]netip.Prefix{}
 	for _, r := range routes {
-		if r.LinkIndex == l.Attrs().Index && r.Dst != nil {
+		if _, ok := links[r.LinkIndex]; ok && r.Dst != nil {
 			if p, ok := netipx(r.Dst); ok {
-				behind = append(behind, p)
+				behind[r.LinkIndex] = append(behind[r.LinkIndex], p)
 			}
 		}
 	}
 	for _, es := range mp.index {
 		for _, e := range es {
-			if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) &&
-				slices.ContainsFunc(behind, func(p netip.Prefix) bool { return p.Contains(e.CtrAddr) }) {
-				return ""
+			if !e.CtrAddr.Is4() || e.HostAddr.IsValid() && !e.HostAddr.IsLoopback() {
+				continue
+			}
+			for i, ps := range behind {
+				if slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(e.CtrAddr) }) {
+					delete(links, i) // still needed
+					delete(behind, i)
+				}
 			}
 		}
 	}
-	return l.Attrs().Name
+	var out []string
+	for _, name := range links {
+		out = append(out, name)
+	}
+	return out
 }
 
-// unLocalnets turns route_localnet off on the interface that the removal
+// unLocalnets turns route_localnet off on the interfaces that the removal
 // of gone leaves without a mapping that needs it, if nsnet turned it on,
-// and returns the interfaces to take off the table's record: that one, and
+// and returns the interfaces to take off the table's record: those, and
 // those that no longer exist.
 func (mp *Mapper) unLocalnets(ctx context.Context, gone []nft.Mapping) ([]string, error) {
 	if !slices.ContainsFunc(gone, func(e nft.Mapping) bool {
@@ -433,13 +534,13 @@ func (mp *Mapper) unLocalnets(ctx context.Context, gone []nft.Mapping) ([]string
 		return nil, err
 	}
 	var out []string
-	name := mp.unLocalnet(gone)
+	names := mp.unLocalnet(gone)
 	for _, r := range rec {
 		var notFound netlink.LinkNotFoundError
 		if _, err := h.LinkByName(r); errors.As(err, &notFound) {
 			out = append(out, r) // gone with its link
-		} else if r == name {
-			if err := mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "0"); err != nil {
+		} else if slices.Contains(names, r) {
+			if err := mp.host.SetSysctl("net/ipv4/conf/"+r+"/route_localnet", "0"); err != nil {
 				return nil, err
 			}
 			out = append(out, r)
@@ -528,29 +629,82 @@ func (mp *Mapper) localAddrs(v6 bool) (map[netip.Addr]bool, error) {
 // a running UDP stream stops reaching the old container, then its
 // reservations. A mapping that is not there is no error.
 func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
+	err := mp.RemoveAll(ctx, []Mapping{m})
+	var be *BatchError
+	if errors.As(err, &be) {
+		return be.Err
+	}
+	return err
+}
+
+// RemoveAll unpublishes ms as Remove does, in one nftables transaction
+// and one conntrack cleanup. A bad mapping fails it with a *BatchError
+// before anything is touched.
+func (mp *Mapper) RemoveAll(ctx context.Context, ms []Mapping) error {
 	if err := mp.ok(); err != nil {
 		return err
 	}
-	m.Proto = m.proto()
-	if _, ok := protos[m.Proto]; !ok {
-		return &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}
-	}
-	if !m.CtrAddr.IsValid() {
-		m.CtrAddr = netip.IPv4Unspecified()
-		if m.HostAddr.Is6() {
-			m.CtrAddr = netip.IPv6Unspecified()
+	var want []nft.Mapping
+	for i, m := range ms {
+		m.Proto = m.proto()
+		if _, ok := protos[m.Proto]; !ok {
+			return &BatchError{i, m, &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}}
 		}
+		if m.HostPort < 1 || m.HostPort > 65535 || m.HostPortEnd > 65535 || m.HostPortEnd != 0 && m.HostPortEnd < m.HostPort {
+			return &BatchError{i, m, &ValidationError{"HostPort", m.HostPort, "not a port or range of ports"}}
+		}
+		if !m.CtrAddr.IsValid() {
+			m.CtrAddr = netip.IPv4Unspecified()
+			if m.HostAddr.Is6() {
+				m.CtrAddr = netip.IPv6Unspecified()
+			}
+		}
+		want = append(want, m.elems()...)
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	if err := mp.load(ctx); err != nil {
 		return err
 	}
+	return mp.remove(ctx, want)
+}
+
+// RemoveOwner unpublishes every mapping whose ID is id, as RemoveAll does.
+// An empty id is refused: it would name every mapping without one.
+func (mp *Mapper) RemoveOwner(ctx context.Context, id string) error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
+	if id == "" {
+		return &ValidationError{"ID", id, "empty"}
+	}
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	if err := mp.load(ctx); err != nil {
+		return err
+	}
+	var want []nft.Mapping
+	for _, es := range mp.index {
+		for _, e := range es {
+			if e.ID == id {
+				want = append(want, e)
+			}
+		}
+	}
+	return mp.remove(ctx, want)
+}
+
+// remove unpublishes the elements want (by protocol, host address and
+// port). Call with mp.mu held and the index loaded.
+func (mp *Mapper) remove(ctx context.Context, want []nft.Mapping) error {
+	if len(want) == 0 {
+		return nil
+	}
 	// The elements as the index has them (with their containers), then
 	// route_localnet off where no mapping left needs it, before the
 	// table (and the guard with it) may go.
 	var gone, forget []nft.Mapping
-	for _, n := range m.elems() {
+	for _, n := range want {
 		found := n // not in the table: its container is not known
 		for _, e := range mp.index[keyOf(n)] {
 			if e.HostAddr == n.HostAddr {
@@ -566,11 +720,13 @@ func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
 		mp.index = nil
 		return err
 	}
-	if err := nft.RemoveMappings(ctx, mp.host, m.elems(), lnets...); err != nil {
+	if err := nft.RemoveMappings(ctx, mp.host, want, lnets...); err != nil {
 		mp.index = nil
 		return err
 	}
-	mp.release(m)
+	for _, n := range want {
+		mp.releaseKeys([]resKey{{n.Proto, n.HostAddr, n.CtrAddr.Is6(), int(n.HostPort)}})
+	}
 	// TCP needs no conntrack work (forget skips it): see doc.go, Conntrack.
 	return mp.forget(forget, true)
 }
@@ -628,7 +784,8 @@ func (mp *Mapper) Reserve(m Mapping) error {
 	m.Proto = m.proto()
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
-	return mp.reserve(m)
+	_, err := mp.reserve(m)
+	return err
 }
 
 // Close releases every reservation. The mappings stay.
@@ -646,9 +803,9 @@ func (mp *Mapper) Close() error {
 	return nil
 }
 
-// reserve holds a socket on each host port of m that is not held yet; on
-// failure it releases what it took.
-func (mp *Mapper) reserve(m Mapping) error {
+// reserve holds a socket on each host port of m that is not held yet and
+// returns the ports it took; on failure it releases them.
+func (mp *Mapper) reserve(m Mapping) ([]resKey, error) {
 	var took []resKey
 	for _, k := range m.resKeys() {
 		if _, ok := mp.reserved[k]; ok {
@@ -656,25 +813,22 @@ func (mp *Mapper) reserve(m Mapping) error {
 		}
 		c, err := mp.bind(k)
 		if err != nil {
-			for _, t := range took {
-				mp.reserved[t].Close()
-				delete(mp.reserved, t)
-			}
+			mp.releaseKeys(took)
 			if errors.Is(err, syscall.EADDRINUSE) {
-				return fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, m.Proto, k.port, err)
+				return nil, fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, m.Proto, k.port, err)
 			}
-			return err
+			return nil, err
 		}
 		if c != nil {
 			mp.reserved[k] = c
 			took = append(took, k)
 		}
 	}
-	return nil
+	return took, nil
 }
 
-func (mp *Mapper) release(m Mapping) {
-	for _, k := range m.resKeys() {
+func (mp *Mapper) releaseKeys(keys []resKey) {
+	for _, k := range keys {
 		if c, ok := mp.reserved[k]; ok {
 			c.Close()
 			delete(mp.reserved, k)
