@@ -130,6 +130,79 @@ func BenchmarkUDP(b *testing.B) {
 	}
 }
 
+// BenchmarkAddAll1000 publishes 1,000 mappings (TCP and UDP, on every
+// address, to 10 containers of one network) in one AddAll on a host with
+// 10 mappings, and removes them with one RemoveAll; BenchmarkRemoveAll1000
+// measures the RemoveAll. Both report the median of each (publish-ms,
+// unpublish-ms).
+//
+//	go test -run '^$' -bench 'All1000' -benchmem ./portmap/
+func BenchmarkAddAll1000(b *testing.B) { benchBatch(b, true) }
+
+func BenchmarkRemoveAll1000(b *testing.B) { benchBatch(b, false) }
+
+func benchBatch(b *testing.B, add bool) {
+	host := nstest.Host(b)
+	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: "bench",
+		Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("172.31.0.0/16")}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Delete(context.Background(), true)
+	mp := newMapper(b, host, portmap.Config{})
+	defer mp.Close()
+	var others, batch []portmap.Mapping
+	for i := range 10 {
+		others = append(others, portmap.Mapping{HostPort: 10000 + i, CtrAddr: netip.MustParseAddr("172.31.1.1"), CtrPort: 80, ID: "other"})
+	}
+	if _, err := mp.AddAll(b.Context(), others); err != nil {
+		b.Fatal(err)
+	}
+	defer mp.RemoveAll(context.Background(), others)
+	for i := range 1000 {
+		proto := "tcp"
+		if i%2 == 1 {
+			proto = "udp"
+		}
+		ctr := netip.AddrFrom4([4]byte{172, 31, 0, byte(2 + i%10)})
+		batch = append(batch, portmap.Mapping{Proto: proto, HostPort: 20000 + i, CtrAddr: ctr, CtrPort: 80, ID: fmt.Sprint("c", i%10)})
+	}
+	pub := make([]time.Duration, 0, b.N)
+	unpub := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for b.Loop() {
+		if !add {
+			b.StopTimer()
+		}
+		t0 := time.Now()
+		if _, err := mp.AddAll(b.Context(), batch); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if !add {
+			b.StartTimer()
+		} else {
+			b.StopTimer()
+		}
+		t2 := time.Now()
+		if err := mp.RemoveAll(b.Context(), batch); err != nil {
+			b.Fatal(err)
+		}
+		t3 := time.Now()
+		if add {
+			b.StartTimer()
+		}
+		pub, unpub = append(pub, t1.Sub(t0)), append(unpub, t3.Sub(t2))
+	}
+	b.StopTimer()
+	b.ReportMetric(median(pub), "publish-ms")
+	b.ReportMetric(median(unpub), "unpublish-ms")
+}
+
 // BenchmarkMasquerade masquerades one network of a host whose other
 // networks (none or 99) are masqueraded already, and takes it away again.
 //

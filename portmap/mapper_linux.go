@@ -273,12 +273,11 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // add publishes ms (picking their ephemeral ports in place) and returns,
 // on failure, the index of the mapping at fault (-1: none in particular).
 // The index holds ms's elements as they are checked, so that each is
-// checked against the others too; on failure it is read again.
+// checked against the others too; on failure it is read again. The
+// reservations are taken once every mapping is checked, in one pass.
 func (mp *Mapper) add(ctx context.Context, ms []Mapping) (int, error) {
-	var took []resKey
 	var fresh []Mapping
 	fail := func(i int, err error) (int, error) {
-		mp.releaseKeys(took)
 		mp.index = nil
 		return i, err
 	}
@@ -302,26 +301,21 @@ func (mp *Mapper) add(ctx context.Context, ms []Mapping) (int, error) {
 				}
 			}
 			if same == m.length() { // there already: make sure of its reservation
-				k, err := mp.reserve(*m)
-				took = append(took, k...)
-				if err != nil {
-					return fail(i, err)
-				}
 				continue
 			}
 		}
-		k, err := mp.reserve(*m)
-		took = append(took, k...)
-		if err != nil {
-			return fail(i, err)
-		}
 		mp.indexAdd(m.elems())
 		fresh = append(fresh, *m)
+	}
+	took, i, err := mp.reserveAll(ms)
+	if err != nil {
+		return fail(i, err)
 	}
 	if len(fresh) == 0 {
 		return -1, nil
 	}
 	if err := mp.publish(ctx, fresh); err != nil {
+		mp.releaseKeys(took)
 		return fail(-1, err)
 	}
 	return -1, nil
@@ -806,25 +800,69 @@ func (mp *Mapper) Close() error {
 // reserve holds a socket on each host port of m that is not held yet and
 // returns the ports it took; on failure it releases them.
 func (mp *Mapper) reserve(m Mapping) ([]resKey, error) {
-	var took []resKey
-	for _, k := range m.resKeys() {
-		if _, ok := mp.reserved[k]; ok {
-			continue
-		}
-		c, err := mp.bind(k)
-		if err != nil {
-			mp.releaseKeys(took)
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return nil, fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, m.Proto, k.port, err)
+	took, _, err := mp.reserveAll([]Mapping{m})
+	return took, err
+}
+
+// reserveAll holds a socket on each host port of ms that is not held yet,
+// opening them all on one thread that it switches into the host namespace
+// once, and returns the ports it took. On failure it releases them and
+// returns the index of the mapping whose port failed.
+func (mp *Mapper) reserveAll(ms []Mapping) ([]resKey, int, error) {
+	type want struct {
+		k resKey
+		i int
+	}
+	var ws []want
+	seen := map[resKey]bool{}
+	for i, m := range ms {
+		for _, k := range m.resKeys() {
+			if _, held := mp.reserved[k]; !held && !seen[k] {
+				seen[k] = true
+				ws = append(ws, want{k, i})
 			}
-			return nil, err
-		}
-		if c != nil {
-			mp.reserved[k] = c
-			took = append(took, k)
 		}
 	}
-	return took, nil
+	if len(ws) == 0 {
+		return nil, -1, nil
+	}
+	opened := make([]io.Closer, 0, len(ws))
+	bad := -1
+	err := mp.host.Do(func() error {
+		for j, w := range ws {
+			c, err := openReservation(w.k)
+			if err != nil {
+				bad = j
+				return err
+			}
+			opened = append(opened, c)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, c := range opened {
+			if c != nil {
+				c.Close()
+			}
+		}
+		if bad < 0 {
+			return nil, -1, err
+		}
+		w := ws[bad]
+		if errors.Is(err, syscall.EADDRINUSE) {
+			err = fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, ms[w.i].Proto, w.k.port, err)
+		}
+		return nil, w.i, err
+	}
+	var took []resKey
+	for j, c := range opened {
+		if c != nil {
+			serve(c)
+			mp.reserved[ws[j].k] = c
+			took = append(took, ws[j].k)
+		}
+	}
+	return took, -1, nil
 }
 
 func (mp *Mapper) releaseKeys(keys []resKey) {
@@ -836,9 +874,9 @@ func (mp *Mapper) releaseKeys(keys []resKey) {
 	}
 }
 
-// bind opens the reservation socket of k in the host namespace; nil for an
-// SCTP port on a kernel without SCTP.
-func (mp *Mapper) bind(k resKey) (io.Closer, error) {
+// openReservation opens the reservation socket of k on a thread in the
+// host namespace; nil for an SCTP port on a kernel without SCTP.
+func openReservation(k resKey) (io.Closer, error) {
 	addr := k.addr
 	if !addr.IsValid() {
 		addr = netip.IPv4Unspecified()
@@ -853,26 +891,29 @@ func (mp *Mapper) bind(k resKey) (io.Closer, error) {
 	}
 	switch k.proto {
 	case unix.IPPROTO_TCP:
-		l, err := mp.host.Listen("tcp"+suffix, ap)
-		if err != nil {
-			return nil, err
-		}
-		// Connections that get here went around the DNAT: close them.
+		return net.Listen("tcp"+suffix, ap)
+	case unix.IPPROTO_UDP:
+		return net.ListenPacket("udp"+suffix, ap)
+	default:
+		return openSCTP(addr, k.port)
+	}
+}
+
+// serve drains a reservation socket: connections that get to a TCP one
+// went around the DNAT and are closed; datagrams are dropped.
+func serve(c io.Closer) {
+	switch c := c.(type) {
+	case net.Listener:
 		go func() {
 			for {
-				c, err := l.Accept()
+				conn, err := c.Accept()
 				if err != nil {
 					return
 				}
-				c.Close()
+				conn.Close()
 			}
 		}()
-		return l, nil
-	case unix.IPPROTO_UDP:
-		c, err := mp.host.ListenPacket("udp"+suffix, ap)
-		if err != nil {
-			return nil, err
-		}
+	case net.PacketConn:
 		go func() {
 			buf := make([]byte, 1)
 			for {
@@ -881,9 +922,6 @@ func (mp *Mapper) bind(k resKey) (io.Closer, error) {
 				}
 			}
 		}()
-		return c, nil
-	default:
-		return mp.bindSCTP(addr, k.port)
 	}
 }
 
@@ -891,35 +929,27 @@ type fdCloser int
 
 func (f fdCloser) Close() error { return unix.Close(int(f)) }
 
-func (mp *Mapper) bindSCTP(addr netip.Addr, port int) (io.Closer, error) {
-	var fd int
-	err := mp.host.Do(func() error {
-		dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
-		if addr.Is6() {
-			dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
-		}
-		var err error
-		fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-		if err != nil {
-			return err
-		}
-		if addr.Is6() {
-			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-		}
-		if err := unix.Bind(fd, sa); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		if err := unix.Listen(fd, 0); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		return nil
-	})
+func openSCTP(addr netip.Addr, port int) (io.Closer, error) {
+	dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
+	if addr.Is6() {
+		dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
+	}
+	fd, err := unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
 		return nil, nil // no SCTP in this kernel: nothing can take the port
 	}
 	if err != nil {
+		return nil, err
+	}
+	if addr.Is6() {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	return fdCloser(fd), nil

@@ -139,7 +139,7 @@ func TestUnpublishUDPStream(t *testing.T) {
 		if _, err := c.WriteTo([]byte("x"), dst); err != nil {
 			t.Fatal(err)
 		}
-		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		buf := make([]byte, 512)
 		n, _, err := c.ReadFrom(buf)
 		if err != nil {
