@@ -417,8 +417,10 @@ func (m Mapping) coversLoopback() bool {
 }
 
 // linkTo returns the interface the host routes ctr out of, nil if none.
-func (mp *Mapper) linkTo(ctr netip.Addr) netlink.Link {
-	h, err := mp.host.Netlink()
+func (mp *Mapper) linkTo(ctr netip.Addr) netlink.Link { return linkTo(mp.host, ctr) }
+
+func linkTo(host *netns.NS, ctr netip.Addr) netlink.Link {
+	h, err := host.Netlink()
 	if err != nil {
 		return nil
 	}

@@ -3,6 +3,7 @@ package portmap
 import (
 	"context"
 	"net/netip"
+	"slices"
 
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/nft"
@@ -54,8 +55,9 @@ func checkNet(field, bridge string, subnets []netip.Prefix) error {
 }
 
 // Reconcile makes nsnet's table in host hold exactly st, in one nftables
-// transaction: every network's isolation and masquerade and every mapping,
-// and nothing else. Call it when the table was deleted or flushed behind
+// transaction: every network's isolation and masquerade and every mapping
+// (with the record of the interfaces that have route_localnet on for the
+// mappings that cover 127.0.0.1), and nothing else. Call it when the table was deleted or flushed behind
 // nsnet's back (a firewall reload, `nft flush ruleset`), or at start-up to
 // drop what a crashed process left. The user chain keeps its rules; tables
 // that are not nsnet's are not touched. Reservations are Mapper's: a
@@ -91,6 +93,21 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 		}
 		m.Proto = m.proto()
 		want.Mappings = append(want.Mappings, m.elems()...)
+	}
+	// The record of route_localnet, which a flush loses with the rest,
+	// from the mappings that cover 127.0.0.1 (and route_localnet on for
+	// them: Reconcile is also for a host whose state is not known).
+	for _, m := range st.Mappings {
+		if !m.coversLoopback() {
+			continue
+		}
+		if l := linkTo(host, m.CtrAddr); l != nil && !slices.Contains(want.Localnet, l.Attrs().Name) {
+			name := l.Attrs().Name
+			if err := host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
+				return err
+			}
+			want.Localnet = append(want.Localnet, name)
+		}
 	}
 	return nft.Reconcile(ctx, host, want)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
 )
@@ -81,6 +83,11 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("after Reconcile", 3)
+	// The record of route_localnet (m covers 127.0.0.1) is back: without
+	// it, the table could go while route_localnet is on for the bridge.
+	if rec, err := nft.Localnet(t.Context(), w.host); err != nil || !slices.Contains(rec, a.Config().Bridge) {
+		t.Errorf("the route_localnet record after Reconcile: %v, %v; want %s in it", rec, err, a.Config().Bridge)
+	}
 	if got, err := w.mp.List(t.Context()); err != nil || len(got) != 1 || got[0] != m {
 		t.Errorf("List after Reconcile: %v, %v; want [%s]", got, err, m)
 	}

@@ -15,6 +15,9 @@ type State struct {
 	// Masquerade holds the masqueraded subnets by bridge (SetMasquerade's).
 	Masquerade map[string][]netip.Prefix
 	Mappings   []Mapping
+	// Localnet are the interfaces that have route_localnet on for
+	// mappings: added to the record, which Reconcile does not empty.
+	Localnet []string
 }
 
 // Reconcile makes nsnet's table in host hold exactly st, in one
@@ -37,6 +40,9 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 			if err := addMasq(c, sc, bridge, subnets); err != nil {
 				return err
 			}
+		}
+		if err := setLocalnet(c, sc, st.Localnet, c.SetAddElements); err != nil {
+			return err
 		}
 		return addMappings(c, sc, st.Mappings)
 	})
