@@ -491,8 +491,12 @@ func (mp *Mapper) unLocalnet(gone []nft.Mapping) []string {
 			}
 		}
 	}
+scan:
 	for _, es := range mp.index {
 		for _, e := range es {
+			if len(behind) == 0 {
+				break scan // every interface is still needed
+			}
 			if !e.CtrAddr.Is4() || e.HostAddr.IsValid() && !e.HostAddr.IsLoopback() {
 				continue
 			}
