@@ -9,7 +9,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/nsnet/nsnet/bridge"
-	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
@@ -183,8 +182,8 @@ func TestDockerRuleset(t *testing.T) {
 	noReach(t, "isolation", other, "tcp", netip.AddrPortFrom(webAddr, 80))
 
 	st := portmap.State{
-		Networks:   []bridge.Config{a.Config(), b.Config()},
-		Masquerade: []nat.Network{{Bridge: a.Config().Bridge, Subnets: []netip.Prefix{netip.MustParsePrefix("10.53.0.0/24")}}},
+		Networks:   []portmap.Network{networkOf(a), networkOf(b)},
+		Masquerade: []portmap.Masquerade{{Bridge: a.Config().Bridge, Subnets: []netip.Prefix{netip.MustParsePrefix("10.53.0.0/24")}}},
 		Mappings:   []portmap.Mapping{m},
 	}
 	if err := portmap.Reconcile(t.Context(), w.host, st); err != nil {

@@ -21,7 +21,11 @@ func Example() {
 	}
 	defer host.Close()
 
-	mp := portmap.New(host, portmap.Config{})
+	mp, err := portmap.New(host, portmap.Config{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	defer mp.Close()
 	web := netip.MustParseAddr("172.17.0.2")
 	m, err := mp.Add(ctx, portmap.Mapping{HostPort: 8080, CtrAddr: web, CtrPort: 80, ID: "web"})

@@ -21,10 +21,18 @@ import (
 
 // Config configures a Mapper.
 type Config struct {
-	// EphemeralPorts is the range ephemeral host ports come from; zero:
-	// 32768 to 60999 (Linux's default ip_local_port_range, which Docker
-	// uses).
+	// EphemeralPorts is the range ephemeral host ports come from, first
+	// and last, within 1 to 65535; zero: 32768 to 60999 (Linux's default
+	// ip_local_port_range, which Docker uses).
 	EphemeralPorts [2]int
+}
+
+// Validate checks c without touching the kernel.
+func (c Config) Validate() error {
+	if r := c.EphemeralPorts; r != [2]int{} && (r[0] < 1 || r[1] > 65535 || r[0] > r[1]) {
+		return &ValidationError{"EphemeralPorts", r, "not a range of ports within 1 to 65535, first to last"}
+	}
+	return nil
 }
 
 // Mapper publishes ports in one host namespace and holds their
@@ -41,6 +49,11 @@ type Mapper struct {
 	// 10,000. Nil: to be read again (after a failure, or a conflict that
 	// another Mapper's reservation revealed).
 	index map[portKey][]nft.Mapping
+	// ct is the ctnetlink socket in the host namespace, opened on first
+	// use (see conntrack_linux.go).
+	ct *ctSocket
+	// ctNoFlush: the kernel has no filtered conntrack flush (before 6.12).
+	ctNoFlush bool
 }
 
 // portKey is what overlapping mappings share.
@@ -113,12 +126,29 @@ type resKey struct {
 	port  int
 }
 
-// New returns a Mapper for host.
-func New(host *netns.NS, cfg Config) *Mapper {
+// New returns a Mapper for host. Errors: *ValidationError for a nil host
+// or a bad Config.
+func New(host *netns.NS, cfg Config) (*Mapper, error) {
+	if host == nil {
+		return nil, &ValidationError{"host", nil, "no namespace"}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.EphemeralPorts == [2]int{} {
 		cfg.EphemeralPorts = [2]int{32768, 60999}
 	}
-	return &Mapper{host: host, cfg: cfg, reserved: map[resKey]io.Closer{}}
+	return &Mapper{host: host, cfg: cfg, reserved: map[resKey]io.Closer{}}, nil
+}
+
+// ErrNoMapper: a method was called on a nil Mapper or one not made by New.
+var ErrNoMapper = errors.New("portmap: nil or zero Mapper (make it with New)")
+
+func (mp *Mapper) ok() error {
+	if mp == nil || mp.host == nil || mp.reserved == nil {
+		return ErrNoMapper
+	}
+	return nil
 }
 
 // elems are the table elements of m, one per port.
@@ -155,71 +185,140 @@ func overlaps(e, n nft.Mapping) bool {
 // is published for an overlapping address; ErrPortInUse if a program of the
 // host holds it.
 func (mp *Mapper) Add(ctx context.Context, m Mapping) (Mapping, error) {
-	if err := m.Validate(); err != nil {
+	out, err := mp.addAll(ctx, []Mapping{m})
+	var be *BatchError
+	if errors.As(err, &be) {
+		return Mapping{}, be.Err
+	}
+	if err != nil {
 		return Mapping{}, err
 	}
-	m.Proto = m.proto()
-	if err := mp.hostHas(m.HostAddr); err != nil {
-		return Mapping{}, err
+	return out[0], nil
+}
+
+// AddAll publishes ms as Add does, all or none: their reservations in one
+// pass, their conntrack cleanup in one (a filtered dump per family where
+// they are many), their elements in one nftables transaction. If one
+// mapping is bad, conflicts (with the host's mappings or another of ms) or
+// cannot be reserved, nothing is published, every reservation AddAll took
+// is released, and the error is a *BatchError that names it and wraps the
+// error Add would return (errors.Is(err, ErrConflict) works). It returns
+// ms with their ephemeral ports, in order.
+func (mp *Mapper) AddAll(ctx context.Context, ms []Mapping) ([]Mapping, error) {
+	return mp.addAll(ctx, ms)
+}
+
+func (mp *Mapper) addAll(ctx context.Context, ms []Mapping) ([]Mapping, error) {
+	if err := mp.ok(); err != nil {
+		return nil, err
+	}
+	ms = slices.Clone(ms)
+	checked := map[netip.Addr]bool{}
+	for i := range ms {
+		if err := ms[i].Validate(); err != nil {
+			return nil, &BatchError{i, ms[i], err}
+		}
+		ms[i].Proto = ms[i].proto()
+		if a := ms[i].HostAddr; !checked[a] {
+			if err := mp.hostHas(a); err != nil {
+				return nil, &BatchError{i, ms[i], err}
+			}
+			checked[a] = true
+		}
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	if err := mp.load(ctx); err != nil {
-		return Mapping{}, err
+		return nil, err
 	}
-	m, err := mp.add(ctx, m)
+	i, err := mp.add(ctx, ms)
 	if errors.Is(err, ErrPortInUse) {
 		// Held by a program, or by another Mapper's reservation for a
 		// mapping this one has not seen: read the table again to tell.
 		mp.index = nil
 		if lerr := mp.load(ctx); lerr != nil {
-			return Mapping{}, errors.Join(err, lerr)
+			return nil, errors.Join(err, lerr)
 		}
-		if m.HostPort != 0 {
+		if m := ms[max(i, 0)]; i >= 0 && m.HostPort != 0 {
 			for _, n := range m.elems() {
 				if e, found, _ := mp.conflict(n); found {
-					return Mapping{}, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
+					err = fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
 				}
 			}
 		}
 	}
-	if err != nil {
-		return Mapping{}, err
+	if err != nil && i >= 0 {
+		return nil, &BatchError{i, ms[i], err}
 	}
-	return m, nil
+	if err != nil {
+		return nil, err
+	}
+	return ms, nil
 }
 
-func (mp *Mapper) add(ctx context.Context, m Mapping) (Mapping, error) {
-	if m.HostPort == 0 {
-		var err error
-		if m, err = mp.pick(m); err != nil {
-			return Mapping{}, err
-		}
-	} else {
-		same := 0
-		for _, n := range m.elems() {
-			e, found, there := mp.conflict(n)
-			if found {
-				return Mapping{}, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID)
-			}
-			if there {
-				same++
-			}
-		}
-		if same == m.length() { // there already: make sure of its reservation
-			return m, mp.reserve(m)
-		}
-	}
-	if err := mp.reserve(m); err != nil {
-		return m, err
-	}
-	if err := mp.publish(ctx, m); err != nil {
-		mp.release(m)
+// BatchError names the mapping of a batch (AddAll, RemoveAll) that failed
+// it: its index in the batch, the mapping, and the error.
+type BatchError struct {
+	Index   int
+	Mapping Mapping
+	Err     error
+}
+
+func (e *BatchError) Error() string {
+	return fmt.Sprintf("portmap: mapping %d of the batch (%s): %v", e.Index, e.Mapping, e.Err)
+}
+
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// add publishes ms (picking their ephemeral ports in place) and returns,
+// on failure, the index of the mapping at fault (-1: none in particular).
+// The index holds ms's elements as they are checked, so that each is
+// checked against the others too; on failure it is read again. The
+// reservations are taken once every mapping is checked, in one pass.
+func (mp *Mapper) add(ctx context.Context, ms []Mapping) (int, error) {
+	var fresh []Mapping
+	fail := func(i int, err error) (int, error) {
 		mp.index = nil
-		return Mapping{}, err
+		return i, err
 	}
-	mp.indexAdd(m.elems())
-	return m, nil
+	for i := range ms {
+		m := &ms[i]
+		if m.HostPort == 0 {
+			picked, err := mp.pick(*m)
+			if err != nil {
+				return fail(i, err)
+			}
+			*m = picked
+		} else {
+			same := 0
+			for _, n := range m.elems() {
+				e, found, there := mp.conflict(n)
+				if found {
+					return fail(i, fmt.Errorf("%w: %s %d (held by %q)", ErrConflict, m.Proto, n.HostPort, e.ID))
+				}
+				if there {
+					same++
+				}
+			}
+			if same == m.length() { // there already: make sure of its reservation
+				continue
+			}
+		}
+		mp.indexAdd(m.elems())
+		fresh = append(fresh, *m)
+	}
+	took, i, err := mp.reserveAll(ms)
+	if err != nil {
+		return fail(i, err)
+	}
+	if len(fresh) == 0 {
+		return -1, nil
+	}
+	if err := mp.publish(ctx, fresh); err != nil {
+		mp.releaseKeys(took)
+		return fail(-1, err)
+	}
+	return -1, nil
 }
 
 // pick finds a free ephemeral port for m and reserves nothing yet.
@@ -235,31 +334,50 @@ func (mp *Mapper) pick(m Mapping) (Mapping, error) {
 		if _, held := mp.reserved[m.resKeys()[0]]; held {
 			continue
 		}
-		if err := mp.reserve(m); err == nil {
-			mp.release(m) // Add reserves it again, with the others
+		if took, err := mp.reserve(m); err == nil {
+			mp.releaseKeys(took) // add reserves it again, with the others
 			return m, nil
 		}
 	}
 	return m, ErrExhausted
 }
 
-// publish deletes stale conntrack entries and adds the elements; after a
-// failed transaction it reads the table back, since the kernel may have
-// applied a batch reported as failed.
-func (mp *Mapper) publish(ctx context.Context, m Mapping) error {
-	elems := m.elems()
-	if err := mp.localnet(m); err != nil {
-		return err
-	}
-	// A UDP client that sent to the port before the mapping existed has a
-	// conntrack entry without DNAT that would keep its packets from the
-	// container; TCP has none to fear, as the port was free (reserved).
-	if m.Proto == "udp" {
-		if err := mp.forget(m); err != nil {
-			return err
+// publish deletes stale conntrack entries and adds the elements of ms;
+// after a failed transaction it reads the table back, since the kernel may
+// have applied a batch reported as failed.
+func (mp *Mapper) publish(ctx context.Context, ms []Mapping) error {
+	var elems, udp []nft.Mapping
+	v4, v6 := false, false
+	var loopback []netip.Addr
+	for _, m := range ms {
+		elems = append(elems, m.elems()...)
+		// A UDP client that sent to the port before the mapping existed
+		// has a conntrack entry without DNAT that would keep its packets
+		// from the container; TCP has none to fear, as the port was free
+		// (reserved).
+		if m.Proto == "udp" {
+			udp = append(udp, m.elems()...)
+		}
+		v4, v6 = v4 || m.CtrAddr.Is4(), v6 || m.CtrAddr.Is6()
+		if m.coversLoopback() && !slices.Contains(loopback, m.CtrAddr) {
+			loopback = append(loopback, m.CtrAddr)
 		}
 	}
-	err := nft.AddMappings(ctx, mp.host, elems)
+	lnets, err := mp.localnet(loopback)
+	if err != nil {
+		return err
+	}
+	if err := mp.forget(udp, false); err != nil {
+		return err
+	}
+	for _, f := range []struct{ on, v6 bool }{{v4, false}, {v6, true}} {
+		if f.on {
+			if err := mp.forwarding(f.v6); err != nil {
+				return err
+			}
+		}
+	}
+	err = nft.AddMappings(ctx, mp.host, elems, lnets...)
 	if err != nil {
 		have, rerr := nft.Mappings(context.WithoutCancel(ctx), mp.host)
 		if rerr == nil && contains(have, elems) {
@@ -279,58 +397,231 @@ func contains(have, want []nft.Mapping) bool {
 	return true
 }
 
-// localnet lets packets from 127.0.0.1 that are DNATed to the container
-// leave through its bridge (route_localnet on that interface only), for a
-// mapping that covers 127.0.0.1. nsnet's table drops packets for
-// 127.0.0.0/8 that did not come in on lo, which is what makes this safe.
-func (mp *Mapper) localnet(m Mapping) error {
-	if !m.CtrAddr.Is4() || m.HostAddr.IsValid() && !m.HostAddr.IsLoopback() {
+// forwarding turns on IPv4 (or IPv6) forwarding in the host namespace, as
+// dockerd does: a DNATed packet is forwarded to the container. It reads the
+// sysctl first, so that a host where it is on already sees no write.
+func (mp *Mapper) forwarding(v6 bool) error {
+	key := "net.ipv4.ip_forward"
+	if v6 {
+		key = "net.ipv6.conf.all.forwarding"
+	}
+	if v, err := mp.host.Sysctl(key); err == nil && v == "1" {
 		return nil
 	}
-	h, err := mp.host.Netlink()
+	return mp.host.SetSysctl(key, "1")
+}
+
+// coversLoopback reports whether m catches packets for 127.0.0.1.
+func (m Mapping) coversLoopback() bool {
+	return m.CtrAddr.Is4() && (!m.HostAddr.IsValid() || m.HostAddr.IsLoopback())
+}
+
+// linkTo returns the interface the host routes ctr out of, nil if none.
+func (mp *Mapper) linkTo(ctr netip.Addr) netlink.Link { return linkTo(mp.host, ctr) }
+
+func linkTo(host *netns.NS, ctr netip.Addr) netlink.Link {
+	h, err := host.Netlink()
 	if err != nil {
-		return err
+		return nil
 	}
-	routes, err := h.RouteGet(m.CtrAddr.AsSlice())
+	routes, err := h.RouteGet(ctr.AsSlice())
 	if err != nil || len(routes) == 0 {
-		return nil // no route to the container (yet): nothing to do
+		return nil
 	}
 	l, err := h.LinkByIndex(routes[0].LinkIndex)
 	if err != nil {
 		return nil
 	}
-	return mp.host.SetSysctl("net/ipv4/conf/"+l.Attrs().Name+"/route_localnet", "1")
+	return l
 }
 
-// forget deletes the conntrack entries of m's host ports: by protocol,
-// host address (if m has one) and host port, never wider. The kernel has
-// no index for that: it walks its conntrack hash table, which is the whole
-// machine's (262,144 buckets on the project's machine: about 5 ms).
-func (mp *Mapper) forget(m Mapping) error {
+// localnet lets packets from 127.0.0.1 that are DNATed to the containers
+// ctrs (of mappings that cover 127.0.0.1) leave through the interfaces
+// towards them (route_localnet on those interfaces only), and returns the
+// interfaces' names for the table's record. nsnet's table drops packets
+// for 127.0.0.0/8 that did not come in on lo, which is what makes this
+// safe; the table stays while the record has an interface.
+func (mp *Mapper) localnet(ctrs []netip.Addr) ([]string, error) {
+	var names []string
+	for _, ctr := range ctrs {
+		l := mp.linkTo(ctr)
+		if l == nil {
+			continue // no route to the container (yet): nothing to do
+		}
+		if name := l.Attrs().Name; !slices.Contains(names, name) {
+			if err := mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
+				return nil, err
+			}
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+// unLocalnet returns the interfaces whose route_localnet the removal of
+// gone leaves without a mapping that needs it: the interfaces towards the
+// containers of gone's mappings that cover 127.0.0.1, when no mapping of
+// the index that covers 127.0.0.1 has its container behind them.
+func (mp *Mapper) unLocalnet(gone []nft.Mapping) []string {
+	var ctrs []netip.Addr
+	for _, e := range gone {
+		if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) && e.CtrAddr.IsValid() &&
+			!e.CtrAddr.IsUnspecified() && !slices.Contains(ctrs, e.CtrAddr) {
+			ctrs = append(ctrs, e.CtrAddr)
+		}
+	}
+	links := map[int]string{}
+	for _, ctr := range ctrs {
+		if l := mp.linkTo(ctr); l != nil {
+			links[l.Attrs().Index] = l.Attrs().Name
+		}
+	}
+	if len(links) == 0 {
+		return nil
+	}
+	routes, err := mp.host.Routes(netlink.FAMILY_V4)
+	if err != nil {
+		return nil
+	}
+	behind := map[int][]netip.Prefix{}
+	for _, r := range routes {
+		if _, ok := links[r.LinkIndex]; ok && r.Dst != nil {
+			if p, ok := netipx(r.Dst); ok {
+				behind[r.LinkIndex] = append(behind[r.LinkIndex], p)
+			}
+		}
+	}
+scan:
+	for _, es := range mp.index {
+		for _, e := range es {
+			if len(behind) == 0 {
+				break scan // every interface is still needed
+			}
+			if !e.CtrAddr.Is4() || e.HostAddr.IsValid() && !e.HostAddr.IsLoopback() {
+				continue
+			}
+			for i, ps := range behind {
+				if slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(e.CtrAddr) }) {
+					delete(links, i) // still needed
+					delete(behind, i)
+				}
+			}
+		}
+	}
+	var out []string
+	for _, name := range links {
+		out = append(out, name)
+	}
+	return out
+}
+
+// unLocalnets turns route_localnet off on the interfaces that the removal
+// of gone leaves without a mapping that needs it, if nsnet turned it on,
+// and returns the interfaces to take off the table's record: those, and
+// those that no longer exist.
+func (mp *Mapper) unLocalnets(ctx context.Context, gone []nft.Mapping) ([]string, error) {
+	if !slices.ContainsFunc(gone, func(e nft.Mapping) bool {
+		return e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback())
+	}) {
+		return nil, nil
+	}
+	rec, err := nft.Localnet(ctx, mp.host)
+	if err != nil || len(rec) == 0 {
+		return nil, err
+	}
 	h, err := mp.host.Netlink()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var out []string
+	names := mp.unLocalnet(gone)
+	for _, r := range rec {
+		var notFound netlink.LinkNotFoundError
+		if _, err := h.LinkByName(r); errors.As(err, &notFound) {
+			out = append(out, r) // gone with its link
+		} else if slices.Contains(names, r) {
+			if err := mp.host.SetSysctl("net/ipv4/conf/"+r+"/route_localnet", "0"); err != nil {
+				return nil, err
+			}
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func netipx(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+// forget deletes the conntrack entries of the UDP and SCTP elements that
+// are addressed to the host (see conntrackFilters), in one pass.
+func (mp *Mapper) forget(elems []nft.Mapping, removing bool) error {
+	var fs []ctFilter
+	local := map[bool]map[netip.Addr]bool{}
+	for _, e := range elems {
+		if e.Proto == unix.IPPROTO_TCP {
+			continue
+		}
+		v6 := e.CtrAddr.Is6()
+		if !e.HostAddr.IsValid() && local[v6] == nil {
+			var err error
+			if local[v6], err = mp.localAddrs(v6); err != nil {
+				return err
+			}
+		}
+		fs = append(fs, conntrackFilters(e, removing, local[v6])...)
+	}
+	return mp.ctForget(fs)
+}
+
+// conntrackFilters select the conntrack entries of e's host port that are
+// addressed to the host, never wider, so that a container's own traffic to
+// the same port of another machine keeps its entries: by protocol and
+// port, and by e's host address, or for a mapping on every address, on
+// Remove by the DNAT to e's container (the entries of the mapping), else
+// by each local address of the family (an entry to the host from before
+// the mapping). The kernel selects them: the cost does not grow with the
+// number of entries it copies out. Only UDP and SCTP need it (see doc.go,
+// Conntrack).
+func conntrackFilters(e nft.Mapping, removing bool, local map[netip.Addr]bool) []ctFilter {
+	f := ctFilter{v6: e.CtrAddr.Is6(), proto: e.Proto, dst: e.HostAddr, port: e.HostPort}
+	if e.HostAddr.IsValid() {
+		return []ctFilter{f}
+	}
+	if removing && !e.CtrAddr.IsUnspecified() {
+		f.ctr = netip.AddrPortFrom(e.CtrAddr, e.CtrPort)
+		return []ctFilter{f}
+	}
+	fs := make([]ctFilter, 0, len(local))
+	for a := range local {
+		f.dst = a
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// localAddrs returns the host's addresses of a family.
+func (mp *Mapper) localAddrs(v6 bool) (map[netip.Addr]bool, error) {
 	fam := netlink.FAMILY_V4
-	if m.CtrAddr.Is6() {
+	if v6 {
 		fam = netlink.FAMILY_V6
 	}
-	var filters []netlink.CustomConntrackFilter
-	for _, e := range m.elems() {
-		f := &netlink.ConntrackFilter{}
-		err := errors.Join(f.AddProtocol(e.Proto), f.AddPort(netlink.ConntrackOrigDstPort, e.HostPort))
-		if e.HostAddr.IsValid() {
-			err = errors.Join(err, f.AddIP(netlink.ConntrackOrigDstIP, e.HostAddr.AsSlice()))
-		}
-		if err != nil {
-			return err
-		}
-		filters = append(filters, f)
+	addrs, err := mp.host.Addrs(nil, fam)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(fam), filters...); err != nil {
-		return fmt.Errorf("portmap: delete conntrack entries of %s: %w", m, err)
+	out := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out[ip.Unmap()] = true
+		}
 	}
-	return nil
+	return out, nil
 }
 
 // Remove unpublishes m (by protocol, host address and ports; the other
@@ -338,38 +629,122 @@ func (mp *Mapper) forget(m Mapping) error {
 // a running UDP stream stops reaching the old container, then its
 // reservations. A mapping that is not there is no error.
 func (mp *Mapper) Remove(ctx context.Context, m Mapping) error {
-	m.Proto = m.proto()
-	if _, ok := protos[m.Proto]; !ok {
-		return &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}
+	err := mp.RemoveAll(ctx, []Mapping{m})
+	var be *BatchError
+	if errors.As(err, &be) {
+		return be.Err
 	}
-	if !m.CtrAddr.IsValid() {
-		m.CtrAddr = netip.IPv4Unspecified()
-		if m.HostAddr.Is6() {
-			m.CtrAddr = netip.IPv6Unspecified()
+	return err
+}
+
+// RemoveAll unpublishes ms as Remove does, in one nftables transaction
+// and one conntrack cleanup. A bad mapping fails it with a *BatchError
+// before anything is touched.
+func (mp *Mapper) RemoveAll(ctx context.Context, ms []Mapping) error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
+	var want []nft.Mapping
+	for i, m := range ms {
+		m.Proto = m.proto()
+		if _, ok := protos[m.Proto]; !ok {
+			return &BatchError{i, m, &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}}
 		}
+		if m.HostPort < 1 || m.HostPort > 65535 || m.HostPortEnd > 65535 || m.HostPortEnd != 0 && m.HostPortEnd < m.HostPort {
+			return &BatchError{i, m, &ValidationError{"HostPort", m.HostPort, "not a port or range of ports"}}
+		}
+		if !m.CtrAddr.IsValid() {
+			m.CtrAddr = netip.IPv4Unspecified()
+			if m.HostAddr.Is6() {
+				m.CtrAddr = netip.IPv6Unspecified()
+			}
+		}
+		want = append(want, m.elems()...)
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
-	if err := nft.RemoveMappings(ctx, mp.host, m.elems()); err != nil {
+	if err := mp.load(ctx); err != nil {
+		return err
+	}
+	return mp.remove(ctx, want)
+}
+
+// RemoveOwner unpublishes every mapping whose ID is id, as RemoveAll does.
+// An empty id is refused: it would name every mapping without one.
+func (mp *Mapper) RemoveOwner(ctx context.Context, id string) error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
+	if id == "" {
+		return &ValidationError{"ID", id, "empty"}
+	}
+	mp.mu.Lock()
+	defer mp.mu.Unlock()
+	if err := mp.load(ctx); err != nil {
+		return err
+	}
+	var want []nft.Mapping
+	for _, es := range mp.index {
+		for _, e := range es {
+			if e.ID == id {
+				want = append(want, e)
+			}
+		}
+	}
+	return mp.remove(ctx, want)
+}
+
+// remove unpublishes the elements want (by protocol, host address and
+// port). Call with mp.mu held and the index loaded.
+func (mp *Mapper) remove(ctx context.Context, want []nft.Mapping) error {
+	if len(want) == 0 {
+		return nil
+	}
+	// The elements as the index has them (with their containers), then
+	// route_localnet off where no mapping left needs it, before the
+	// table (and the guard with it) may go.
+	var gone, forget []nft.Mapping
+	for _, n := range want {
+		found := n // not in the table: its container is not known
+		for _, e := range mp.index[keyOf(n)] {
+			if e.HostAddr == n.HostAddr {
+				gone = append(gone, e)
+				found = e
+			}
+		}
+		forget = append(forget, found)
+	}
+	mp.indexRemove(gone)
+	lnets, err := mp.unLocalnets(ctx, gone)
+	if err != nil {
 		mp.index = nil
 		return err
 	}
-	mp.indexRemove(m.elems())
-	if err := mp.forget(m); err != nil {
+	if err := nft.RemoveMappings(ctx, mp.host, want, lnets...); err != nil {
+		mp.index = nil
 		return err
 	}
-	mp.release(m)
-	return nil
+	for _, n := range want {
+		mp.releaseKeys([]resKey{{n.Proto, n.HostAddr, n.CtrAddr.Is6(), int(n.HostPort)}})
+	}
+	// TCP needs no conntrack work (forget skips it): see doc.go, Conntrack.
+	return mp.forget(forget, true)
 }
 
 // List reads the mappings back from the table, one per port, ordered by
 // protocol, host address and port.
 func (mp *Mapper) List(ctx context.Context) ([]Mapping, error) {
+	if err := mp.ok(); err != nil {
+		return nil, err
+	}
 	return List(ctx, mp.host)
 }
 
 // List reads the mappings of host back from nsnet's table, one per port.
 func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
+	if host == nil {
+		return nil, &ValidationError{"host", nil, "no namespace"}
+	}
 	elems, err := nft.Mappings(ctx, host)
 	if err != nil {
 		return nil, err
@@ -400,55 +775,104 @@ func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
 // Reserve takes the reservations of mappings that exist already, for a
 // process that restarted and found them with List.
 func (mp *Mapper) Reserve(m Mapping) error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
 	if err := m.Validate(); err != nil {
 		return err
 	}
 	m.Proto = m.proto()
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
-	return mp.reserve(m)
+	_, err := mp.reserve(m)
+	return err
 }
 
 // Close releases every reservation. The mappings stay.
 func (mp *Mapper) Close() error {
+	if err := mp.ok(); err != nil {
+		return err
+	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	for k, c := range mp.reserved {
 		c.Close()
 		delete(mp.reserved, k)
 	}
+	mp.ctClose()
 	return nil
 }
 
-// reserve holds a socket on each host port of m that is not held yet; on
-// failure it releases what it took.
-func (mp *Mapper) reserve(m Mapping) error {
-	var took []resKey
-	for _, k := range m.resKeys() {
-		if _, ok := mp.reserved[k]; ok {
-			continue
-		}
-		c, err := mp.bind(k)
-		if err != nil {
-			for _, t := range took {
-				mp.reserved[t].Close()
-				delete(mp.reserved, t)
+// reserve holds a socket on each host port of m that is not held yet and
+// returns the ports it took; on failure it releases them.
+func (mp *Mapper) reserve(m Mapping) ([]resKey, error) {
+	took, _, err := mp.reserveAll([]Mapping{m})
+	return took, err
+}
+
+// reserveAll holds a socket on each host port of ms that is not held yet,
+// opening them all on one thread that it switches into the host namespace
+// once, and returns the ports it took. On failure it releases them and
+// returns the index of the mapping whose port failed.
+func (mp *Mapper) reserveAll(ms []Mapping) ([]resKey, int, error) {
+	type want struct {
+		k resKey
+		i int
+	}
+	var ws []want
+	seen := map[resKey]bool{}
+	for i, m := range ms {
+		for _, k := range m.resKeys() {
+			if _, held := mp.reserved[k]; !held && !seen[k] {
+				seen[k] = true
+				ws = append(ws, want{k, i})
 			}
-			if errors.Is(err, syscall.EADDRINUSE) {
-				return fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, m.Proto, k.port, err)
-			}
-			return err
-		}
-		if c != nil {
-			mp.reserved[k] = c
-			took = append(took, k)
 		}
 	}
-	return nil
+	if len(ws) == 0 {
+		return nil, -1, nil
+	}
+	opened := make([]io.Closer, 0, len(ws))
+	bad := -1
+	err := mp.host.Do(func() error {
+		for j, w := range ws {
+			c, err := openReservation(w.k)
+			if err != nil {
+				bad = j
+				return err
+			}
+			opened = append(opened, c)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, c := range opened {
+			if c != nil {
+				c.Close()
+			}
+		}
+		if bad < 0 {
+			return nil, -1, err
+		}
+		w := ws[bad]
+		if errors.Is(err, syscall.EADDRINUSE) {
+			err = fmt.Errorf("%w: %s port %d: %v", ErrPortInUse, ms[w.i].Proto, w.k.port, err)
+		}
+		return nil, w.i, err
+	}
+	var took []resKey
+	for j, c := range opened {
+		if c != nil {
+			serve(c)
+			mp.reserved[ws[j].k] = c
+			took = append(took, ws[j].k)
+		}
+	}
+	return took, -1, nil
 }
 
-func (mp *Mapper) release(m Mapping) {
-	for _, k := range m.resKeys() {
+func (mp *Mapper) releaseKeys(keys []resKey) {
+	for _, k := range keys {
 		if c, ok := mp.reserved[k]; ok {
 			c.Close()
 			delete(mp.reserved, k)
@@ -456,9 +880,9 @@ func (mp *Mapper) release(m Mapping) {
 	}
 }
 
-// bind opens the reservation socket of k in the host namespace; nil for an
-// SCTP port on a kernel without SCTP.
-func (mp *Mapper) bind(k resKey) (io.Closer, error) {
+// openReservation opens the reservation socket of k on a thread in the
+// host namespace; nil for an SCTP port on a kernel without SCTP.
+func openReservation(k resKey) (io.Closer, error) {
 	addr := k.addr
 	if !addr.IsValid() {
 		addr = netip.IPv4Unspecified()
@@ -473,26 +897,29 @@ func (mp *Mapper) bind(k resKey) (io.Closer, error) {
 	}
 	switch k.proto {
 	case unix.IPPROTO_TCP:
-		l, err := mp.host.Listen("tcp"+suffix, ap)
-		if err != nil {
-			return nil, err
-		}
-		// Connections that get here went around the DNAT: close them.
+		return net.Listen("tcp"+suffix, ap)
+	case unix.IPPROTO_UDP:
+		return net.ListenPacket("udp"+suffix, ap)
+	default:
+		return openSCTP(addr, k.port)
+	}
+}
+
+// serve drains a reservation socket: connections that get to a TCP one
+// went around the DNAT and are closed; datagrams are dropped.
+func serve(c io.Closer) {
+	switch c := c.(type) {
+	case net.Listener:
 		go func() {
 			for {
-				c, err := l.Accept()
+				conn, err := c.Accept()
 				if err != nil {
 					return
 				}
-				c.Close()
+				conn.Close()
 			}
 		}()
-		return l, nil
-	case unix.IPPROTO_UDP:
-		c, err := mp.host.ListenPacket("udp"+suffix, ap)
-		if err != nil {
-			return nil, err
-		}
+	case net.PacketConn:
 		go func() {
 			buf := make([]byte, 1)
 			for {
@@ -501,9 +928,6 @@ func (mp *Mapper) bind(k resKey) (io.Closer, error) {
 				}
 			}
 		}()
-		return c, nil
-	default:
-		return mp.bindSCTP(addr, k.port)
 	}
 }
 
@@ -511,35 +935,27 @@ type fdCloser int
 
 func (f fdCloser) Close() error { return unix.Close(int(f)) }
 
-func (mp *Mapper) bindSCTP(addr netip.Addr, port int) (io.Closer, error) {
-	var fd int
-	err := mp.host.Do(func() error {
-		dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
-		if addr.Is6() {
-			dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
-		}
-		var err error
-		fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-		if err != nil {
-			return err
-		}
-		if addr.Is6() {
-			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-		}
-		if err := unix.Bind(fd, sa); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		if err := unix.Listen(fd, 0); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		return nil
-	})
+func openSCTP(addr netip.Addr, port int) (io.Closer, error) {
+	dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
+	if addr.Is6() {
+		dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
+	}
+	fd, err := unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
 		return nil, nil // no SCTP in this kernel: nothing can take the port
 	}
 	if err != nil {
+		return nil, err
+	}
+	if addr.Is6() {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	return fdCloser(fd), nil

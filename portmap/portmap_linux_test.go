@@ -26,7 +26,7 @@ type world struct {
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	host := nstest.Host(t)
-	w := &world{host: host, out: nstest.NewOutside(t, host), mp: portmap.New(host, portmap.Config{})}
+	w := &world{host: host, out: nstest.NewOutside(t, host), mp: newMapper(t, host, portmap.Config{})}
 	w.alloc, _ = ipam.New(ipam.NewMemoryStore(), ipam.Config{})
 	t.Cleanup(func() { w.mp.Close() })
 	return w
@@ -209,7 +209,7 @@ func TestConflictsAndBadInput(t *testing.T) {
 func TestEphemeral(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	w.mp = portmap.New(w.host, portmap.Config{EphemeralPorts: [2]int{40000, 40001}})
+	w.mp = newMapper(t, w.host, portmap.Config{EphemeralPorts: [2]int{40000, 40001}})
 	a := w.network(t, "a", "10.44.0.0/24")
 	web, ctr := w.container(t, a, "c")
 	nstest.Serve(t, web, "tcp", "0.0.0.0:80")
@@ -224,5 +224,44 @@ func TestEphemeral(t *testing.T) {
 	}
 	if _, err := w.mp.Add(t.Context(), portmap.Mapping{CtrAddr: ctr, CtrPort: 80}); !errors.Is(err, portmap.ErrExhausted) {
 		t.Errorf("a third ephemeral port from two: %v", err)
+	}
+}
+
+// TestConfigAndNil: a bad ephemeral range is refused by New (a reversed
+// one used to panic in Add, one past 65535 to publish a wrapped, low port),
+// and a nil or zero Mapper answers with an error, not a panic.
+func TestConfigAndNil(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	var ve *portmap.ValidationError
+	for _, r := range [][2]int{{60999, 32768}, {65530, 70009}, {0, 100}, {-5, 10}} {
+		mp, err := portmap.New(host, portmap.Config{EphemeralPorts: r})
+		if !errors.As(err, &ve) {
+			t.Errorf("New with EphemeralPorts %v: %v, want a *ValidationError", r, err)
+		}
+		if mp != nil {
+			mp.Close()
+		}
+	}
+	if _, err := portmap.New(nil, portmap.Config{}); !errors.As(err, &ve) {
+		t.Errorf("New(nil): %v, want a *ValidationError", err)
+	}
+	m := portmap.Mapping{HostPort: 8080, CtrAddr: netip.MustParseAddr("10.0.0.2"), CtrPort: 80}
+	for _, mp := range []*portmap.Mapper{nil, {}} {
+		if _, err := mp.Add(t.Context(), m); !errors.Is(err, portmap.ErrNoMapper) {
+			t.Errorf("Add on %v: %v", mp, err)
+		}
+		if err := mp.Remove(t.Context(), m); !errors.Is(err, portmap.ErrNoMapper) {
+			t.Errorf("Remove on %v: %v", mp, err)
+		}
+		if _, err := mp.List(t.Context()); !errors.Is(err, portmap.ErrNoMapper) {
+			t.Errorf("List on %v: %v", mp, err)
+		}
+		if err := mp.Reserve(m); !errors.Is(err, portmap.ErrNoMapper) {
+			t.Errorf("Reserve on %v: %v", mp, err)
+		}
+		if err := mp.Close(); !errors.Is(err, portmap.ErrNoMapper) {
+			t.Errorf("Close on %v: %v", mp, err)
+		}
 	}
 }

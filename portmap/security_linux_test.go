@@ -15,6 +15,7 @@ import (
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
+	"github.com/nsnet/nsnet/veth"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -138,7 +139,7 @@ func TestUnpublishUDPStream(t *testing.T) {
 		if _, err := c.WriteTo([]byte("x"), dst); err != nil {
 			t.Fatal(err)
 		}
-		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		buf := make([]byte, 512)
 		n, _, err := c.ReadFrom(buf)
 		if err != nil {
@@ -277,4 +278,174 @@ func TestIPv6(t *testing.T) {
 	if len(ms) != 2 {
 		t.Errorf("List: %d mappings, want 2", len(ms))
 	}
+}
+
+// TestForwardingWithoutMasquerade: a port published on a host where no
+// network was given to nat.Masquerade (so nothing turned forwarding on)
+// is reached from outside: Add turns forwarding on, as dockerd does.
+func TestForwardingWithoutMasquerade(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	n, err := bridge.New(t.Context(), w.host, w.alloc, bridge.Config{Name: "a",
+		Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("10.55.0.0/24")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Delete(context.Background(), true) })
+	web, webAddr := w.container(t, n, "web")
+	nstest.Serve(t, web, "tcp", "0.0.0.0:80")
+	if v, err := w.host.Sysctl("net.ipv4.ip_forward"); err != nil || v != "0" {
+		t.Fatalf("ip_forward before Add: %q, %v; the test needs it off to mean anything", v, err)
+	}
+	w.publish(t, portmap.Mapping{HostPort: 8090, CtrAddr: webAddr, CtrPort: 80})
+	reach(t, "a published port without masquerade", w.out.NS, "tcp", netip.AddrPortFrom(w.out.HostAddr.Addr(), 8090))
+}
+
+// TestUnpublishKeepsOtherEntries: publishing and unpublishing a UDP port
+// on every address of the host deletes the conntrack entries addressed to
+// the host on that port, and no others: a container's own stream to the
+// same port of a machine outside keeps its entry (and so its masquerade).
+func TestUnpublishKeepsOtherEntries(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.56.0.0/24")
+	client, _ := w.container(t, a, "client")
+	_, webAddr := w.container(t, a, "web")
+	nstest.Serve(t, w.out.NS, "udp", w.out.Addr.String()+":5360")
+	reach(t, "the outside's UDP server on 5360", client, "udp", netip.AddrPortFrom(w.out.Addr, 5360))
+	toOutside := func() int {
+		return countFlows(t, w, func(f *netlink.ConntrackFlow) bool {
+			return f.Forward.DstPort == 5360 && f.Forward.DstIP.Equal(w.out.Addr.AsSlice())
+		})
+	}
+	if n := toOutside(); n == 0 {
+		t.Fatal("no conntrack entry of the container's stream to the outside")
+	}
+	m := w.publish(t, portmap.Mapping{Proto: "udp", HostPort: 5360, CtrAddr: webAddr, CtrPort: 53})
+	if n := toOutside(); n == 0 {
+		t.Error("publishing udp 5360 deleted the container's entry to the outside's port 5360")
+	}
+	if err := w.mp.Remove(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	if n := toOutside(); n == 0 {
+		t.Error("unpublishing udp 5360 deleted the container's entry to the outside's port 5360")
+	}
+}
+
+// TestDNATOnlyIntoNetworks: a network is deleted while its container's
+// mapping is still in the table; a packet to the published port is DNATed
+// to the container's old address, which the host now routes out of its
+// uplink: it must be dropped, not sent to whoever holds that address
+// outside.
+func TestDNATOnlyIntoNetworks(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.network(t, "a", "10.57.0.0/24")
+	b := w.network(t, "b", "10.58.0.0/24")
+	_, webAddr := w.container(t, a, "web")
+	client, _ := w.container(t, b, "client")
+	w.publish(t, portmap.Mapping{Proto: "udp", HostPort: 8095, CtrAddr: webAddr, CtrPort: 80})
+	if err := a.Delete(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+
+	// Outside, a machine holds the old container address.
+	h, err := w.out.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(webAddr, 32))}
+	if err := h.AddrAdd(lo, held); err != nil {
+		t.Fatal(err)
+	}
+	defer h.AddrDel(lo, held)
+	rec, err := w.out.NS.ListenPacket("udp4", netip.AddrPortFrom(webAddr, 80).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec.Close()
+
+	c, err := client.Dial(t.Context(), &net.Dialer{}, "udp4", netip.AddrPortFrom(b.Config().Subnets[0].Gateway, 8095).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, from, err := rec.ReadFrom(make([]byte, 16)); err == nil {
+		t.Errorf("a packet for the deleted network's mapping left through the uplink (from %s)", from)
+	}
+}
+
+// TestLocalnetEndsWithMapping: route_localnet, which a mapping covering
+// 127.0.0.1 turns on for the interface towards its container, is turned
+// off when the last such mapping goes. Here the container is behind a
+// plain veth (no nsnet network), so the table, and the guard that drops
+// packets for 127.0.0.0/8 from anywhere but lo, goes with the last
+// mapping: a route_localnet left on would let the container reach the
+// host's 127.0.0.1 services.
+func TestLocalnetEndsWithMapping(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctr := nstest.Container(t, w.host)
+	ends, err := veth.Pair(t.Context(), w.host, veth.Config{Name: "vrl0", Up: true, Peer: veth.End{NS: ctr, Name: "eth0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, ctrAddr := netip.MustParseAddr("10.59.0.1"), netip.MustParseAddr("10.59.0.2")
+	for _, e := range []struct {
+		ns   *netns.NS
+		name string
+		addr netip.Addr
+	}{{w.host, ends.Host.Name, gw}, {ctr, "eth0", ctrAddr}} {
+		h, err := e.ns.Netlink()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := h.LinkByName(e.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(e.addr, 24))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if h, err := w.host.Netlink(); err == nil {
+			if l, err := h.LinkByName("vrl0"); err == nil {
+				h.LinkDel(l)
+			}
+		}
+	})
+	nstest.Serve(t, w.host, "tcp", "127.0.0.1:9998")
+	m, err := w.mp.Add(t.Context(), portmap.Mapping{HostPort: 8096, CtrAddr: ctrAddr, CtrPort: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "net/ipv4/conf/vrl0/route_localnet"
+	if v, err := w.host.Sysctl(key); err != nil || v != "1" {
+		t.Fatalf("route_localnet with the mapping: %q, %v; the test needs it on to mean anything", v, err)
+	}
+	routeLoopbackVia(t, ctr, "eth0", gw)
+	noReach(t, "the host's 127.0.0.1 service from the container, with the mapping", ctr, "tcp", netip.MustParseAddrPort("127.0.0.1:9998"))
+
+	if err := w.mp.Remove(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.host.Sysctl(key); err != nil || v != "0" {
+		t.Errorf("route_localnet after the last mapping's Remove: %q, %v; want 0", v, err)
+	}
+	noReach(t, "the host's 127.0.0.1 service from the container, after Remove", ctr, "tcp", netip.MustParseAddrPort("127.0.0.1:9998"))
 }

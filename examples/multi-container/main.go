@@ -120,7 +120,10 @@ func run(ctx context.Context, env check.Env) error {
 	defer srv.Close()
 	wg.Go(func() { srv.Serve(ln) })
 
-	mp := portmap.New(host, portmap.Config{})
+	mp, err := portmap.New(host, portmap.Config{})
+	if err != nil {
+		return err
+	}
 	defer mp.Close()
 	m, err := mp.Add(ctx, portmap.Mapping{HostPort: 5000, CtrAddr: webAddr, CtrPort: 5000, ID: "web"})
 	if !log.OK("published "+m.String(), err) {

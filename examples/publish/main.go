@@ -67,7 +67,10 @@ func run(ctx context.Context, env check.Env) error {
 		return err
 	}
 
-	mp := portmap.New(host, portmap.Config{})
+	mp, err := portmap.New(host, portmap.Config{})
+	if err != nil {
+		return err
+	}
 	defer mp.Close()
 	loopback := netip.MustParseAddr("127.0.0.1")
 	var published []portmap.Mapping

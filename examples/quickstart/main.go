@@ -109,7 +109,10 @@ func run(ctx context.Context, env check.Env) error {
 		return err
 	}
 	defer srv.Close()
-	ports := portmap.New(host, portmap.Config{})
+	ports, err := portmap.New(host, portmap.Config{})
+	if err != nil {
+		return err
+	}
 	defer ports.Close()
 	m, err := ports.Add(ctx, portmap.Mapping{HostPort: 8080, CtrAddr: webAddr, CtrPort: 80, ID: "web"})
 	if !log.OK("published "+m.String(), err) {

@@ -30,6 +30,7 @@ const TableName = "nsnet"
 //	    jump user
 //	    iifname . oifname @noicc drop; iifname . oifname @same accept
 //	    iifname @internal drop; oifname @internal drop
+//	    ct status dnat ct direction original oifname != @bridges drop
 //	    ct status dnat accept                      # published ports
 //	    iifname @bridges oifname @bridges drop     # isolation
 //	    oifname @bridges ct state established,related accept
@@ -76,6 +77,9 @@ type schema struct {
 	masqnets4, masqnets6 *nftables.Set
 	// masq4, masq6: the subnets to masquerade.
 	masq4, masq6 *nftables.Set
+	// localnet: the interfaces portmap turned route_localnet on for. The
+	// table, and with it the guard, stays while any is there.
+	localnet *nftables.Set
 	// dnat4, dnat6: "host address . protocol . port" to "container
 	// address . port"; dnat4any, dnat6any: "protocol . port" for mappings
 	// on every local address.
@@ -132,6 +136,7 @@ func newSchema() *schema {
 		internal:  set(2, "internal", nftables.TypeIFName),
 		same:      set(3, "same", ifPair),
 		noicc:     set(4, "noicc", ifPair),
+		localnet:  set(15, "localnet", nftables.TypeIFName),
 		masqnets4: set(13, "masqnets4", concat(nftables.TypeIFName, v4, v4)),
 		masqnets6: set(14, "masqnets6", concat(nftables.TypeIFName, v6, v6)),
 		masq4:     masqSet(7, "masq4", v4),
@@ -155,7 +160,7 @@ func newSchema() *schema {
 
 func (sc *schema) sets() []*nftables.Set {
 	return []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc, sc.masqnets4, sc.masqnets6, sc.masq4, sc.masq6,
-		sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any}
+		sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any, sc.localnet}
 }
 
 // chains are the chains the skeleton owns the rules of (not user).
@@ -301,11 +306,12 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 
 // dropIfEmpty deletes the table in c's batch if, once that batch is
 // applied, nothing of nsnet's is left in it: no bridge, masquerade,
-// mapping or VXLAN network but the elements for which gone is true. It reads the sets in
-// that order and stops at the first element that stays, so a host with
-// networks pays for one read of the bridges.
+// mapping or VXLAN network, no interface with route_localnet, but the
+// elements for which gone is true. It reads the sets in that order and
+// stops at the first element that stays, so a host with networks pays for
+// one read of the bridges.
 func dropIfEmpty(c *nftables.Conn, sc *schema, gone func(*nftables.Set, nftables.SetElement) bool) error {
-	for _, s := range []*nftables.Set{sc.bridges, sc.masqnets4, sc.masqnets6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any, sc.vxnets} {
+	for _, s := range []*nftables.Set{sc.bridges, sc.masqnets4, sc.masqnets6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any, sc.vxnets, sc.localnet} {
 		elems, err := c.GetSetElements(s)
 		if err != nil {
 			return err

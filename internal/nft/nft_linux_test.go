@@ -12,7 +12,7 @@ import (
 func TestMain(m *testing.M) { nstest.Main(m) }
 
 // forwardRules is the number of constant rules of the forward chain.
-const forwardRules = 9
+const forwardRules = 10
 
 // state renders nsnet's table: rule count of forward and the sets' sizes.
 func state(t *testing.T, ns *netns.NS) map[string]int {

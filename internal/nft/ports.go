@@ -3,6 +3,7 @@
 package nft
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -81,11 +82,40 @@ func decode(sc *schema, s *nftables.Set, e nftables.SetElement) (Mapping, error)
 }
 
 // AddMappings adds mappings in one transaction, creating the table if
-// needed. A mapping whose key is there already is replaced.
-func AddMappings(ctx context.Context, host *netns.NS, ms []Mapping) error {
+// needed, and records the interfaces in localnet as having route_localnet
+// on (the table stays while any is recorded). A mapping whose key is there
+// already is replaced.
+func AddMappings(ctx context.Context, host *netns.NS, ms []Mapping, localnet ...string) error {
 	return change(ctx, host, "nft.add-mappings", true, func(c *nftables.Conn, sc *schema) (bool, error) {
+		if err := setLocalnet(c, sc, localnet, c.SetAddElements); err != nil {
+			return false, err
+		}
 		return true, addMappings(c, sc, ms)
 	})
+}
+
+func setLocalnet(c *nftables.Conn, sc *schema, names []string, op func(*nftables.Set, []nftables.SetElement) error) error {
+	if len(names) == 0 {
+		return nil
+	}
+	elems := make([]nftables.SetElement, len(names))
+	for i, n := range names {
+		elems[i] = nftables.SetElement{Key: ifname(n)}
+	}
+	return op(sc.localnet, elems)
+}
+
+// Localnet returns the interfaces recorded as having route_localnet on.
+func Localnet(ctx context.Context, host *netns.NS) ([]string, error) {
+	var out []string
+	err := change(ctx, host, "nft.localnet", false, func(c *nftables.Conn, sc *schema) (bool, error) {
+		elems, err := c.GetSetElements(sc.localnet)
+		for _, e := range elems {
+			out = append(out, string(bytes.TrimRight(e.Key, "\x00")))
+		}
+		return false, err
+	})
+	return out, err
 }
 
 func addMappings(c *nftables.Conn, sc *schema, ms []Mapping) error {
@@ -111,20 +141,29 @@ func addMappings(c *nftables.Conn, sc *schema, ms []Mapping) error {
 // grow with the number of mappings; only when the kernel reports that a key
 // was not there (the transaction then changed nothing) does it read the
 // maps and delete what is there.
-func RemoveMappings(ctx context.Context, host *netns.NS, ms []Mapping) error {
-	if len(ms) == 0 {
+//
+// The interfaces in unLocalnet are no longer recorded as having
+// route_localnet on (the caller turned it off).
+func RemoveMappings(ctx context.Context, host *netns.NS, ms []Mapping, unLocalnet ...string) error {
+	if len(ms) == 0 && len(unLocalnet) == 0 {
 		return nil
 	}
-	err := removeMappings(ctx, host, ms, false)
+	err := removeMappings(ctx, host, ms, unLocalnet, false)
 	if errors.Is(err, unix.ENOENT) {
-		err = removeMappings(ctx, host, ms, true)
+		err = removeMappings(ctx, host, ms, unLocalnet, true)
 	}
 	return err
 }
 
-func removeMappings(ctx context.Context, host *netns.NS, ms []Mapping, read bool) error {
+func removeMappings(ctx context.Context, host *netns.NS, ms []Mapping, unLocalnet []string, read bool) error {
 	return change(ctx, host, "nft.remove-mappings", false, func(c *nftables.Conn, sc *schema) (bool, error) {
 		removed := map[*nftables.Set]map[string]bool{}
+		if len(unLocalnet) > 0 {
+			removed[sc.localnet] = map[string]bool{}
+			for _, n := range unLocalnet {
+				removed[sc.localnet][string(ifname(n))] = true
+			}
+		}
 		for _, m := range ms {
 			s := m.set(sc)
 			if removed[s] == nil {
@@ -138,6 +177,18 @@ func removeMappings(ctx context.Context, host *netns.NS, ms []Mapping, read bool
 				return false, err
 			}
 			there := map[*nftables.Set]map[string]bool{}
+			lnet, err := c.GetSetElements(sc.localnet)
+			if err != nil {
+				return false, err
+			}
+			for _, e := range lnet {
+				if removed[sc.localnet][string(e.Key)] {
+					if there[sc.localnet] == nil {
+						there[sc.localnet] = map[string]bool{}
+					}
+					there[sc.localnet][string(e.Key)] = true
+				}
+			}
 			for _, h := range have {
 				if s := h.set(sc); removed[s][string(h.key())] {
 					if there[s] == nil {

@@ -17,6 +17,9 @@ type State struct {
 	// Masquerade holds the masqueraded subnets by bridge (SetMasquerade's).
 	Masquerade map[string][]netip.Prefix
 	Mappings   []Mapping
+	// Localnet are the interfaces that have route_localnet on for
+	// mappings: added to the record, which Reconcile does not empty.
+	Localnet []string
 }
 
 // Reconcile makes nsnet's table in host hold exactly st, in one
@@ -27,7 +30,9 @@ type State struct {
 func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 	return rebuild(ctx, host, "nft.reconcile", func(c *nftables.Conn, sc *schema) error {
 		for _, s := range sc.sets() {
-			c.FlushSet(s)
+			if s != sc.localnet { // the kernel's state, not the caller's
+				c.FlushSet(s)
+			}
 		}
 		for _, n := range st.Networks {
 			if err := addNetwork(c, sc, n); err != nil {
@@ -38,6 +43,9 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 			if err := addMasq(c, sc, bridge, subnets); err != nil {
 				return err
 			}
+		}
+		if err := setLocalnet(c, sc, st.Localnet, c.SetAddElements); err != nil {
+			return err
 		}
 		return addMappings(c, sc, st.Mappings)
 	})

@@ -59,6 +59,13 @@ func (sc *schema) rules() []chainRules {
 		{iif, oif2, lookup(sc.same), verdict(expr.VerdictAccept)},
 		{iif, lookup(sc.internal), verdict(expr.VerdictDrop)},
 		{oif, lookup(sc.internal), verdict(expr.VerdictDrop)},
+		// A DNATed connection goes only into nsnet's bridges: a mapping
+		// left behind by a deleted network must not send outside traffic
+		// on to wherever the host now routes the old container address.
+		cat(ctStatusDNAT, one(&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}}, // original
+			oif, &expr.Lookup{SourceRegister: reg1, SetName: sc.bridges.Name, SetID: sc.bridges.ID, Invert: true},
+			verdict(expr.VerdictDrop))),
 		cat(ctStatusDNAT, one(verdict(expr.VerdictAccept))),
 		{iif, lookup(sc.bridges), oif, lookup(sc.bridges), verdict(expr.VerdictDrop)},
 		cat(one(oif, lookup(sc.bridges)), ctEstablished, one(verdict(expr.VerdictAccept))),
