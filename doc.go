@@ -7,8 +7,19 @@
 //     sockets that every other package acts through;
 //   - netns/nstest: test fixtures, sandbox hosts and topologies with leak checks;
 //   - veth: veth pairs;
-//   - ipam: address management, on memory, file or etcd stores;
-//   - examples: one runnable, self-checking program per scenario.
+//   - bridge: bridge networks (Docker's default and user-defined networks),
+//     containers attached and detached, isolation between networks, and the
+//     none, host and container network modes;
+//   - nat: outbound masquerade and forwarding;
+//   - portmap: published ports (DNAT), with hairpin and localhost access;
+//   - macvlan: macvlan networks on a parent interface, and the host's shim;
+//   - overlay: VXLAN networks across hosts on a shared store;
+//   - ipam: address pools, on a memory or file store;
+//   - ipam/etcdstore: the etcd store, for pools shared by several hosts;
+//   - dnsd: the embedded DNS server (names, aliases, forwarding) and the
+//     containers' resolv.conf and hosts files;
+//   - examples: one runnable, self-checking program per scenario
+//     (examples/check is the harness they run in).
 //
 // # The namespace model
 //

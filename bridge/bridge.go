@@ -1,11 +1,18 @@
 package bridge
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/ifname"
+	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 )
@@ -146,4 +153,91 @@ type Info struct {
 	Index int
 	// Endpoints are the containers attached, read from the bridge's ports.
 	Endpoints []Endpoint
+}
+
+// Validate reports what is wrong with c before anything is touched. Bad
+// subnets are found by ipam's rules (a gateway or ip-range outside its
+// subnet, host bits set, too small to hold a container, overlapping each
+// other) and reported, like the rest, as a *netns.ValidationError.
+func (c Config) Validate() error {
+	bad := func(field, value, reason string) error {
+		return &netns.ValidationError{Pkg: "bridge", Field: field, Value: value, Reason: reason}
+	}
+	if r := names.Check(c.Name, 64); r != "" {
+		return bad("Config.Name", c.Name, r)
+	}
+	if c.Bridge != "" {
+		if r := ifname.Check(c.Bridge); r != "" {
+			return bad("Config.Bridge", c.Bridge, r)
+		}
+	}
+	if err := (ipam.PoolConfig{Name: poolName(c.Name), Subnets: c.Subnets}).Validate(); err != nil {
+		var ve *ipam.ValidationError
+		if errors.As(err, &ve) {
+			return bad(strings.Replace(ve.Field, "PoolConfig.", "Config.", 1), ve.Value, ve.Reason)
+		}
+		return err
+	}
+	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
+		return bad("Config.MTU", fmt.Sprint(c.MTU), "not between 68 and 65535")
+	}
+	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0) {
+		return bad("Config.MAC", c.MAC.String(), "not a unicast Ethernet address")
+	}
+	if _, err := encodeMark(c.mark()); err != nil {
+		return bad("Config.Labels", fmt.Sprint(c.Labels), "too long to keep with the network: "+err.Error())
+	}
+	return nil
+}
+
+// poolName is the IPAM pool of a network.
+func poolName(network string) string { return "bridge." + network }
+
+// BridgeName returns the bridge interface name a network called name gets
+// when Config.Bridge is empty: "br-" and 12 hex digits of a hash of the
+// name (Docker uses its network ID the same way).
+func BridgeName(name string) string {
+	sum := sha256.Sum256([]byte("nsnet/bridge/" + name))
+	return "br-" + hex.EncodeToString(sum[:])[:12]
+}
+
+func (c Config) mark() netMark {
+	return netMark{Kind: markerBridge, Name: c.Name, Internal: c.Internal, DisableICC: c.DisableICC, Labels: c.Labels}
+}
+
+// baseMetric is the metric of a default route with GatewayPriority 0; a
+// higher priority gives a lower metric, which the kernel prefers.
+const baseMetric = 10000
+
+// Validate reports what is wrong with c before anything is touched.
+func (c EndpointConfig) Validate() error {
+	bad := func(field, value, reason string) error {
+		return &netns.ValidationError{Pkg: "bridge", Field: field, Value: value, Reason: reason}
+	}
+	if len(c.ID) > 80 {
+		return bad("EndpointConfig.ID", c.ID, "longer than 80 bytes")
+	}
+	if r := names.Check(c.ID, 64); r != "" {
+		return bad("EndpointConfig.ID", c.ID, r)
+	}
+	if c.NS == nil {
+		return bad("EndpointConfig.NS", "<nil>", "no container namespace")
+	}
+	if c.IfName != "" {
+		if r := ifname.Check(c.IfName); r != "" {
+			return bad("EndpointConfig.IfName", c.IfName, r)
+		}
+	}
+	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0) {
+		return bad("EndpointConfig.MAC", c.MAC.String(), "not a unicast Ethernet address")
+	}
+	if c.GatewayPriority < -baseMetric+1 || c.GatewayPriority > baseMetric {
+		return bad("EndpointConfig.GatewayPriority", strconv.Itoa(c.GatewayPriority), fmt.Sprintf("not within ±%d", baseMetric-1))
+	}
+	for _, a := range c.Addrs {
+		if !a.IsValid() {
+			return bad("EndpointConfig.Addrs", a.String(), "not an address")
+		}
+	}
+	return nil
 }

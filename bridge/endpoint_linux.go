@@ -7,13 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
-	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/linkdel"
-	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/veth"
@@ -33,46 +30,9 @@ func lockEndpoint(host *netns.NS, name string) func() {
 	return endpoints.Lock(host.ID().String() + "/" + name)
 }
 
-// baseMetric is the metric of a default route with GatewayPriority 0; a
-// higher priority gives a lower metric, which the kernel prefers.
-const baseMetric = 10000
-
 // afterVeth, when a test sets it, is called by Attach once the veth pair
 // exists, to inject a failure half way.
 var afterVeth func() error
-
-// Validate reports what is wrong with c before anything is touched.
-func (c EndpointConfig) Validate() error {
-	bad := func(field, value, reason string) error {
-		return &netns.ValidationError{Pkg: "bridge", Field: field, Value: value, Reason: reason}
-	}
-	if len(c.ID) > 80 {
-		return bad("EndpointConfig.ID", c.ID, "longer than 80 bytes")
-	}
-	if r := names.Check(c.ID, 64); r != "" {
-		return bad("EndpointConfig.ID", c.ID, r)
-	}
-	if c.NS == nil {
-		return bad("EndpointConfig.NS", "<nil>", "no container namespace")
-	}
-	if c.IfName != "" {
-		if r := ifname.Check(c.IfName); r != "" {
-			return bad("EndpointConfig.IfName", c.IfName, r)
-		}
-	}
-	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0) {
-		return bad("EndpointConfig.MAC", c.MAC.String(), "not a unicast Ethernet address")
-	}
-	if c.GatewayPriority < -baseMetric+1 || c.GatewayPriority > baseMetric {
-		return bad("EndpointConfig.GatewayPriority", strconv.Itoa(c.GatewayPriority), fmt.Sprintf("not within ±%d", baseMetric-1))
-	}
-	for _, a := range c.Addrs {
-		if !a.IsValid() {
-			return bad("EndpointConfig.Addrs", a.String(), "not an address")
-		}
-	}
-	return nil
-}
 
 // endpointOwner is the IPAM owner of an endpoint's addresses.
 func endpointOwner(network, id string) string { return network + "/" + id }

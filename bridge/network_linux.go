@@ -2,8 +2,6 @@ package bridge
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -13,9 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
-	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
@@ -24,56 +20,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// Validate reports what is wrong with c before anything is touched. Bad
-// subnets are found by ipam's rules (a gateway or ip-range outside its
-// subnet, host bits set, too small to hold a container, overlapping each
-// other) and reported, like the rest, as a *netns.ValidationError.
-func (c Config) Validate() error {
-	bad := func(field, value, reason string) error {
-		return &netns.ValidationError{Pkg: "bridge", Field: field, Value: value, Reason: reason}
-	}
-	if r := names.Check(c.Name, 64); r != "" {
-		return bad("Config.Name", c.Name, r)
-	}
-	if c.Bridge != "" {
-		if r := ifname.Check(c.Bridge); r != "" {
-			return bad("Config.Bridge", c.Bridge, r)
-		}
-	}
-	if err := (ipam.PoolConfig{Name: poolName(c.Name), Subnets: c.Subnets}).Validate(); err != nil {
-		var ve *ipam.ValidationError
-		if errors.As(err, &ve) {
-			return bad(strings.Replace(ve.Field, "PoolConfig.", "Config.", 1), ve.Value, ve.Reason)
-		}
-		return err
-	}
-	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
-		return bad("Config.MTU", fmt.Sprint(c.MTU), "not between 68 and 65535")
-	}
-	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0) {
-		return bad("Config.MAC", c.MAC.String(), "not a unicast Ethernet address")
-	}
-	if _, err := encodeMark(c.mark()); err != nil {
-		return bad("Config.Labels", fmt.Sprint(c.Labels), "too long to keep with the network: "+err.Error())
-	}
-	return nil
-}
-
-// poolName is the IPAM pool of a network.
-func poolName(network string) string { return "bridge." + network }
-
-// BridgeName returns the bridge interface name a network called name gets
-// when Config.Bridge is empty: "br-" and 12 hex digits of a hash of the
-// name (Docker uses its network ID the same way).
-func BridgeName(name string) string {
-	sum := sha256.Sum256([]byte("nsnet/bridge/" + name))
-	return "br-" + hex.EncodeToString(sum[:])[:12]
-}
-
-func (c Config) mark() netMark {
-	return netMark{Kind: markerBridge, Name: c.Name, Internal: c.Internal, DisableICC: c.DisableICC, Labels: c.Labels}
-}
 
 // New creates a bridge network in host, like `docker network create`: a
 // bridge (STP off, no forward delay) with the gateway addresses of its

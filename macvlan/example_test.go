@@ -9,19 +9,28 @@ import (
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/macvlan"
 	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/veth"
 )
 
 // S10 on one host: `docker network create -d macvlan --subnet
 // 172.29.0.0/16 --gateway 172.29.0.254 -o parent=eth0 s10` and `docker run
-// --network s10 --ip 172.29.0.81`. It needs the kernel (and root), so it is
-// compiled, not run.
+// --network s10 --ip 172.29.0.81`. The host is a namespace of its own, and
+// its eth0 the veth that plays its uplink.
 func Example() {
 	ctx := context.Background()
-	host, err := netns.Open("host1") // the namespace whose eth0 is the parent
+	host, err := netns.New()
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer host.Close()
+	lan, err := netns.New() // the other end of the uplink
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer lan.Close()
+	if _, err := veth.Pair(ctx, host, veth.Config{Name: "eth0", Peer: veth.End{NS: lan, Name: "lan0"}, Up: true}); err != nil {
+		log.Fatal(err)
+	}
 	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
 	if err != nil {
 		log.Fatal(err)
@@ -34,7 +43,8 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ctr, err := netns.Open("c1")
+	defer n.Delete(ctx, true)
+	ctr, err := netns.New()
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -43,7 +53,11 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(ep.IfName, ep.Addrs[0], ep.MAC)
+	fmt.Println(n.Config().Mode, ep.IfName, ep.Addrs)
+	fmt.Println(n.Detach(ctx, "c1", ctr))
+	// Output:
+	// bridge eth0 [172.29.0.81/16]
+	// <nil>
 }
 
 // The host reaches its own containers through a shim.

@@ -3,7 +3,6 @@ package veth
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -15,65 +14,6 @@ import (
 	"github.com/nsnet/nsnet/netns"
 	"github.com/vishvananda/netlink"
 )
-
-// Validate reports what is wrong with c before any kernel call is made: names
-// that the kernel would refuse, an MTU out of range, MACs that are not
-// unicast Ethernet addresses, two equal names in one namespace.
-func (c Config) Validate() error {
-	bad := func(field, value, reason string) error {
-		return &netns.ValidationError{Pkg: "veth", Field: field, Value: value, Reason: reason}
-	}
-	if c.Name != "" {
-		if r := ifname.Check(c.Name); r != "" {
-			return bad("Config.Name", c.Name, r)
-		}
-	}
-	if c.Peer.Name != "" {
-		if r := ifname.Check(c.Peer.Name); r != "" {
-			return bad("Config.Peer.Name", c.Peer.Name, r)
-		}
-	}
-	if c.Name != "" && c.Name == c.Peer.Name && c.Peer.NS == nil {
-		return bad("Config.Peer.Name", c.Peer.Name, "equals Config.Name in the same namespace")
-	}
-	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
-		return bad("Config.MTU", fmt.Sprint(c.MTU), "not between 68 and 65535")
-	}
-	if r := checkMAC(c.MAC); r != "" {
-		return bad("Config.MAC", c.MAC.String(), r)
-	}
-	if r := checkMAC(c.Peer.MAC); r != "" {
-		return bad("Config.Peer.MAC", c.Peer.MAC.String(), r)
-	}
-	if len(c.Alias) > 255 {
-		return bad("Config.Alias", c.Alias, "longer than 255 bytes")
-	}
-	return nil
-}
-
-func checkMAC(mac net.HardwareAddr) string {
-	switch {
-	case mac == nil:
-		return ""
-	case len(mac) != 6:
-		return "not a 6-byte Ethernet address"
-	case mac[0]&1 != 0:
-		return "a multicast address"
-	case bytes.Equal(mac, make(net.HardwareAddr, 6)):
-		return "all zero"
-	}
-	return ""
-}
-
-// RandomMAC returns a random unicast, locally administered MAC address.
-func RandomMAC() net.HardwareAddr {
-	mac := make(net.HardwareAddr, 6)
-	if _, err := rand.Read(mac); err != nil {
-		panic(err) // crypto/rand never fails on Linux
-	}
-	mac[0] = mac[0]&^1 | 2
-	return mac
-}
 
 // afterCreate, when set by a test, is called after the pair was created and
 // before it is set up, to inject a failure half way.

@@ -12,7 +12,7 @@ import (
 	"slices"
 
 	"github.com/nsnet/nsnet/bridge"
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns/nstest"
 )

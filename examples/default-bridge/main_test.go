@@ -3,7 +3,7 @@ package main
 import (
 	"testing"
 
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/netns/nstest"
 )
 

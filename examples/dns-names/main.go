@@ -26,7 +26,7 @@ import (
 
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/dnsd"
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"

@@ -16,7 +16,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/veth"

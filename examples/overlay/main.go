@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet/dnsd"
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/internal/etcdtest"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/ipam/etcdstore"

@@ -13,7 +13,7 @@ import (
 	"net/netip"
 
 	"github.com/nsnet/nsnet/bridge"
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"

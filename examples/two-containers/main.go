@@ -10,7 +10,7 @@ import (
 	"net/netip"
 
 	"github.com/nsnet/nsnet/bridge"
-	"github.com/nsnet/nsnet/examples/internal/check"
+	"github.com/nsnet/nsnet/examples/check"
 	"github.com/nsnet/nsnet/netns/nstest"
 )
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package ctrlink configures a container's interface the way every nsnet
 // network driver does (bridge, macvlan): Docker's settings for an
 // endpoint, its addresses, and its default route.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package linkdel deletes a network interface without waiting for the
 // kernel to free it.
 //

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package nft owns nsnet's nftables table: one inet table named "nsnet" per
 // host namespace, with its base chains, sets and constant rules. Per-network
 // data lives in set elements, never in rules, so the rule set is the same

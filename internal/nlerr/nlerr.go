@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package nlerr normalises the errors of the kernel and of the netlink
 // libraries so that callers can match them with errors.Is against the os
 // sentinels, and retries netlink dumps that the kernel interrupted.

@@ -205,8 +205,12 @@ func (before machine) check(t testing.TB) {
 // both go away asynchronously), and every thread of the process must be in
 // the process's own namespace. A failed check fails the run.
 //
+// Without the privileges to make namespaces (and outside CI) the package's
+// Examples are skipped, as the tests are.
+//
 //	func TestMain(m *testing.M) { nstest.Main(m) }
 func Main(m *testing.M) {
+	skipExamples()
 	// Start the runtime's poller before counting, so that its descriptors
 	// are part of the baseline.
 	if r, w, err := os.Pipe(); err == nil {

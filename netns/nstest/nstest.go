@@ -49,11 +49,8 @@ var (
 	probeErr  error
 )
 
-// Require skips the test, or fails it when CI=true, unless this process can
-// create network namespaces. Every fixture calls it; call it directly in a
-// test that needs privileges but no fixture.
-func Require(t testing.TB) {
-	t.Helper()
+// probe reports whether this process can create network namespaces, once.
+func probe() error {
 	probeOnce.Do(func() {
 		ns, err := netns.New()
 		if err != nil {
@@ -62,6 +59,15 @@ func Require(t testing.TB) {
 		}
 		probeErr = ns.Close()
 	})
+	return probeErr
+}
+
+// Require skips the test, or fails it when CI=true, unless this process can
+// create network namespaces. Every fixture calls it; call it directly in a
+// test that needs privileges but no fixture.
+func Require(t testing.TB) {
+	t.Helper()
+	probeErr := probe()
 	if probeErr == nil {
 		return
 	}

@@ -1,6 +1,7 @@
-// Package check runs the example programs: each inside a sandbox namespace
-// that acts as its host, printing every check it makes and exiting non-zero
-// when one fails.
+// Package check is the harness the example programs run in: each runs inside
+// a sandbox namespace that acts as its host, prints every check it makes and
+// exits non-zero when one fails. It is public so that an example copied into
+// another module builds as it is; it is not part of nsnet's stable API.
 package check
 
 import (
