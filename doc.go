@@ -18,6 +18,9 @@
 //   - ipam/etcdstore: the etcd store, for pools shared by several hosts;
 //   - dnsd: the embedded DNS server (names, aliases, forwarding) and the
 //     containers' resolv.conf and hosts files;
+//   - stack: one host's stack for the common case (networks with NAT and
+//     DNS, containers with names and published ports, state for restarts),
+//     built from the packages above;
 //   - examples: one runnable, self-checking program per scenario
 //     (examples/check is the harness they run in).
 //

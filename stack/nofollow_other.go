@@ -1,0 +1,5 @@
+//go:build !unix
+
+package stack
+
+const nofollow = 0

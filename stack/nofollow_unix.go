@@ -1,0 +1,7 @@
+//go:build unix
+
+package stack
+
+import "syscall"
+
+const nofollow = syscall.O_NOFOLLOW
