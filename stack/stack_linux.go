@@ -343,6 +343,7 @@ func (s *Stack) Run(ctx context.Context, cfg ContainerConfig) (_ Container, err 
 			return Container{}, err
 		}
 	}
+	var ports []portmap.Mapping
 	for _, m := range cfg.Ports {
 		m.CtrAddr = addrOfFamily(saved.Endpoints[0].Addrs, !m.HostAddr.Is6())
 		if !m.CtrAddr.IsValid() {
@@ -351,11 +352,13 @@ func (s *Stack) Run(ctx context.Context, cfg ContainerConfig) (_ Container, err 
 		if m.ID == "" {
 			m.ID = cfg.ID
 		}
-		m, err = s.ports.Add(ctx, m)
-		if err != nil {
+		ports = append(ports, m)
+	}
+	if len(ports) > 0 {
+		// All or none, in one transaction.
+		if saved.Ports, err = s.ports.AddAll(ctx, ports); err != nil {
 			return Container{}, err
 		}
-		saved.Ports = append(saved.Ports, m)
 	}
 	s.st.Containers[cfg.ID] = saved
 	if err := s.st.save(s.dir); err != nil {
@@ -391,8 +394,8 @@ func (s *Stack) container(id string, c savedContainer) Container {
 // the others.
 func (s *Stack) teardown(ctx context.Context, id string, c savedContainer) error {
 	var errs []error
-	for _, m := range c.Ports {
-		errs = append(errs, s.ports.Remove(ctx, m))
+	if len(c.Ports) > 0 {
+		errs = append(errs, s.ports.RemoveAll(ctx, c.Ports))
 	}
 	for _, ep := range c.Endpoints {
 		if err := s.dns.Unregister(ep.Network, c.Name); err != nil && !errors.Is(err, dnsd.ErrNotFound) {
