@@ -19,22 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Config configures a Mapper.
-type Config struct {
-	// EphemeralPorts is the range ephemeral host ports come from, first
-	// and last, within 1 to 65535; zero: 32768 to 60999 (Linux's default
-	// ip_local_port_range, which Docker uses).
-	EphemeralPorts [2]int
-}
-
-// Validate checks c without touching the kernel.
-func (c Config) Validate() error {
-	if r := c.EphemeralPorts; r != [2]int{} && (r[0] < 1 || r[1] > 65535 || r[0] > r[1]) {
-		return &ValidationError{"EphemeralPorts", r, "not a range of ports within 1 to 65535, first to last"}
-	}
-	return nil
-}
-
 // Mapper publishes ports in one host namespace and holds their
 // reservations. Safe for concurrent use.
 type Mapper struct {
@@ -130,7 +114,7 @@ type resKey struct {
 // or a bad Config.
 func New(host *netns.NS, cfg Config) (*Mapper, error) {
 	if host == nil {
-		return nil, &ValidationError{"host", nil, "no namespace"}
+		return nil, invalid("host", nil, "no namespace")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -142,7 +126,7 @@ func New(host *netns.NS, cfg Config) (*Mapper, error) {
 }
 
 // ErrNoMapper: a method was called on a nil Mapper or one not made by New.
-var ErrNoMapper = errors.New("portmap: nil or zero Mapper (make it with New)")
+var ErrNoMapper error = invalid("Mapper", nil, "nil or zero Mapper (make it with New)")
 
 func (mp *Mapper) ok() error {
 	if mp == nil || mp.host == nil || mp.reserved == nil {
@@ -255,20 +239,6 @@ func (mp *Mapper) addAll(ctx context.Context, ms []Mapping) ([]Mapping, error) {
 	}
 	return ms, nil
 }
-
-// BatchError names the mapping of a batch (AddAll, RemoveAll) that failed
-// it: its index in the batch, the mapping, and the error.
-type BatchError struct {
-	Index   int
-	Mapping Mapping
-	Err     error
-}
-
-func (e *BatchError) Error() string {
-	return fmt.Sprintf("portmap: mapping %d of the batch (%s): %v", e.Index, e.Mapping, e.Err)
-}
-
-func (e *BatchError) Unwrap() error { return e.Err }
 
 // add publishes ms (picking their ephemeral ports in place) and returns,
 // on failure, the index of the mapping at fault (-1: none in particular).
@@ -648,10 +618,10 @@ func (mp *Mapper) RemoveAll(ctx context.Context, ms []Mapping) error {
 	for i, m := range ms {
 		m.Proto = m.proto()
 		if _, ok := protos[m.Proto]; !ok {
-			return &BatchError{i, m, &ValidationError{"Proto", m.Proto, "not tcp, udp or sctp"}}
+			return &BatchError{i, m, invalid("Proto", m.Proto, "not tcp, udp or sctp")}
 		}
 		if m.HostPort < 1 || m.HostPort > 65535 || m.HostPortEnd > 65535 || m.HostPortEnd != 0 && m.HostPortEnd < m.HostPort {
-			return &BatchError{i, m, &ValidationError{"HostPort", m.HostPort, "not a port or range of ports"}}
+			return &BatchError{i, m, invalid("HostPort", m.HostPort, "not a port or range of ports")}
 		}
 		if !m.CtrAddr.IsValid() {
 			m.CtrAddr = netip.IPv4Unspecified()
@@ -676,7 +646,7 @@ func (mp *Mapper) RemoveOwner(ctx context.Context, id string) error {
 		return err
 	}
 	if id == "" {
-		return &ValidationError{"ID", id, "empty"}
+		return invalid("ID", id, "empty")
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
@@ -743,7 +713,7 @@ func (mp *Mapper) List(ctx context.Context) ([]Mapping, error) {
 // List reads the mappings of host back from nsnet's table, one per port.
 func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
 	if host == nil {
-		return nil, &ValidationError{"host", nil, "no namespace"}
+		return nil, invalid("host", nil, "no namespace")
 	}
 	elems, err := nft.Mappings(ctx, host)
 	if err != nil {
@@ -979,5 +949,5 @@ func (mp *Mapper) hostHas(addr netip.Addr) error {
 			return nil
 		}
 	}
-	return &ValidationError{"HostAddr", addr, "not an address of the host"}
+	return invalid("HostAddr", addr, "not an address of the host")
 }

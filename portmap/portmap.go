@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 
+	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/netns"
-	"golang.org/x/sys/unix"
 )
 
 // Mapping is one published port or range of ports.
@@ -56,7 +58,8 @@ func (m Mapping) proto() string {
 	return m.Proto
 }
 
-var protos = map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}
+// protos are the IP protocol numbers (IANA: the same on every system).
+var protos = map[string]uint8{"tcp": 6, "udp": 17, "sctp": 132}
 
 // length is the number of ports of m (1 for a single port).
 func (m Mapping) length() int {
@@ -72,28 +75,32 @@ var (
 	// protocol on the same or an overlapping host address. It matches
 	// netns.ErrExists.
 	ErrConflict = fmt.Errorf("portmap: port already published: %w", netns.ErrExists)
-	// ErrPortInUse: a program of the host holds the port.
-	ErrPortInUse = errors.New("portmap: port in use on the host")
+	// ErrPortInUse: a program of the host holds the port. It matches
+	// nsnet.ErrInUse.
+	ErrPortInUse = errs.New("portmap: port in use on the host", nsnet.ErrInUse)
+	// ErrNotFound, ErrExists and ErrInUse are the module-wide sentinels
+	// (os.ErrNotExist, os.ErrExist, nsnet.ErrInUse) that every nsnet
+	// package has; ErrConflict and ErrPortInUse match the last two.
+	ErrNotFound = os.ErrNotExist
+	ErrExists   = os.ErrExist
+	ErrInUse    = nsnet.ErrInUse
 	// ErrExhausted: no ephemeral port is free.
 	ErrExhausted = errors.New("portmap: no free ephemeral port")
 )
 
-// ValidationError is bad input, refused before the table is touched.
-type ValidationError struct {
-	Field  string
-	Value  any
-	Reason string
-}
+// ValidationError is bad input, refused before the table is touched:
+// nsnet.ValidationError, the one type every nsnet package returns for it.
+type ValidationError = nsnet.ValidationError
 
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("portmap: %s %v: %s", e.Field, e.Value, e.Reason)
+func invalid(field string, value any, reason string) *ValidationError {
+	return errs.Invalid("portmap", field, value, reason)
 }
 
 // Validate checks m without touching the kernel (but for whether the host
 // has HostAddr, which Add checks).
 func (m Mapping) Validate() error {
 	bad := func(f string, v any, format string, args ...any) error {
-		return &ValidationError{f, v, fmt.Sprintf(format, args...)}
+		return invalid(f, v, fmt.Sprintf(format, args...))
 	}
 	if _, ok := protos[m.proto()]; !ok {
 		return bad("Proto", m.Proto, "not tcp, udp or sctp")
@@ -139,4 +146,66 @@ func (m Mapping) Validate() error {
 		return bad("ID", m.ID, "over 128 bytes or with a NUL")
 	}
 	return nil
+}
+
+// Config configures a Mapper.
+type Config struct {
+	// EphemeralPorts is the range ephemeral host ports come from, first
+	// and last, within 1 to 65535; zero: 32768 to 60999 (Linux's default
+	// ip_local_port_range, which Docker uses).
+	EphemeralPorts [2]int
+}
+
+// Validate checks c without touching the kernel.
+func (c Config) Validate() error {
+	if r := c.EphemeralPorts; r != [2]int{} && (r[0] < 1 || r[1] > 65535 || r[0] > r[1]) {
+		return invalid("EphemeralPorts", r, "not a range of ports within 1 to 65535, first to last")
+	}
+	return nil
+}
+
+// BatchError names the mapping of a batch (AddAll, RemoveAll) that failed
+// it: its index in the batch, the mapping, and the error.
+type BatchError struct {
+	Index   int
+	Mapping Mapping
+	Err     error
+}
+
+func (e *BatchError) Error() string {
+	return fmt.Sprintf("portmap: mapping %d of the batch (%s): %v", e.Index, e.Mapping, e.Err)
+}
+
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// State is everything nsnet keeps in a host's nftables table, as the
+// caller holds it: its bridge networks (their isolation), the networks it
+// masquerades, and the mappings it published. The types are portmap's own,
+// so that portmap does not pull in the bridge and nat packages; a bridge
+// network's Config and a nat.Network carry the same fields.
+type State struct {
+	// Networks are the bridge networks of the host.
+	Networks []Network
+	// Masquerade are the networks given to nat.Masquerade.
+	Masquerade []Masquerade
+	// Mappings are the mappings Mapper.Add returned.
+	Mappings []Mapping
+}
+
+// Network is what the isolation rules need to know of a bridge network
+// (bridge.Network.Config has these fields).
+type Network struct {
+	// Bridge is the network's bridge in the host namespace.
+	Bridge  string
+	Subnets []netip.Prefix
+	// Internal networks have no egress.
+	Internal bool
+	// DisableICC drops traffic between the network's containers.
+	DisableICC bool
+}
+
+// Masquerade is a masqueraded network, as given to nat.Masquerade.
+type Masquerade struct {
+	Bridge  string
+	Subnets []netip.Prefix
 }

@@ -10,45 +10,13 @@ import (
 	"github.com/nsnet/nsnet/netns"
 )
 
-// State is everything nsnet keeps in a host's nftables table, as the
-// caller holds it: its bridge networks (their isolation), the networks it
-// masquerades, and the mappings it published. The types are portmap's own,
-// so that portmap does not pull in the bridge and nat packages; a bridge
-// network's Config and a nat.Network carry the same fields.
-type State struct {
-	// Networks are the bridge networks of the host.
-	Networks []Network
-	// Masquerade are the networks given to nat.Masquerade.
-	Masquerade []Masquerade
-	// Mappings are the mappings Mapper.Add returned.
-	Mappings []Mapping
-}
-
-// Network is what the isolation rules need to know of a bridge network
-// (bridge.Network.Config has these fields).
-type Network struct {
-	// Bridge is the network's bridge in the host namespace.
-	Bridge  string
-	Subnets []netip.Prefix
-	// Internal networks have no egress.
-	Internal bool
-	// DisableICC drops traffic between the network's containers.
-	DisableICC bool
-}
-
-// Masquerade is a masqueraded network, as given to nat.Masquerade.
-type Masquerade struct {
-	Bridge  string
-	Subnets []netip.Prefix
-}
-
 func checkNet(field, bridge string, subnets []netip.Prefix) error {
 	if why := ifname.Check(bridge); why != "" {
-		return &ValidationError{field, bridge, "bridge name " + why}
+		return invalid(field, bridge, "bridge name "+why)
 	}
 	for _, p := range subnets {
 		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
-			return &ValidationError{field, p, "not an IPv4 or IPv6 prefix"}
+			return invalid(field, p, "not an IPv4 or IPv6 prefix")
 		}
 	}
 	return nil
@@ -66,7 +34,7 @@ func checkNet(field, bridge string, subnets []netip.Prefix) error {
 // Bad input fails with a *ValidationError before the table is touched.
 func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 	if host == nil {
-		return &ValidationError{"host", nil, "no namespace"}
+		return invalid("host", nil, "no namespace")
 	}
 	want := nft.State{Masquerade: map[string][]netip.Prefix{}}
 	for _, n := range st.Masquerade {
@@ -74,7 +42,7 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 			return err
 		}
 		if len(n.Subnets) == 0 {
-			return &ValidationError{"Masquerade", n.Bridge, "no subnet"}
+			return invalid("Masquerade", n.Bridge, "no subnet")
 		}
 		want.Masquerade[n.Bridge] = append(want.Masquerade[n.Bridge], n.Subnets...)
 	}
@@ -89,7 +57,7 @@ func Reconcile(ctx context.Context, host *netns.NS, st State) error {
 			return err
 		}
 		if m.HostPort == 0 {
-			return &ValidationError{"HostPort", 0, "give the mapping Add returned, with its port"}
+			return invalid("HostPort", 0, "give the mapping Add returned, with its port")
 		}
 		m.Proto = m.proto()
 		want.Mappings = append(want.Mappings, m.elems()...)
