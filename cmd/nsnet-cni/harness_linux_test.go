@@ -17,8 +17,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/cni/pkg/version"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"golang.org/x/sys/unix"
@@ -238,3 +238,5 @@ func cniErr(t testing.TB, err error) *types.Error {
 	}
 	return te
 }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
