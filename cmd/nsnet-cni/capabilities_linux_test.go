@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net"
 	"net/netip"
 	"strings"
@@ -51,7 +52,7 @@ func TestPortMappings(t *testing.T) {
 	// A port that is taken is a CNI error naming it, and nothing stays.
 	c3 := n.container("web3", map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80}}})
 	_, err = n.cni.AddNetworkList(ctx, list, c3.rt)
-	if te := cniErr(t, err); te.Code != errAddrInUse || !strings.Contains(te.Msg, "8080") {
+	if te := cniErr(t, err); te.Code != cniconf.ErrAddrInUse || !strings.Contains(te.Msg, "8080") {
 		t.Errorf("publishing a taken port: %d %q", te.Code, te.Msg)
 	}
 	if names := nstest.LinkNames(t, c3.ns); len(names) != 1 {
@@ -82,7 +83,7 @@ func TestStaticIPAndMAC(t *testing.T) {
 	}
 	c3 := n.container("s3", map[string]any{"ips": []string{"10.98.0.100"}})
 	_, err = n.cni.AddNetworkList(t.Context(), list, c3.rt)
-	if te := cniErr(t, err); te.Code != errAddrInUse || !strings.Contains(te.Msg, "address in use") {
+	if te := cniErr(t, err); te.Code != cniconf.ErrAddrInUse || !strings.Contains(te.Msg, "address in use") {
 		t.Errorf("taken address: %d %q", te.Code, te.Msg)
 	}
 }

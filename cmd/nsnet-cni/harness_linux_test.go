@@ -26,9 +26,9 @@ import (
 
 func TestMain(m *testing.M) { nstest.Main(m) }
 
-// The plugin binary, built once per test process into a directory of its
-// own ("go build" of this package), as a runtime would find it in its CNI
-// bin directory.
+// The plugin and its node daemon, built once per test process into a
+// directory of their own, as a runtime would find them in its CNI bin
+// directory.
 var plugin struct {
 	once sync.Once
 	dir  string
@@ -42,14 +42,18 @@ func pluginDir(t testing.TB) string {
 		if plugin.err = os.MkdirAll(dir, 0o700); plugin.err != nil {
 			return
 		}
-		bin := filepath.Join(dir, "nsnet-cni")
-		tmp := fmt.Sprintf("%s.%d", bin, os.Getpid())
-		out, err := exec.Command("go", "build", "-o", tmp, ".").CombinedOutput()
-		if err != nil {
-			plugin.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
+		for bin, pkg := range map[string]string{"nsnet-cni": ".", "nsnet-cnid": "./nsnet-cnid"} {
+			path := filepath.Join(dir, bin)
+			tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
+			out, err := exec.Command("go", "build", "-o", tmp, pkg).CombinedOutput()
+			if err != nil {
+				plugin.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+			if plugin.err = os.Rename(tmp, path); plugin.err != nil {
+				return
+			}
 		}
-		plugin.err = os.Rename(tmp, bin)
 		plugin.dir = dir
 	})
 	if plugin.err != nil {

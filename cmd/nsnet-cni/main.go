@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -17,65 +16,45 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
+	"golang.org/x/sys/unix"
 )
 
 // supported are the CNI versions the plugin speaks.
 var supported = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
 
+// daemonName is the node daemon's binary, looked for next to the plugin
+// (the CNI bin directory), then on PATH.
+const daemonName = "nsnet-cnid"
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "daemon" {
-		os.Exit(daemonMain(os.Args[2:]))
-	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    func(a *skel.CmdArgs) error { return call("ADD", a) },
 		Del:    func(a *skel.CmdArgs) error { return call("DEL", a) },
 		Check:  func(a *skel.CmdArgs) error { return call("CHECK", a) },
 		GC:     func(a *skel.CmdArgs) error { return call("GC", a) },
-		Status: cmdStatus,
+		Status: status,
 	}, supported, "CNI plugin nsnet-cni: bridge, macvlan and overlay networks of nsnet")
 }
-
-// request is what the plugin sends the node daemon: one CNI call.
-type request struct {
-	Command     string
-	ContainerID string
-	Netns       string
-	IfName      string
-	Args        string
-	Stdin       []byte
-	// PluginNS is the namespace the plugin runs in: the daemon must run in
-	// the same, the node's.
-	PluginNS string
-}
-
-// response is the daemon's answer: a result to print, or a CNI error.
-type response struct {
-	Result json.RawMessage `json:",omitempty"`
-	Err    *types.Error    `json:",omitempty"`
-}
-
-func sockPath(stateDir string) string { return filepath.Join(stateDir, "nsnet-cni.sock") }
 
 // call checks the configuration, hands the call to the node daemon
 // (starting it if none runs) and prints its result.
 func call(cmd string, a *skel.CmdArgs) error {
-	conf, cerr := parseConf(a.StdinData)
+	conf, cerr := cniconf.Parse(a.StdinData)
 	if cerr != nil {
 		return cerr
 	}
 	if cmd == "ADD" {
-		if _, cerr := parseAttach(conf, a.Args); cerr != nil {
+		if _, cerr := cniconf.ParseAttach(conf, a.Args); cerr != nil {
 			return cerr
 		}
 	}
-	self, err := netns.Current()
+	self, err := ownNetns()
 	if err != nil {
 		return types.NewError(types.ErrInternal, "nsnet-cni: "+err.Error(), "")
 	}
-	self.Close()
-	req := request{Command: cmd, ContainerID: a.ContainerID, Netns: a.Netns, IfName: a.IfName,
-		Args: a.Args, Stdin: a.StdinData, PluginNS: self.ID().String()}
+	req := cniconf.Request{Command: cmd, ContainerID: a.ContainerID, Netns: a.Netns, IfName: a.IfName,
+		Args: a.Args, Stdin: a.StdinData, PluginNS: self}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	resp, err := roundTrip(ctx, conf.StateDir, req)
@@ -92,9 +71,47 @@ func call(cmd string, a *skel.CmdArgs) error {
 	return nil
 }
 
+// status answers STATUS: the plugin can take ADDs when its state
+// directory is writable and the daemon finds its store answering.
+func status(a *skel.CmdArgs) error {
+	conf, cerr := cniconf.Parse(a.StdinData)
+	if cerr != nil {
+		return cerr
+	}
+	unavailable := func(format string, args ...any) error {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf(format, args...), "")
+	}
+	if err := os.MkdirAll(conf.StateDir, 0o700); err != nil {
+		return unavailable("nsnet-cni: state directory %s: %v", conf.StateDir, err)
+	}
+	f, err := os.CreateTemp(conf.StateDir, ".status-*")
+	if err != nil {
+		return unavailable("nsnet-cni: state directory %s is not writable: %v", conf.StateDir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	if err := call("STATUS", a); err != nil {
+		if te, ok := err.(*types.Error); ok && te.Code == types.ErrTryAgainLater {
+			te.Code = types.ErrPluginNotAvailable
+		}
+		return err
+	}
+	return nil
+}
+
+// ownNetns names the network namespace the plugin runs in, as the daemon
+// compares it: "net:[inode]".
+func ownNetns() (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("net:[%d]", st.Ino), nil
+}
+
 // roundTrip sends req to the daemon of stateDir, starting one if none
 // answers.
-func roundTrip(ctx context.Context, stateDir string, req request) (*response, error) {
+func roundTrip(ctx context.Context, stateDir string, req cniconf.Request) (*cniconf.Response, error) {
 	c, err := dialDaemon(ctx, stateDir)
 	if err != nil {
 		return nil, err
@@ -106,7 +123,7 @@ func roundTrip(ctx context.Context, stateDir string, req request) (*response, er
 	if err := json.NewEncoder(c).Encode(req); err != nil {
 		return nil, err
 	}
-	var resp response
+	var resp cniconf.Response
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		return nil, fmt.Errorf("reading its answer: %w", err)
 	}
@@ -114,7 +131,7 @@ func roundTrip(ctx context.Context, stateDir string, req request) (*response, er
 }
 
 func dialDaemon(ctx context.Context, stateDir string) (net.Conn, error) {
-	path := sockPath(stateDir)
+	path := cniconf.SockPath(stateDir)
 	var d net.Dialer
 	if c, err := d.DialContext(ctx, "unix", path); err == nil {
 		return c, nil
@@ -137,15 +154,15 @@ func dialDaemon(ctx context.Context, stateDir string) (net.Conn, error) {
 	}
 }
 
-// startDaemon starts `nsnet-cni daemon` for stateDir, detached (a session
-// of its own, its output in daemon.log), in this process's namespace. If
-// another starts at the same moment, one of them keeps the state
-// directory's lock and the other exits.
+// startDaemon starts nsnet-cnid for stateDir, detached (a session of its
+// own, its output in daemon.log), in this process's namespace. If another
+// starts at the same moment, one of them keeps the state directory's lock
+// and the other exits.
 func startDaemon(stateDir string) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return err
 	}
-	exe, err := os.Executable()
+	bin, err := daemonPath()
 	if err != nil {
 		return err
 	}
@@ -154,21 +171,26 @@ func startDaemon(stateDir string) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "daemon", "-state-dir", stateDir)
+	cmd := exec.Command(bin, "-state-dir", stateDir)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s daemon: %w", exe, err)
+		return fmt.Errorf("starting %s: %w", bin, err)
 	}
 	return cmd.Process.Release()
 }
 
-// errCode maps an error of the node's work to a CNI error code.
-func errCode(err error) uint {
-	var te *types.Error
-	if errors.As(err, &te) {
-		return te.Code
+func daemonPath() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), daemonName)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
 	}
-	return types.ErrInternal
+	p, err := exec.LookPath(daemonName)
+	if err != nil {
+		return "", fmt.Errorf("%s is neither next to the plugin nor on PATH: install it with the plugin", daemonName)
+	}
+	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net"
 	"net/netip"
 	"os"
@@ -132,7 +133,7 @@ func TestOverlay(t *testing.T) {
 	for i, h := range topo.Hosts {
 		n := newNode(t, h.NS)
 		list := n.netList("tover", map[string]any{"mode": "overlay", "vni": 4242,
-			"subnets": []map[string]string{{"subnet": "10.30.0.0/24"}},
+			"subnets":  []map[string]string{{"subnet": "10.30.0.0/24"}},
 			"nodeName": fmt.Sprintf("node%d", i+1), "vtep": h.Addr.Addr().String(),
 			"store": "etcd", "etcd": map[string]any{"endpoints": []string{endpoint}},
 			"dnsServer": true, "dnsUpstreams": []string{}})
@@ -169,7 +170,7 @@ func TestOverlay(t *testing.T) {
 	// The name beta is node2's container's: node1 cannot take it.
 	dup := nodes[0].container("ov-dup", map[string]any{"aliases": []string{"beta"}})
 	_, err = nodes[0].cni.AddNetworkList(ctx, lists[0], dup.rt)
-	if te := cniErr(t, err); te.Code != errAddrInUse {
+	if te := cniErr(t, err); te.Code != cniconf.ErrAddrInUse {
 		t.Errorf("a second beta: %d %q", te.Code, te.Msg)
 	}
 	// DEL on node2 (twice): alpha no longer reaches beta, nor its name.

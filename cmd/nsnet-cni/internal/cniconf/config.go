@@ -1,6 +1,6 @@
-//go:build linux
-
-package main
+// Package cniconf is what the nsnet-cni plugin and its node daemon share:
+// the network configuration, its checks, and the requests between them.
+package cniconf
 
 import (
 	"encoding/json"
@@ -16,7 +16,6 @@ import (
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/names"
 	"github.com/nsnet/nsnet/ipam"
-	"github.com/nsnet/nsnet/macvlan"
 )
 
 // DefaultStateDir is where the plugin keeps its state when the network
@@ -25,10 +24,43 @@ const DefaultStateDir = "/var/lib/nsnet-cni"
 
 // Modes of a network.
 const (
-	modeBridge  = "bridge"
-	modeMacvlan = "macvlan"
-	modeOverlay = "overlay"
+	ModeBridge  = "bridge"
+	ModeMacvlan = "macvlan"
+	ModeOverlay = "overlay"
 )
+
+// Plugin-specific error codes (the spec leaves 100 and up to plugins).
+const (
+	// ErrAddrInUse: a static address, a host port or a name is taken.
+	ErrAddrInUse uint = 100
+	// ErrExhausted: no free address is left.
+	ErrExhausted uint = 101
+	// ErrNetworkConflict: the network exists on the node with other
+	// settings, or its subnet overlaps another network's.
+	ErrNetworkConflict uint = 102
+)
+
+// Request is what the plugin sends the node daemon: one CNI call.
+type Request struct {
+	Command     string
+	ContainerID string
+	Netns       string
+	IfName      string
+	Args        string
+	Stdin       []byte
+	// PluginNS is the namespace the plugin runs in: the daemon must run in
+	// the same, the node's.
+	PluginNS string
+}
+
+// Response is the daemon's answer: a result to print, or a CNI error.
+type Response struct {
+	Result json.RawMessage `json:",omitempty"`
+	Err    *types.Error    `json:",omitempty"`
+}
+
+// SockPath is the node daemon's socket in a state directory.
+func SockPath(stateDir string) string { return filepath.Join(stateDir, "nsnet-cni.sock") }
 
 // NetConf is the plugin's network configuration: what a conflist gives
 // for a plugin of type "nsnet-cni".
@@ -92,9 +124,10 @@ type NetConf struct {
 		} `json:"cni"`
 	} `json:"args,omitempty"`
 
-	// Filled in by parse.
-	subnets []ipam.SubnetConfig
-	prev    *current.Result
+	// Filled in by Parse: the subnets, and the previous plugin's result
+	// (prevResult) when there is one.
+	IPAMSubnets []ipam.SubnetConfig `json:"-"`
+	Prev        *current.Result     `json:"-"`
 }
 
 // SubnetConf is one subnet of a network.
@@ -137,105 +170,105 @@ type RuntimeDNS struct {
 	Options  []string `json:"options,omitempty"`
 }
 
-// confError is a configuration the plugin cannot take.
-func confError(format string, args ...any) *types.Error {
+// ConfError is a configuration the plugin cannot take.
+func ConfError(format string, args ...any) *types.Error {
 	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, args...), "")
 }
 
-// parseConf decodes and checks a network configuration, before anything
+// Parse decodes and checks a network configuration, before anything
 // is touched. withPrev parses prevResult (ADD, CHECK, DEL).
-func parseConf(stdin []byte) (*NetConf, *types.Error) {
+func Parse(stdin []byte) (*NetConf, *types.Error) {
 	c := &NetConf{}
 	if err := json.Unmarshal(stdin, c); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "nsnet-cni: network configuration: "+err.Error(), "")
 	}
 	if c.Mode == "" {
-		c.Mode = modeBridge
+		c.Mode = ModeBridge
 	}
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
 	}
 	if !filepath.IsAbs(c.StateDir) {
-		return nil, confError("nsnet-cni: stateDir %q: not an absolute path", c.StateDir)
+		return nil, ConfError("nsnet-cni: stateDir %q: not an absolute path", c.StateDir)
 	}
 	// The daemon's socket lives there: a unix socket path has 108 bytes.
-	if len(sockPath(c.StateDir)) > 100 {
-		return nil, confError("nsnet-cni: stateDir %q: too long for the daemon's socket (at most %d bytes)", c.StateDir, 100-len("/nsnet-cni.sock"))
+	if len(SockPath(c.StateDir)) > 100 {
+		return nil, ConfError("nsnet-cni: stateDir %q: too long for the daemon's socket (at most %d bytes)", c.StateDir, 100-len("/nsnet-cni.sock"))
 	}
 	if r := names.Check(c.Name, 64); r != "" {
-		return nil, confError("nsnet-cni: name %q: %s", c.Name, r)
+		return nil, ConfError("nsnet-cni: name %q: %s", c.Name, r)
 	}
 	switch c.Store {
 	case "", "file":
 		c.Store = "file"
 	case "etcd":
 		if c.Etcd == nil || len(c.Etcd.Endpoints) == 0 {
-			return nil, confError("nsnet-cni: store \"etcd\" needs etcd.endpoints")
+			return nil, ConfError("nsnet-cni: store \"etcd\" needs etcd.endpoints")
 		}
 	default:
-		return nil, confError("nsnet-cni: store %q: not \"file\" or \"etcd\"", c.Store)
+		return nil, ConfError("nsnet-cni: store %q: not \"file\" or \"etcd\"", c.Store)
 	}
 	for i, s := range c.Subnets {
 		sc, err := s.parse()
 		if err != nil {
-			return nil, confError("nsnet-cni: subnets[%d]: %v", i, err)
+			return nil, ConfError("nsnet-cni: subnets[%d]: %v", i, err)
 		}
-		c.subnets = append(c.subnets, sc)
+		c.IPAMSubnets = append(c.IPAMSubnets, sc)
 	}
-	if len(c.subnets) > 0 {
-		if err := (ipam.PoolConfig{Name: "check", Subnets: c.subnets}).Validate(); err != nil {
-			return nil, confError("nsnet-cni: subnets: %v", err)
+	if len(c.IPAMSubnets) > 0 {
+		if err := (ipam.PoolConfig{Name: "check", Subnets: c.IPAMSubnets}).Validate(); err != nil {
+			return nil, ConfError("nsnet-cni: subnets: %v", err)
 		}
 	}
 	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
-		return nil, confError("nsnet-cni: mtu %d: not between 68 and 65535", c.MTU)
+		return nil, ConfError("nsnet-cni: mtu %d: not between 68 and 65535", c.MTU)
 	}
 	switch c.Mode {
-	case modeBridge:
+	case ModeBridge:
 		if c.Bridge != "" {
 			if r := ifname.Check(c.Bridge); r != "" {
-				return nil, confError("nsnet-cni: bridge %q: %s", c.Bridge, r)
+				return nil, ConfError("nsnet-cni: bridge %q: %s", c.Bridge, r)
 			}
 		}
-	case modeMacvlan:
+	case ModeMacvlan:
 		if c.Parent == "" {
-			return nil, confError("nsnet-cni: mode macvlan needs a parent interface")
+			return nil, ConfError("nsnet-cni: mode macvlan needs a parent interface")
 		}
 		if r := ifname.Check(c.Parent); r != "" {
-			return nil, confError("nsnet-cni: parent %q: %s", c.Parent, r)
+			return nil, ConfError("nsnet-cni: parent %q: %s", c.Parent, r)
 		}
-		switch macvlan.Mode(c.MacvlanMode) {
-		case "", macvlan.ModeBridge, macvlan.ModePrivate, macvlan.ModeVEPA:
+		switch c.MacvlanMode {
+		case "", "bridge", "private", "vepa":
 		default:
-			return nil, confError("nsnet-cni: macvlanMode %q: not bridge, private or vepa", c.MacvlanMode)
+			return nil, ConfError("nsnet-cni: macvlanMode %q: not bridge, private or vepa", c.MacvlanMode)
 		}
 		if c.DNSServer {
-			return nil, confError("nsnet-cni: dnsServer: not available in mode macvlan (the host cannot reach macvlan containers)")
+			return nil, ConfError("nsnet-cni: dnsServer: not available in mode macvlan (the host cannot reach macvlan containers)")
 		}
-	case modeOverlay:
+	case ModeOverlay:
 		if c.VNI == 0 || c.VNI > 1<<24-1 {
-			return nil, confError("nsnet-cni: mode overlay needs a vni between 1 and %d", 1<<24-1)
+			return nil, ConfError("nsnet-cni: mode overlay needs a vni between 1 and %d", 1<<24-1)
 		}
-		if len(c.subnets) == 0 {
-			return nil, confError("nsnet-cni: mode overlay needs subnets (the same on every node)")
+		if len(c.IPAMSubnets) == 0 {
+			return nil, ConfError("nsnet-cni: mode overlay needs subnets (the same on every node)")
 		}
 		if c.VTEP != "" {
 			if _, err := netip.ParseAddr(c.VTEP); err != nil {
-				return nil, confError("nsnet-cni: vtep %q: not an address", c.VTEP)
+				return nil, ConfError("nsnet-cni: vtep %q: not an address", c.VTEP)
 			}
 		}
 		if c.NodeName != "" {
 			if r := names.Check(c.NodeName, 64); r != "" {
-				return nil, confError("nsnet-cni: nodeName %q: %s", c.NodeName, r)
+				return nil, ConfError("nsnet-cni: nodeName %q: %s", c.NodeName, r)
 			}
 		}
 	default:
-		return nil, confError("nsnet-cni: mode %q: not bridge, macvlan or overlay", c.Mode)
+		return nil, ConfError("nsnet-cni: mode %q: not bridge, macvlan or overlay", c.Mode)
 	}
 	if c.DNSUpstreams != nil {
 		for _, u := range *c.DNSUpstreams {
 			if _, err := netip.ParseAddrPort(u); err != nil {
-				return nil, confError("nsnet-cni: dnsUpstreams: %q: not address:port", u)
+				return nil, ConfError("nsnet-cni: dnsUpstreams: %q: not address:port", u)
 			}
 		}
 	}
@@ -247,7 +280,7 @@ func parseConf(stdin []byte) (*NetConf, *types.Error) {
 		if err != nil {
 			return nil, types.NewError(types.ErrDecodingFailure, "nsnet-cni: prevResult: "+err.Error(), "")
 		}
-		c.prev = res
+		c.Prev = res
 	}
 	return c, nil
 }
@@ -271,20 +304,20 @@ func (s SubnetConf) parse() (ipam.SubnetConfig, error) {
 	return sc, nil
 }
 
-// Attachment is what one ADD asks for, from the configuration, the
+// AttachReq is what one ADD asks for, from the configuration, the
 // runtime's capabilities and CNI_ARGS.
-type attachReq struct {
-	ips     []netip.Addr
-	mac     net.HardwareAddr
-	ports   []PortMapping
-	names   []string // the container's name (K8S_POD_NAME) first, then aliases
-	dnsOpts *RuntimeDNS
+type AttachReq struct {
+	IPs     []netip.Addr
+	MAC     net.HardwareAddr
+	Ports   []PortMapping
+	Names   []string // the container's name (K8S_POD_NAME) first, then aliases
+	DNSOpts *RuntimeDNS
 }
 
-// parseAttach reads the per-container arguments; bad ones are CNI errors
+// ParseAttach reads the per-container arguments; bad ones are CNI errors
 // naming the argument.
-func parseAttach(c *NetConf, cniArgs string) (attachReq, *types.Error) {
-	var a attachReq
+func ParseAttach(c *NetConf, cniArgs string) (AttachReq, *types.Error) {
+	var a AttachReq
 	ips := c.RuntimeConfig.IPs
 	mac := c.RuntimeConfig.MAC
 	if c.Args != nil {
@@ -321,62 +354,62 @@ func parseAttach(c *NetConf, cniArgs string) (attachReq, *types.Error) {
 		if err != nil {
 			p, perr := netip.ParsePrefix(s)
 			if perr != nil {
-				return a, confError("nsnet-cni: ips: %q is not an address", s)
+				return a, ConfError("nsnet-cni: ips: %q is not an address", s)
 			}
 			addr = p.Addr()
 		}
-		a.ips = append(a.ips, addr.Unmap())
+		a.IPs = append(a.IPs, addr.Unmap())
 	}
-	if len(a.ips) > 0 && c.Mode == modeOverlay {
+	if len(a.IPs) > 0 && c.Mode == ModeOverlay {
 		return a, types.NewError(types.ErrUnsupportedField, "nsnet-cni: ips: static addresses are not available in mode overlay (addresses are the cluster's)", "")
 	}
 	if mac != "" {
 		hw, err := net.ParseMAC(mac)
 		if err != nil || len(hw) != 6 || hw[0]&1 != 0 {
-			return a, confError("nsnet-cni: mac %q: not a unicast Ethernet address", mac)
+			return a, ConfError("nsnet-cni: mac %q: not a unicast Ethernet address", mac)
 		}
-		a.mac = hw
+		a.MAC = hw
 	}
 	for i, p := range c.RuntimeConfig.PortMappings {
-		if c.Mode != modeBridge {
+		if c.Mode != ModeBridge {
 			return a, types.NewError(types.ErrUnsupportedField, "nsnet-cni: portMappings: only in mode bridge", "")
 		}
 		if p.HostPort < 0 || p.HostPort > 65535 || p.ContainerPort < 1 || p.ContainerPort > 65535 {
-			return a, confError("nsnet-cni: portMappings[%d]: ports %d:%d out of range", i, p.HostPort, p.ContainerPort)
+			return a, ConfError("nsnet-cni: portMappings[%d]: ports %d:%d out of range", i, p.HostPort, p.ContainerPort)
 		}
 		switch strings.ToLower(p.Protocol) {
 		case "", "tcp", "udp", "sctp":
 		default:
-			return a, confError("nsnet-cni: portMappings[%d]: protocol %q: not tcp, udp or sctp", i, p.Protocol)
+			return a, ConfError("nsnet-cni: portMappings[%d]: protocol %q: not tcp, udp or sctp", i, p.Protocol)
 		}
 		if p.HostIP != "" {
 			if _, err := netip.ParseAddr(p.HostIP); err != nil {
-				return a, confError("nsnet-cni: portMappings[%d]: hostIP %q: not an address", i, p.HostIP)
+				return a, ConfError("nsnet-cni: portMappings[%d]: hostIP %q: not an address", i, p.HostIP)
 			}
 		}
-		a.ports = append(a.ports, p)
+		a.Ports = append(a.Ports, p)
 	}
 	seen := map[string]bool{}
 	for _, n := range append([]string{podName}, c.RuntimeConfig.Aliases...) {
 		if n == "" || seen[strings.ToLower(n)] {
 			continue
 		}
-		if !validLabel(n) {
+		if !ValidLabel(n) {
 			if n == podName {
 				continue // a pod name is no DNS label: serve the aliases only
 			}
-			return a, confError("nsnet-cni: aliases: %q is not a DNS label", n)
+			return a, ConfError("nsnet-cni: aliases: %q is not a DNS label", n)
 		}
 		seen[strings.ToLower(n)] = true
-		a.names = append(a.names, n)
+		a.Names = append(a.Names, n)
 	}
-	a.dnsOpts = c.RuntimeConfig.DNS
+	a.DNSOpts = c.RuntimeConfig.DNS
 	return a, nil
 }
 
-// validLabel: 1 to 63 letters, digits and '-', not starting or ending
+// ValidLabel: 1 to 63 letters, digits and '-', not starting or ending
 // with '-' (what dnsd serves as a name).
-func validLabel(l string) bool {
+func ValidLabel(l string) bool {
 	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 		return false
 	}

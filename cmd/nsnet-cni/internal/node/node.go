@@ -1,12 +1,13 @@
 //go:build linux
 
-package main
+package node
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net"
 	"net/netip"
 	"slices"
@@ -38,8 +39,8 @@ type attached struct {
 	undo     func()     // detach again
 }
 
-func (d *daemon) add(ctx context.Context, conf *NetConf, req request) (json.RawMessage, error) {
-	ar, cerr := parseAttach(conf, req.Args)
+func (d *daemon) add(ctx context.Context, conf *cniconf.NetConf, req cniconf.Request) (json.RawMessage, error) {
+	ar, cerr := cniconf.ParseAttach(conf, req.Args)
 	if cerr != nil {
 		return nil, cerr
 	}
@@ -59,11 +60,11 @@ func (d *daemon) add(ctx context.Context, conf *NetConf, req request) (json.RawM
 
 	var at attached
 	switch conf.Mode {
-	case modeBridge:
+	case cniconf.ModeBridge:
 		at, err = d.addBridge(ctx, conf, rec, ctr, ar)
-	case modeMacvlan:
+	case cniconf.ModeMacvlan:
 		at, err = d.addMacvlan(ctx, conf, rec, ctr, ar)
-	case modeOverlay:
+	case cniconf.ModeOverlay:
 		at, err = d.addOverlay(ctx, conf, rec, ctr, ar)
 	}
 	if err != nil {
@@ -82,7 +83,7 @@ func (d *daemon) add(ctx context.Context, conf *NetConf, req request) (json.RawM
 
 	// Published ports: to the container's address of the host address's
 	// family (IPv4 when none is given).
-	for i, p := range ar.ports {
+	for i, p := range ar.Ports {
 		m := portmap.Mapping{Proto: strings.ToLower(p.Protocol), HostPort: p.HostPort, CtrPort: p.ContainerPort,
 			ID: portID(conf.Name, rec.EndpointID)}
 		if p.HostIP != "" {
@@ -99,7 +100,7 @@ func (d *daemon) add(ctx context.Context, conf *NetConf, req request) (json.RawM
 			}
 		}
 		if !m.CtrAddr.IsValid() {
-			return fail(confError("nsnet-cni: portMappings[%d]: the container has no address of the host address's family", i))
+			return fail(cniconf.ConfError("nsnet-cni: portMappings[%d]: the container has no address of the host address's family", i))
 		}
 		got, err := d.ports.Add(ctx, m)
 		if err != nil {
@@ -110,10 +111,10 @@ func (d *daemon) add(ctx context.Context, conf *NetConf, req request) (json.RawM
 	}
 
 	// Names.
-	if conf.DNSServer && len(ar.names) > 0 {
+	if conf.DNSServer && len(ar.Names) > 0 {
 		rec.DNS = true
-		rec.Names = ar.names
-		if conf.Mode == modeBridge {
+		rec.Names = ar.Names
+		if conf.Mode == cniconf.ModeBridge {
 			if err := d.register(conf.Name, rec); err != nil {
 				return fail(fmt.Errorf("nsnet-cni: dns: %w", err))
 			}
@@ -122,8 +123,8 @@ func (d *daemon) add(ctx context.Context, conf *NetConf, req request) (json.RawM
 	}
 
 	res := buildResult(conf, rec, at, ar)
-	if conf.prev != nil {
-		res = merge(conf.prev, res)
+	if conf.Prev != nil {
+		res = merge(conf.Prev, res)
 	}
 	b, err := json.Marshal(res)
 	if err != nil {
@@ -163,7 +164,7 @@ func (p recPort) mapping() portmap.Mapping {
 }
 
 // buildResult makes the ADD's result (spec 1.1.0; converted on output).
-func buildResult(conf *NetConf, rec *record, at attached, ar attachReq) *current.Result {
+func buildResult(conf *cniconf.NetConf, rec *record, at attached, ar cniconf.AttachReq) *current.Result {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	ctrIdx := 0
 	if at.hostIf != "" {
@@ -192,17 +193,17 @@ func buildResult(conf *NetConf, rec *record, at attached, ar attachReq) *current
 		res.DNS.Domain = strings.TrimSuffix(domain(conf), ".")
 		res.DNS.Search = []string{res.DNS.Domain}
 	}
-	if ar.dnsOpts != nil {
-		res.DNS.Search = append(res.DNS.Search, ar.dnsOpts.Searches...)
-		res.DNS.Options = append(res.DNS.Options, ar.dnsOpts.Options...)
+	if ar.DNSOpts != nil {
+		res.DNS.Search = append(res.DNS.Search, ar.DNSOpts.Searches...)
+		res.DNS.Options = append(res.DNS.Options, ar.DNSOpts.Options...)
 		if len(res.DNS.Nameservers) == 0 {
-			res.DNS.Nameservers = ar.dnsOpts.Servers
+			res.DNS.Nameservers = ar.DNSOpts.Servers
 		}
 	}
 	return res
 }
 
-func domain(conf *NetConf) string {
+func domain(conf *cniconf.NetConf) string {
 	if conf.Domain != "" {
 		return conf.Domain
 	}
@@ -232,7 +233,7 @@ func merge(prev, res *current.Result) *current.Result {
 
 // --- bridge ---
 
-func (d *daemon) bridgeNet(ctx context.Context, conf *NetConf) (*bridge.Network, error) {
+func (d *daemon) bridgeNet(ctx context.Context, conf *cniconf.NetConf) (*bridge.Network, error) {
 	d.mu.Lock()
 	nw := d.bridges[conf.Name]
 	d.mu.Unlock()
@@ -243,7 +244,7 @@ func (d *daemon) bridgeNet(ctx context.Context, conf *NetConf) (*bridge.Network,
 	if err != nil {
 		return nil, err
 	}
-	cfg := bridge.Config{Name: conf.Name, Bridge: conf.Bridge, Subnets: conf.subnets, MTU: conf.MTU,
+	cfg := bridge.Config{Name: conf.Name, Bridge: conf.Bridge, Subnets: conf.IPAMSubnets, MTU: conf.MTU,
 		Internal: conf.Internal, DisableICC: conf.ICC != nil && !*conf.ICC}
 	nw, err = bridge.New(ctx, d.host, alloc, cfg)
 	if err != nil {
@@ -274,13 +275,13 @@ func (d *daemon) linkExists(name string) bool {
 	return err == nil
 }
 
-func (d *daemon) addBridge(ctx context.Context, conf *NetConf, rec *record, ctr *netns.NS, ar attachReq) (attached, error) {
+func (d *daemon) addBridge(ctx context.Context, conf *cniconf.NetConf, rec *record, ctr *netns.NS, ar cniconf.AttachReq) (attached, error) {
 	nw, err := d.bridgeNet(ctx, conf)
 	if err != nil {
 		return attached{}, err
 	}
 	ep, err := nw.Attach(ctx, bridge.EndpointConfig{ID: rec.EndpointID, NS: ctr, IfName: rec.IfName,
-		Addrs: ar.ips, MAC: ar.mac, DefaultRoute: true})
+		Addrs: ar.IPs, MAC: ar.MAC, DefaultRoute: true})
 	if err != nil {
 		return attached{}, fmt.Errorf("nsnet-cni: attach %s %s to %q: %w", rec.ContainerID, rec.IfName, conf.Name, err)
 	}
@@ -305,7 +306,7 @@ func (d *daemon) addBridge(ctx context.Context, conf *NetConf, rec *record, ctr 
 
 // bridgeDNS makes sure the DNS server serves the network, on its (first
 // IPv4) gateway address, port 53.
-func (d *daemon) bridgeDNS(ctx context.Context, conf *NetConf, nw *bridge.Network) (*dnsd.Listener, error) {
+func (d *daemon) bridgeDNS(ctx context.Context, conf *cniconf.NetConf, nw *bridge.Network) (*dnsd.Listener, error) {
 	s, err := d.dnsServer(conf)
 	if err != nil {
 		return nil, err
@@ -351,14 +352,14 @@ func (d *daemon) register(network string, rec *record) error {
 }
 
 func (d *daemon) unregister(rec *record) {
-	if d.dns != nil && rec.DNS && len(rec.Names) > 0 && rec.Mode == modeBridge {
+	if d.dns != nil && rec.DNS && len(rec.Names) > 0 && rec.Mode == cniconf.ModeBridge {
 		d.dns.Unregister(rec.Network, rec.Names[0])
 	}
 }
 
 // delBridge detaches an endpoint, or releases its addresses if the
 // network's bridge is gone. It never creates the network.
-func (d *daemon) delBridge(ctx context.Context, conf *NetConf, id string) error {
+func (d *daemon) delBridge(ctx context.Context, conf *cniconf.NetConf, id string) error {
 	alloc, _, err := d.allocator(ctx, conf)
 	if err != nil {
 		return err
@@ -383,7 +384,7 @@ func (d *daemon) delBridge(ctx context.Context, conf *NetConf, id string) error 
 
 // --- macvlan ---
 
-func (d *daemon) macvlanNet(ctx context.Context, conf *NetConf, create bool) (*macvlan.Network, error) {
+func (d *daemon) macvlanNet(ctx context.Context, conf *cniconf.NetConf, create bool) (*macvlan.Network, error) {
 	d.mu.Lock()
 	nw := d.macvlans[conf.Name]
 	d.mu.Unlock()
@@ -396,7 +397,7 @@ func (d *daemon) macvlanNet(ctx context.Context, conf *NetConf, create bool) (*m
 	}
 	if create {
 		nw, err = macvlan.New(ctx, d.host, alloc, macvlan.Config{Name: conf.Name, Parent: conf.Parent,
-			Mode: macvlan.Mode(conf.MacvlanMode), Subnets: conf.subnets, MTU: conf.MTU})
+			Mode: macvlan.Mode(conf.MacvlanMode), Subnets: conf.IPAMSubnets, MTU: conf.MTU})
 	} else {
 		nw, err = macvlan.Open(ctx, d.host, alloc, conf.Name)
 	}
@@ -409,13 +410,13 @@ func (d *daemon) macvlanNet(ctx context.Context, conf *NetConf, create bool) (*m
 	return nw, nil
 }
 
-func (d *daemon) addMacvlan(ctx context.Context, conf *NetConf, rec *record, ctr *netns.NS, ar attachReq) (attached, error) {
+func (d *daemon) addMacvlan(ctx context.Context, conf *cniconf.NetConf, rec *record, ctr *netns.NS, ar cniconf.AttachReq) (attached, error) {
 	nw, err := d.macvlanNet(ctx, conf, true)
 	if err != nil {
 		return attached{}, err
 	}
 	ep, err := nw.Attach(ctx, macvlan.EndpointConfig{ID: rec.EndpointID, NS: ctr, IfName: rec.IfName,
-		Addrs: ar.ips, MAC: ar.mac, DefaultRoute: true})
+		Addrs: ar.IPs, MAC: ar.MAC, DefaultRoute: true})
 	if err != nil {
 		return attached{}, fmt.Errorf("nsnet-cni: attach %s %s to %q: %w", rec.ContainerID, rec.IfName, conf.Name, err)
 	}
@@ -425,7 +426,7 @@ func (d *daemon) addMacvlan(ctx context.Context, conf *NetConf, rec *record, ctr
 
 // --- DEL ---
 
-func (d *daemon) del(ctx context.Context, conf *NetConf, containerID, ifName, netnsPath string) error {
+func (d *daemon) del(ctx context.Context, conf *cniconf.NetConf, containerID, ifName, netnsPath string) error {
 	if containerID == "" || ifName == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "nsnet-cni: DEL needs CNI_CONTAINERID and CNI_IFNAME", "")
 	}
@@ -448,7 +449,7 @@ func (d *daemon) del(ctx context.Context, conf *NetConf, containerID, ifName, ne
 			ports = append(ports, p.mapping())
 		}
 	}
-	if conf.Mode == modeBridge {
+	if conf.Mode == cniconf.ModeBridge {
 		all, err := portmap.List(ctx, d.host)
 		if err != nil {
 			return err
@@ -468,11 +469,11 @@ func (d *daemon) del(ctx context.Context, conf *NetConf, containerID, ifName, ne
 		d.unregister(rec)
 	}
 	switch conf.Mode {
-	case modeBridge:
+	case cniconf.ModeBridge:
 		if err := d.delBridge(ctx, conf, id); err != nil {
 			return err
 		}
-	case modeMacvlan:
+	case cniconf.ModeMacvlan:
 		var ctr *netns.NS
 		if netnsPath != "" {
 			if ns, err := netns.Open(netnsPath); err == nil {
@@ -490,7 +491,7 @@ func (d *daemon) del(ctx context.Context, conf *NetConf, containerID, ifName, ne
 		if err != nil {
 			return err
 		}
-	case modeOverlay:
+	case cniconf.ModeOverlay:
 		if err := d.delOverlay(ctx, conf, rec, id); err != nil {
 			return err
 		}
@@ -500,7 +501,7 @@ func (d *daemon) del(ctx context.Context, conf *NetConf, containerID, ifName, ne
 
 // --- CHECK ---
 
-func (d *daemon) check(ctx context.Context, conf *NetConf, req request) error {
+func (d *daemon) check(ctx context.Context, conf *cniconf.NetConf, req cniconf.Request) error {
 	rec, err := d.readRecord(conf.Name, req.ContainerID, req.IfName)
 	if err != nil {
 		return err
@@ -508,7 +509,7 @@ func (d *daemon) check(ctx context.Context, conf *NetConf, req request) error {
 	if rec == nil {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("nsnet-cni: CHECK: container %s %s is not attached to %q", req.ContainerID, req.IfName, conf.Name), "")
 	}
-	res := conf.prev
+	res := conf.Prev
 	if res == nil {
 		r, err := current.NewResult(rec.Result)
 		if err != nil {
@@ -586,7 +587,7 @@ func (d *daemon) check(ctx context.Context, conf *NetConf, req request) error {
 			return drift("route to %s via %s is gone", r.Dst.String(), r.GW)
 		}
 	}
-	if conf.Mode == modeBridge && len(res.Interfaces) > 0 && idx > 0 {
+	if conf.Mode == cniconf.ModeBridge && len(res.Interfaces) > 0 && idx > 0 {
 		hostIf := res.Interfaces[idx-1].Name
 		h, err := d.host.Netlink()
 		if err != nil {
@@ -625,7 +626,7 @@ func (d *daemon) check(ctx context.Context, conf *NetConf, req request) error {
 // network left with no attachment on the node is removed from it (its
 // bridge, rules and pool; an overlay host's devices), to be made again by
 // the next ADD.
-func (d *daemon) gc(ctx context.Context, conf *NetConf) error {
+func (d *daemon) gc(ctx context.Context, conf *cniconf.NetConf) error {
 	valid := map[[2]string]bool{}
 	live := map[string]bool{}
 	for _, a := range conf.ValidAttachments {
@@ -650,11 +651,11 @@ func (d *daemon) gc(ctx context.Context, conf *NetConf) error {
 		}
 	}
 	switch conf.Mode {
-	case modeBridge:
+	case cniconf.ModeBridge:
 		errs = append(errs, d.gcBridge(ctx, conf, live, left == 0))
-	case modeMacvlan:
+	case cniconf.ModeMacvlan:
 		errs = append(errs, d.gcMacvlan(ctx, conf, live, left == 0))
-	case modeOverlay:
+	case cniconf.ModeOverlay:
 		errs = append(errs, d.gcOverlay(ctx, conf, left == 0))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -663,7 +664,7 @@ func (d *daemon) gc(ctx context.Context, conf *NetConf) error {
 	return nil
 }
 
-func (d *daemon) gcBridge(ctx context.Context, conf *NetConf, live map[string]bool, empty bool) error {
+func (d *daemon) gcBridge(ctx context.Context, conf *cniconf.NetConf, live map[string]bool, empty bool) error {
 	alloc, _, err := d.allocator(ctx, conf)
 	if err != nil {
 		return err
@@ -724,7 +725,7 @@ func (d *daemon) gcBridge(ctx context.Context, conf *NetConf, live map[string]bo
 	return nw.Delete(ctx, true)
 }
 
-func (d *daemon) gcMacvlan(ctx context.Context, conf *NetConf, live map[string]bool, empty bool) error {
+func (d *daemon) gcMacvlan(ctx context.Context, conf *cniconf.NetConf, live map[string]bool, empty bool) error {
 	nw, err := d.macvlanNet(ctx, conf, false)
 	if errors.Is(err, macvlan.ErrNotFound) {
 		return nil
@@ -769,12 +770,12 @@ func (d *daemon) recover() {
 				d.log.Warn("reserving a published port", "port", p.mapping().String(), "err", err)
 			}
 		}
-		conf, cerr := parseConf(r.Conf)
+		conf, cerr := cniconf.Parse(r.Conf)
 		if cerr != nil {
 			continue
 		}
 		switch r.Mode {
-		case modeBridge:
+		case cniconf.ModeBridge:
 			if r.DNS {
 				nw, err := d.bridgeNet(ctx, conf)
 				if err == nil {
@@ -787,7 +788,7 @@ func (d *daemon) recover() {
 					d.log.Warn("names of an attachment", "container", r.ContainerID, "err", err)
 				}
 			}
-		case modeOverlay:
+		case cniconf.ModeOverlay:
 			if err := d.recoverOverlay(ctx, conf, r); err != nil {
 				d.log.Warn("overlay attachment", "container", r.ContainerID, "err", err)
 			}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package node
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -67,13 +68,19 @@ type etcdConn struct {
 	alloc  *ipam.Allocator
 }
 
-func daemonMain(args []string) int {
-	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
-	dir := fs.String("state-dir", DefaultStateDir, "the node's state directory")
+// Main runs the node daemon with its command-line arguments (nsnet-cnid
+// -state-dir DIR) and returns the exit code.
+func Main(args []string) int {
+	fs := flag.NewFlagSet("nsnet-cnid", flag.ContinueOnError)
+	dir := fs.String("state-dir", cniconf.DefaultStateDir, "the node's state directory")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	level := slog.LevelInfo
+	if os.Getenv("NSNET_CNI_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if err := runDaemon(*dir, log); err != nil {
 		log.Error("nsnet-cni daemon", "err", err)
 		return 1
@@ -112,7 +119,7 @@ func runDaemon(dir string, log *slog.Logger) error {
 		macvlans: map[string]*macvlan.Network{}, overlays: map[string]*overlay.Host{},
 		dnsNets: map[string]*dnsd.Listener{}, ctrDNS: map[string]*dnsd.Listener{},
 		ports: portmap.New(host, portmap.Config{})}
-	sock := sockPath(dir)
+	sock := cniconf.SockPath(dir)
 	os.Remove(sock) // a dead daemon's: we hold the lock
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -145,20 +152,22 @@ func runDaemon(dir string, log *slog.Logger) error {
 func (d *daemon) serve(c net.Conn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var req request
+	var req cniconf.Request
 	if err := json.NewDecoder(c).Decode(&req); err != nil {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	var resp response
+	var resp cniconf.Response
 	if req.PluginNS != d.host.ID().String() {
 		resp.Err = types.NewError(types.ErrInternal, fmt.Sprintf(
 			"nsnet-cni: the daemon of %s runs in network namespace %s, the plugin in %s: one state directory per node namespace",
 			d.dir, d.host.ID(), req.PluginNS), "")
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		t0 := time.Now()
 		res, err := d.handle(ctx, req)
 		cancel()
+		d.log.Debug("handled", "cmd", req.Command, "container", req.ContainerID, "took", time.Since(t0), "err", err)
 		if err != nil {
 			var te *types.Error
 			if !errors.As(err, &te) {
@@ -180,30 +189,19 @@ func classify(err error) uint {
 	case errors.As(err, &ve), errors.As(err, &ive):
 		return types.ErrInvalidNetworkConfig
 	case errors.Is(err, ipam.ErrAddrInUse), errors.Is(err, portmap.ErrPortInUse), errors.Is(err, portmap.ErrConflict):
-		return errAddrInUse
+		return cniconf.ErrAddrInUse
 	case errors.Is(err, ipam.ErrExhausted):
-		return errExhausted
+		return cniconf.ErrExhausted
 	case errors.Is(err, bridge.ErrExists), errors.Is(err, macvlan.ErrExists), errors.Is(err, ipam.ErrOverlap):
-		return errNetworkConflict
+		return cniconf.ErrNetworkConflict
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ipam.ErrClosed):
 		return types.ErrTryAgainLater
 	}
 	return types.ErrInternal
 }
 
-// Plugin-specific error codes (the spec leaves 100 and up to plugins).
-const (
-	// errAddrInUse: a static address, a host port or a name is taken.
-	errAddrInUse uint = 100
-	// errExhausted: no free address is left.
-	errExhausted uint = 101
-	// errNetworkConflict: the network exists on the node with other
-	// settings, or its subnet overlaps another network's.
-	errNetworkConflict uint = 102
-)
-
-func (d *daemon) handle(ctx context.Context, req request) (json.RawMessage, error) {
-	conf, cerr := parseConf(req.Stdin)
+func (d *daemon) handle(ctx context.Context, req cniconf.Request) (json.RawMessage, error) {
+	conf, cerr := cniconf.Parse(req.Stdin)
 	if cerr != nil {
 		return nil, cerr
 	}
@@ -217,8 +215,36 @@ func (d *daemon) handle(ctx context.Context, req request) (json.RawMessage, erro
 		return nil, d.check(ctx, conf, req)
 	case "GC":
 		return nil, d.gc(ctx, conf)
+	case "STATUS":
+		return nil, d.status(ctx, conf)
 	}
 	return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "nsnet-cni: unknown command "+req.Command, "")
+}
+
+// status: the node can take ADDs if its store answers (the plugin has
+// checked the state directory).
+func (d *daemon) status(ctx context.Context, conf *cniconf.NetConf) error {
+	if conf.Store == "etcd" {
+		d.mu.Lock()
+		ec := d.etcds[etcdKey(conf.Etcd)]
+		d.mu.Unlock()
+		if ec != nil {
+			rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			if _, err := ec.client.Get(rctx, etcdPrefix(conf.Etcd)+"ping"); err != nil {
+				return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("nsnet-cni: etcd %v does not answer: %v", conf.Etcd.Endpoints, err), "")
+			}
+			return nil
+		}
+	}
+	if _, _, err := d.allocator(ctx, conf); err != nil {
+		var te *types.Error
+		if errors.As(err, &te) {
+			return types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
+		}
+		return types.NewError(types.ErrPluginNotAvailable, "nsnet-cni: IPAM store: "+err.Error(), "")
+	}
+	return nil
 }
 
 // endpointID names an attachment in the libraries: at most 64 bytes,
@@ -230,7 +256,7 @@ func endpointID(network, containerID, ifName string) string {
 
 // --- stores ---
 
-func (d *daemon) allocator(ctx context.Context, conf *NetConf) (*ipam.Allocator, ipam.Store, error) {
+func (d *daemon) allocator(ctx context.Context, conf *cniconf.NetConf) (*ipam.Allocator, ipam.Store, error) {
 	if conf.Store == "etcd" {
 		ec, err := d.etcd(ctx, conf.Etcd)
 		if err != nil {
@@ -255,16 +281,16 @@ func (d *daemon) allocator(ctx context.Context, conf *NetConf) (*ipam.Allocator,
 	return d.fileAlloc, d.fileStore, nil
 }
 
-func etcdKey(e *EtcdConf) string { return strings.Join(e.Endpoints, ",") + "|" + etcdPrefix(e) }
+func etcdKey(e *cniconf.EtcdConf) string { return strings.Join(e.Endpoints, ",") + "|" + etcdPrefix(e) }
 
-func etcdPrefix(e *EtcdConf) string {
+func etcdPrefix(e *cniconf.EtcdConf) string {
 	if e.Prefix == "" {
 		return "/nsnet/"
 	}
 	return e.Prefix
 }
 
-func (d *daemon) etcd(ctx context.Context, e *EtcdConf) (*etcdConn, error) {
+func (d *daemon) etcd(ctx context.Context, e *cniconf.EtcdConf) (*etcdConn, error) {
 	key := etcdKey(e)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -292,13 +318,13 @@ func (d *daemon) etcd(ctx context.Context, e *EtcdConf) (*etcdConn, error) {
 	return ec, nil
 }
 
-func newEtcdClient(e *EtcdConf) (*clientv3.Client, error) {
+func newEtcdClient(e *cniconf.EtcdConf) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second,
 		Logger: zapNop()})
 }
 
 // dnsServer returns the node's DNS server, made at the first need.
-func (d *daemon) dnsServer(conf *NetConf) (*dnsd.Server, error) {
+func (d *daemon) dnsServer(conf *cniconf.NetConf) (*dnsd.Server, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.dns != nil {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package node
 
 import (
 	"encoding/json"
@@ -83,7 +83,11 @@ func (d *daemon) readRecord(network, containerID, ifName string) (*record, error
 	return &r, nil
 }
 
-// writeRecord writes r atomically and durably.
+// writeRecord writes r atomically (a temporary file renamed), without
+// fsync: a record describes kernel objects (veths, rules) that a power
+// loss takes away as well, and a crashed daemon's writes are in the page
+// cache. The addresses, which do outlive a reboot, are the IPAM store's,
+// which is durable.
 func (d *daemon) writeRecord(r *record) error {
 	path := d.recordPath(r.Network, r.ContainerID, r.IfName)
 	dir := filepath.Dir(path)
@@ -99,9 +103,6 @@ func (d *daemon) writeRecord(r *record) error {
 		return err
 	}
 	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -111,10 +112,6 @@ func (d *daemon) writeRecord(r *record) error {
 	if err != nil {
 		os.Remove(f.Name())
 		return err
-	}
-	if df, err := os.Open(dir); err == nil {
-		df.Sync()
-		df.Close()
 	}
 	return nil
 }

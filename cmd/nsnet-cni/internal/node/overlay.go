@@ -1,11 +1,12 @@
 //go:build linux
 
-package main
+package node
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,14 +21,14 @@ import (
 
 // nodeName is the overlay node's name: the configuration's, or the host
 // name.
-func nodeName(conf *NetConf) (string, error) {
+func nodeName(conf *cniconf.NetConf) (string, error) {
 	if conf.NodeName != "" {
 		return conf.NodeName, nil
 	}
 	return os.Hostname()
 }
 
-func (d *daemon) overlayKey(conf *NetConf) string {
+func (d *daemon) overlayKey(conf *cniconf.NetConf) string {
 	store := "file"
 	if conf.Store == "etcd" {
 		store = etcdKey(conf.Etcd)
@@ -38,7 +39,7 @@ func (d *daemon) overlayKey(conf *NetConf) string {
 
 // overlayHost returns this node's part of the overlays on the
 // configuration's store, joining at the first need.
-func (d *daemon) overlayHost(ctx context.Context, conf *NetConf) (*overlay.Host, ipam.Store, error) {
+func (d *daemon) overlayHost(ctx context.Context, conf *cniconf.NetConf) (*overlay.Host, ipam.Store, error) {
 	alloc, st, err := d.allocator(ctx, conf)
 	if err != nil {
 		return nil, nil, err
@@ -82,7 +83,7 @@ func (d *daemon) overlayHost(ctx context.Context, conf *NetConf) (*overlay.Host,
 
 // vtep is the configuration's VTEP, or the address of the interface of
 // the host's default route.
-func (d *daemon) vtep(conf *NetConf) (netip.Addr, error) {
+func (d *daemon) vtep(conf *cniconf.NetConf) (netip.Addr, error) {
 	if conf.VTEP != "" {
 		return netip.MustParseAddr(conf.VTEP), nil
 	}
@@ -109,14 +110,14 @@ func (d *daemon) vtep(conf *NetConf) (netip.Addr, error) {
 		a, _ := netip.AddrFromSlice(addrs[0].IP.To4())
 		return a, nil
 	}
-	return netip.Addr{}, confError("nsnet-cni: no vtep given and the node has no default route to take its address from")
+	return netip.Addr{}, cniconf.ConfError("nsnet-cni: no vtep given and the node has no default route to take its address from")
 }
 
 // overlayID is the endpoint's ID in the overlay, which is also its name in
 // every node's DNS server: the container's name when it has one (claimed
 // in the store, so that no two containers of the cluster share it),
 // else one derived from the attachment.
-func (d *daemon) overlayID(ctx context.Context, st ipam.Store, conf *NetConf, rec *record, names []string) (string, error) {
+func (d *daemon) overlayID(ctx context.Context, st ipam.Store, conf *cniconf.NetConf, rec *record, names []string) (string, error) {
 	if !conf.DNSServer || len(names) == 0 {
 		return rec.EndpointID, nil
 	}
@@ -131,7 +132,7 @@ func (d *daemon) overlayID(ctx context.Context, st ipam.Store, conf *NetConf, re
 			return "", gerr
 		}
 		if string(kv.Value) != string(owner) {
-			return "", types.NewError(errAddrInUse, fmt.Sprintf("nsnet-cni: name %q is taken on network %q by %s", id, conf.Name, kv.Value), "")
+			return "", types.NewError(cniconf.ErrAddrInUse, fmt.Sprintf("nsnet-cni: name %q is taken on network %q by %s", id, conf.Name, kv.Value), "")
 		}
 		return id, nil
 	}
@@ -140,7 +141,7 @@ func (d *daemon) overlayID(ctx context.Context, st ipam.Store, conf *NetConf, re
 
 func claimKey(network, id string) string { return "cni/claims/" + network + "/" + id }
 
-func (d *daemon) releaseClaim(ctx context.Context, st ipam.Store, conf *NetConf, rec *record) error {
+func (d *daemon) releaseClaim(ctx context.Context, st ipam.Store, conf *cniconf.NetConf, rec *record) error {
 	if rec == nil || rec.EndpointID == "" || rec.EndpointID == endpointID(conf.Name, rec.ContainerID, rec.IfName) {
 		return nil
 	}
@@ -163,21 +164,21 @@ func (d *daemon) releaseClaim(ctx context.Context, st ipam.Store, conf *NetConf,
 	return err
 }
 
-func (d *daemon) addOverlay(ctx context.Context, conf *NetConf, rec *record, ctr *netns.NS, ar attachReq) (attached, error) {
+func (d *daemon) addOverlay(ctx context.Context, conf *cniconf.NetConf, rec *record, ctr *netns.NS, ar cniconf.AttachReq) (attached, error) {
 	h, st, err := d.overlayHost(ctx, conf)
 	if err != nil {
 		return attached{}, err
 	}
-	n, err := h.Create(ctx, overlay.Config{Name: conf.Name, VNI: conf.VNI, Subnets: conf.subnets, MTU: conf.MTU, Internal: conf.Internal})
+	n, err := h.Create(ctx, overlay.Config{Name: conf.Name, VNI: conf.VNI, Subnets: conf.IPAMSubnets, MTU: conf.MTU, Internal: conf.Internal})
 	if err != nil {
 		return attached{}, fmt.Errorf("nsnet-cni: network %q: %w", conf.Name, err)
 	}
-	id, err := d.overlayID(ctx, st, conf, rec, ar.names)
+	id, err := d.overlayID(ctx, st, conf, rec, ar.Names)
 	if err != nil {
 		return attached{}, err
 	}
 	rec.EndpointID = id
-	ep, err := n.Attach(ctx, overlay.EndpointConfig{ID: id, NS: ctr, IfName: rec.IfName, MAC: ar.mac})
+	ep, err := n.Attach(ctx, overlay.EndpointConfig{ID: id, NS: ctr, IfName: rec.IfName, MAC: ar.MAC})
 	if err != nil {
 		d.releaseClaim(context.WithoutCancel(ctx), st, conf, rec)
 		return attached{}, fmt.Errorf("nsnet-cni: attach %s %s to %q: %w", rec.ContainerID, rec.IfName, conf.Name, err)
@@ -204,7 +205,7 @@ func ctrKey(rec *record) string { return rec.Network + "/" + rec.ContainerID + "
 
 // containerDNS serves DNS on 127.0.0.11 in the container: an overlay has
 // no address of the host its containers could ask.
-func (d *daemon) containerDNS(ctx context.Context, conf *NetConf, rec *record, ctr *netns.NS, addrs []netip.Prefix) (*dnsd.Listener, error) {
+func (d *daemon) containerDNS(ctx context.Context, conf *cniconf.NetConf, rec *record, ctr *netns.NS, addrs []netip.Prefix) (*dnsd.Listener, error) {
 	s, err := d.dnsServer(conf)
 	if err != nil {
 		return nil, err
@@ -236,7 +237,7 @@ func (d *daemon) closeContainerDNS(rec *record) {
 	}
 }
 
-func (d *daemon) delOverlay(ctx context.Context, conf *NetConf, rec *record, id string) error {
+func (d *daemon) delOverlay(ctx context.Context, conf *cniconf.NetConf, rec *record, id string) error {
 	if rec != nil {
 		d.closeContainerDNS(rec)
 	}
@@ -260,7 +261,7 @@ func (d *daemon) delOverlay(ctx context.Context, conf *NetConf, rec *record, id 
 // gcOverlay: when no overlay attachment is left on the node, its part of
 // the overlays goes (devices, gateway bridge, host record); the networks
 // stay defined for the other nodes.
-func (d *daemon) gcOverlay(ctx context.Context, conf *NetConf, empty bool) error {
+func (d *daemon) gcOverlay(ctx context.Context, conf *cniconf.NetConf, empty bool) error {
 	if !empty {
 		return nil
 	}
@@ -270,10 +271,10 @@ func (d *daemon) gcOverlay(ctx context.Context, conf *NetConf, empty bool) error
 	}
 	key := d.overlayKey(conf)
 	for _, r := range recs {
-		if r.Mode != modeOverlay {
+		if r.Mode != cniconf.ModeOverlay {
 			continue
 		}
-		if c, cerr := parseConf(r.Conf); cerr == nil && d.overlayKey(c) == key {
+		if c, cerr := cniconf.Parse(r.Conf); cerr == nil && d.overlayKey(c) == key {
 			return nil
 		}
 	}
@@ -287,7 +288,7 @@ func (d *daemon) gcOverlay(ctx context.Context, conf *NetConf, empty bool) error
 	return h.Close(ctx)
 }
 
-func (d *daemon) recoverOverlay(ctx context.Context, conf *NetConf, r *record) error {
+func (d *daemon) recoverOverlay(ctx context.Context, conf *cniconf.NetConf, r *record) error {
 	h, _, err := d.overlayHost(ctx, conf)
 	if err != nil {
 		return err
