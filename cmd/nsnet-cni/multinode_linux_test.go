@@ -20,7 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// TestMacvlan: S10 through the plugin: two nodes on one segment, a
+// TestMacvlan: S10 through the plugin and examples/macvlan.conflist: two nodes on one segment, a
 // macvlan network on each node's eth0 with static addresses (ips); the
 // containers reach each other across the nodes.
 func TestMacvlan(t *testing.T) {
@@ -32,11 +32,10 @@ func TestMacvlan(t *testing.T) {
 	var lists []*libcni.NetworkConfigList
 	for i, h := range topo.Hosts {
 		n := newNode(t, h.NS)
-		list := n.netList("tmacvlan", map[string]any{"mode": "macvlan", "parent": "eth0",
-			"subnets": []map[string]string{{"subnet": "10.29.0.0/16", "gateway": "10.29.0.254"}}})
-		c := n.container(fmt.Sprintf("mv%d", i), map[string]any{"ips": []string{fmt.Sprintf("10.29.0.%d", 81+i)}})
+		list := n.exampleList("macvlan.conflist", map[string]any{"stateDir": n.dir})
+		c := n.container(fmt.Sprintf("mv%d", i), map[string]any{"ips": []string{fmt.Sprintf("172.29.0.%d", 81+i)}})
 		r := n.add(list, c)
-		if a := addrOf(t, r); a != netip.MustParseAddr(fmt.Sprintf("10.29.0.%d", 81+i)) {
+		if a := addrOf(t, r); a != netip.MustParseAddr(fmt.Sprintf("172.29.0.%d", 81+i)) {
 			t.Errorf("node %d: address %s", i, a)
 		}
 		if len(r.Interfaces) != 1 || r.Interfaces[0].Sandbox == "" {
@@ -44,7 +43,7 @@ func TestMacvlan(t *testing.T) {
 		}
 		ctrs, nodes, lists = append(ctrs, c), append(nodes, n), append(lists, list)
 	}
-	if err := nstest.Ping(ctx, ctrs[0].ns, netip.MustParseAddr("10.29.0.82")); err != nil {
+	if err := nstest.Ping(ctx, ctrs[0].ns, netip.MustParseAddr("172.29.0.82")); err != nil {
 		t.Errorf("node 1's container -> node 2's: %v", err)
 	}
 	if err := checkAttachment(nodes[0], lists[0], ctrs[0]); err != nil {
@@ -54,7 +53,7 @@ func TestMacvlan(t *testing.T) {
 		n.del(lists[i], ctrs[i])
 		n.del(lists[i], ctrs[i])
 	}
-	if err := nstest.Ping(ctx, ctrs[0].ns, netip.MustParseAddr("10.29.0.82")); err == nil {
+	if err := nstest.Ping(ctx, ctrs[0].ns, netip.MustParseAddr("172.29.0.82")); err == nil {
 		t.Error("still reachable after DEL")
 	}
 }
