@@ -135,6 +135,18 @@ func TestGCRemovesLeaked(t *testing.T) {
 	if err := n.cni.CheckNetworkList(ctx, list, keep.rt); err != nil {
 		t.Errorf("CHECK of the kept container: %v", err)
 	}
+	// The node loses the kept attachment's record: GC must still keep it
+	// (and its network), since the runtime says it is valid.
+	if err := os.Remove(filepath.Join(n.dir, "attachments", "tgc", "kept_eth0.json")); err != nil {
+		t.Fatal(err)
+	}
+	err = n.cni.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: "kept", IfName: "eth0"}}})
+	if err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if err := nstest.Ping(ctx, keep.ns, netip.MustParseAddr("10.94.0.1")); err != nil {
+		t.Errorf("GC removed a valid attachment whose record was lost: %v", err)
+	}
 	// The port and the name are free again.
 	c := n.container("again", map[string]any{"portMappings": []map[string]any{{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}},
 		"aliases": []string{"leaky"}})

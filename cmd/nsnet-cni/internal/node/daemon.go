@@ -206,6 +206,11 @@ func (d *daemon) handle(ctx context.Context, req cniconf.Request) (json.RawMessa
 		return nil, cerr
 	}
 	defer d.nets.Lock(conf.Name)()
+	if conf.Mode == cniconf.ModeOverlay {
+		// The node's part of the overlays is shared by its overlay
+		// networks: a GC of one that closes it waits for ADDs to others.
+		defer d.nets.Lock("\x00overlay " + d.overlayKey(conf))()
+	}
 	switch req.Command {
 	case "ADD":
 		return d.add(ctx, conf, req)

@@ -698,6 +698,8 @@ func (d *daemon) gcBridge(ctx context.Context, conf *cniconf.NetConf, live map[s
 			if err := nw.Detach(ctx, ep.ID); err != nil {
 				return err
 			}
+		} else {
+			empty = false // a valid attachment the records lost: keep the network
 		}
 	}
 	// Addresses whose veths are gone (the daemon died between the two).
@@ -742,6 +744,8 @@ func (d *daemon) gcMacvlan(ctx context.Context, conf *cniconf.NetConf, live map[
 			if err := nw.Detach(ctx, ep.ID, nil); err != nil {
 				return err
 			}
+		} else {
+			empty = false
 		}
 	}
 	if !empty {
