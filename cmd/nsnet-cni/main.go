@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -28,6 +29,8 @@ var supported = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
 const daemonName = "nsnet-cnid"
 
 func main() {
+	// A plugin lives for a few milliseconds and allocates little: no GC.
+	debug.SetGCPercent(-1)
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    func(a *skel.CmdArgs) error { return call("ADD", a) },
 		Del:    func(a *skel.CmdArgs) error { return call("DEL", a) },
