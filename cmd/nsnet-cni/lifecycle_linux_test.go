@@ -267,3 +267,24 @@ func TestBadConfigs(t *testing.T) {
 	})
 	_ = net.IPv4len
 }
+
+// TestDaemonOtherNamespace: a state directory belongs to one node
+// namespace; a plugin called from another one is refused, naming both,
+// rather than wiring containers to the wrong host.
+func TestDaemonOtherNamespace(t *testing.T) {
+	t.Parallel()
+	a, b := nstest.Host(t), nstest.Host(t)
+	na := newNode(t, a)
+	list := na.netList("tother", map[string]any{"subnets": []map[string]string{{"subnet": "10.86.0.0/24"}}})
+	na.add(list, na.container("c1", nil))
+	nb := &node{t: t, host: b, dir: na.dir, cache: t.TempDir()}
+	nb.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir(t)}, nb.cache, &hostExec{host: b})
+	c := nb.container("c2", nil)
+	_, err := nb.cni.AddNetworkList(t.Context(), list, c.rt)
+	if te := cniErr(t, err); !strings.Contains(te.Msg, "runs in network namespace") {
+		t.Errorf("ADD from another namespace: %d %q", te.Code, te.Msg)
+	}
+	if names := nstest.LinkNames(t, c.ns); len(names) != 1 {
+		t.Errorf("links %v", names)
+	}
+}

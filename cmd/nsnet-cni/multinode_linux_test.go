@@ -144,6 +144,9 @@ func TestOverlay(t *testing.T) {
 		}
 		ctrs, nodes, lists, addrs = append(ctrs, c), append(nodes, n), append(lists, list), append(addrs, addrOf(t, r))
 	}
+	if err := nodes[0].cni.GetStatusNetworkList(ctx, lists[0]); err != nil {
+		t.Errorf("STATUS with etcd up: %v", err)
+	}
 	if addrs[0] == addrs[1] {
 		t.Fatalf("both containers got %s", addrs[0])
 	}
