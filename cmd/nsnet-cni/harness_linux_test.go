@@ -244,3 +244,7 @@ func cniErr(t testing.TB, err error) *types.Error {
 }
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+const testTimeout = 10 * time.Second
+
+func resultOf(r types.Result) (*current.Result, error) { return current.NewResultFromResult(r) }
