@@ -106,14 +106,20 @@
 //
 //	go test -run '^$' -bench Add -benchtime 1x -count 3 ./cmd/nsnet-cni/
 //
-//	BenchmarkAdd-2  16.55 add-median-ms   42.79 del-median-ms  4.859 version-median-ms
-//	BenchmarkAdd-2  19.48 add-median-ms   41.96 del-median-ms  5.624 version-median-ms
-//	BenchmarkAdd-2  23.43 add-median-ms   42.53 del-median-ms  5.021 version-median-ms
+//	load average 8.5 (the machine shared with other test suites):
+//	BenchmarkAdd-2  15.19 add-median-ms  37.22 del-median-ms  4.810 version-median-ms
+//	BenchmarkAdd-2  20.96 add-median-ms  36.14 del-median-ms  4.900 version-median-ms
+//	BenchmarkAdd-2  14.32 add-median-ms  35.20 del-median-ms  4.709 version-median-ms
+//	load average 15-19:
+//	BenchmarkAdd-2  16.55 add-median-ms  42.79 del-median-ms  4.859 version-median-ms
+//	BenchmarkAdd-2  19.48 add-median-ms  41.96 del-median-ms  5.624 version-median-ms
+//	BenchmarkAdd-2  23.43 add-median-ms  42.53 del-median-ms  5.021 version-median-ms
 //
-// measured on the project's 2-core machine while it ran other test suites
-// (load average 15-19). version-median-ms is the floor, the plugin's exec
-// for a VERSION call; the daemon's own work is 5.7 ms of an ADD (attach
-// 4.1, ports 0.6, record 0.4: debug log with NSNET_CNI_DEBUG=1). When the
+// measured on the project's 2-core machine. version-median-ms is the
+// floor, the plugin's exec for a VERSION call. The daemon's own work was
+// 5.7 ms of an ADD at load 15-19 (NSNET_CNI_DEBUG=1 logs each call's
+// time): the attach (veth pair, addresses, the IPAM file store's
+// fdatasync) 4.1 ms, the published port 0.6, the record 0.4. When the
 // plugin and its daemon were one 26 MB binary (etcd, gRPC and protobuf
 // linked in), its exec alone took 12.8 ms and an ADD 28-36 ms: hence the
 // thin plugin. DEL deletes the published port's conntrack entries, a walk
