@@ -30,6 +30,12 @@
 // stateDir/daemon.pid, its log in stateDir/daemon.log. A daemon that
 // finds the plugin calling from another network namespace refuses.
 //
+// The daemon's socket is in the state directory (mode 0700): whoever may
+// call it is whoever may run the plugin. The DNS server is the node's:
+// dnsUpstreams and domain come from the first network that needs it.
+// After upgrading the binaries, stop the daemon (SIGTERM to the PID in
+// daemon.pid): the next call starts the new one.
+//
 // The daemon may also be run as a service (nsnet-cnid -state-dir DIR),
 // for example by systemd, before the runtime's first call. Stopping it
 // (SIGTERM) leaves the containers' networking as it is: the next daemon
@@ -63,7 +69,8 @@
 //	              /etc/resolv.conf; []: no forwarding
 //	domain        the names' domain (default nsnet.internal)
 //
-// Bridge networks are isolated from each other (nsnet's nftables table)
+// Subnets may be IPv4, IPv6 or both (dual stack: an address of each,
+// both default routes). Bridge networks are isolated from each other (nsnet's nftables table)
 // and masqueraded unless internal. Capabilities: portMappings (bridge;
 // hostIP, tcp, udp, sctp), ips and mac (also args.cni.ips and CNI_ARGS
 // IP=/MAC=), aliases, and dns (its searches and options go to the
