@@ -82,32 +82,41 @@ func (d *daemon) add(ctx context.Context, conf *cniconf.NetConf, req cniconf.Req
 	}
 
 	// Published ports: to the container's address of the host address's
-	// family (IPv4 when none is given).
+	// family; without a host address, on every address of the host, of
+	// each family the container has (as CNI's portmap does).
 	for i, p := range ar.Ports {
-		m := portmap.Mapping{Proto: strings.ToLower(p.Protocol), HostPort: p.HostPort, CtrPort: p.ContainerPort,
+		base := portmap.Mapping{Proto: strings.ToLower(p.Protocol), HostPort: p.HostPort, CtrPort: p.ContainerPort,
 			ID: portID(conf.Name, rec.EndpointID)}
+		var host netip.Addr
 		if p.HostIP != "" {
-			m.HostAddr = netip.MustParseAddr(p.HostIP).Unmap()
-			if m.HostAddr.IsUnspecified() {
-				m.HostAddr = netip.Addr{}
-			}
+			host = netip.MustParseAddr(p.HostIP).Unmap()
 		}
-		want6 := m.HostAddr.IsValid() && m.HostAddr.Is6()
+		var ms []portmap.Mapping
 		for _, a := range at.addrs {
-			if a.Addr().Is6() == want6 {
-				m.CtrAddr = a.Addr()
-				break
+			if host.IsValid() && a.Addr().Is6() != host.Is6() {
+				continue
 			}
+			if slices.ContainsFunc(ms, func(m portmap.Mapping) bool { return m.CtrAddr.Is6() == a.Addr().Is6() }) {
+				continue
+			}
+			m := base
+			m.CtrAddr = a.Addr()
+			if host.IsValid() && !host.IsUnspecified() {
+				m.HostAddr = host
+			}
+			ms = append(ms, m)
 		}
-		if !m.CtrAddr.IsValid() {
+		if len(ms) == 0 {
 			return fail(cniconf.ConfError("nsnet-cni: portMappings[%d]: the container has no address of the host address's family", i))
 		}
-		got, err := d.ports.Add(ctx, m)
-		if err != nil {
-			return fail(fmt.Errorf("nsnet-cni: portMappings[%d] (%d:%d): %w", i, p.HostPort, p.ContainerPort, err))
+		for _, m := range ms {
+			got, err := d.ports.Add(ctx, m)
+			if err != nil {
+				return fail(fmt.Errorf("nsnet-cni: portMappings[%d] (%d:%d): %w", i, p.HostPort, p.ContainerPort, err))
+			}
+			undo = append(undo, func() { d.ports.Remove(context.WithoutCancel(ctx), got) })
+			rec.Ports = append(rec.Ports, recPortOf(got))
 		}
-		undo = append(undo, func() { d.ports.Remove(context.WithoutCancel(ctx), got) })
-		rec.Ports = append(rec.Ports, recPortOf(got))
 	}
 
 	// Names.
