@@ -70,9 +70,11 @@
 //	domain        the names' domain (default nsnet.internal)
 //
 // Subnets may be IPv4, IPv6 or both (dual stack: an address of each,
-// both default routes). Bridge networks are isolated from each other (nsnet's nftables table)
-// and masqueraded unless internal. Capabilities: portMappings (bridge;
-// hostIP, tcp, udp, sctp), ips and mac (also args.cni.ips and CNI_ARGS
+// both default routes). Bridge networks are isolated from each other
+// (nsnet's nftables table) and masqueraded unless internal.
+// Capabilities: portMappings (bridge mode; tcp, udp, sctp; on hostIP, or
+// without one on every host address of each family the container has),
+// ips and mac (also args.cni.ips and CNI_ARGS
 // IP=/MAC=), aliases, and dns (its searches and options go to the
 // result). A container's DNS name is its K8S_POD_NAME (CNI_ARGS), then
 // its aliases. On a bridge network the DNS server listens on the gateway
