@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net"
 	"net/netip"
@@ -149,5 +148,4 @@ func TestDNS(t *testing.T) {
 	if got, err := lookup(ctx, db.ns, gw, "web"); err != nil || got[0] != addrOf(t, rw) {
 		t.Errorf("after a daemon restart, db resolves web: %v %v", got, err)
 	}
-	_ = fmt.Sprint
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -114,7 +113,8 @@ func TestGCRemovesLeaked(t *testing.T) {
 	leak := n.container("leaked", map[string]any{"portMappings": []map[string]any{{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}},
 		"aliases": []string{"leaky"}})
 	keep := n.container("kept", nil)
-	rl, rk := n.add(list, leak), n.add(list, keep)
+	rl := n.add(list, leak)
+	n.add(list, keep)
 	// The runtime loses its cache: libcni's GC would not DEL the leaked
 	// attachment itself, so only the plugin's GC can.
 	if err := os.RemoveAll(n.cache); err != nil {
@@ -151,7 +151,6 @@ func TestGCRemovesLeaked(t *testing.T) {
 	c := n.container("again", map[string]any{"portMappings": []map[string]any{{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}},
 		"aliases": []string{"leaky"}})
 	n.add(list, c)
-	_ = rk
 }
 
 // TestStatus: STATUS succeeds with a writable state directory and a file
@@ -265,7 +264,6 @@ func TestBadConfigs(t *testing.T) {
 		n.cni.GCNetworkList(context.Background(), confList(t, "tbad", map[string]any{"stateDir": n.dir,
 			"subnets": []map[string]string{{"subnet": "10.95.0.0/24"}}}), &libcni.GCArgs{})
 	})
-	_ = net.IPv4len
 }
 
 // TestDaemonOtherNamespace: a state directory belongs to one node
