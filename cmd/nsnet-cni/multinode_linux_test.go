@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	"github.com/vishvananda/netlink"
 )
 
