@@ -91,23 +91,37 @@ type FileStore struct {
 	stop    chan struct{}
 }
 
-// OpenFileStore opens the file store in dir, creating dir (mode 0700) if
-// needed; "" means DefaultDir. It reads the snapshot and the log, so damage
-// is reported here, as a *CorruptError. Close it when done.
+// OpenFileStore opens the file store in dir, an absolute path ("" means
+// DefaultDir; a relative path is a *ValidationError). It creates dir with
+// mode 0700 if needed; an existing dir that is a symbolic link is followed
+// (an administrator may have put the state elsewhere), but dir itself must
+// be owned by the effective user, and a looser mode than 0700 is tightened
+// to 0700 (the files inside are 0600), so that no other user can plant or
+// read files there. The store's files are opened without following
+// symbolic links and created with O_EXCL: a symbolic link or file planted
+// at a temporary file's name is removed (the link, never its target), and
+// one planted at the lock file, the snapshot or the log is refused.
+//
+// It reads the snapshot and the log, so damage is reported here, as a
+// *CorruptError. Close it when done.
 func OpenFileStore(dir string) (*FileStore, error) {
 	if dir == "" {
 		dir = DefaultDir
 	}
+	if !filepath.IsAbs(dir) {
+		return nil, invalid("dir", dir, "must be an absolute path")
+	}
+	dir = filepath.Clean(dir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ipam: open file store: %w", err)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	dirf, err := openDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("ipam: open file store: %w", err)
+		return nil, fmt.Errorf("ipam: open file store %s: %w", dir, err)
 	}
-	dirf, err := os.Open(dir)
+	lock, err := openPrivate(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE)
 	if err != nil {
-		lock.Close()
+		dirf.Close()
 		return nil, fmt.Errorf("ipam: open file store: %w", err)
 	}
 	s := &FileStore{
@@ -319,7 +333,7 @@ func (s *FileStore) compact(rev int64, keys map[string]KV) error {
 // fsync, rename, fsync of the directory. It returns the new file, open.
 func (s *FileStore) replace(path string, buf []byte) (*os.File, error) {
 	tmp := path + tmpSuffix
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := createExcl(tmp)
 	if err != nil {
 		return nil, fmt.Errorf("ipam: write %s: %w", path, err)
 	}
@@ -335,6 +349,7 @@ func (s *FileStore) replace(path string, buf []byte) (*os.File, error) {
 	}
 	if err != nil {
 		f.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("ipam: write %s: %w", path, err)
 	}
 	return f, nil
@@ -406,7 +421,7 @@ func (s *FileStore) load(settled, cut bool) error {
 	case err != nil:
 		return fmt.Errorf("ipam: read %s: %w", s.logPath, err)
 	case logFi == nil || !os.SameFile(fi, logFi):
-		if logf, err = os.OpenFile(s.logPath, os.O_RDWR, 0); err != nil {
+		if logf, err = openPrivate(s.logPath, os.O_RDWR); err != nil {
 			return fmt.Errorf("ipam: read %s: %w", s.logPath, err)
 		}
 		logFi = fi
@@ -467,7 +482,7 @@ type fileState struct {
 // last, and returns it (nil: unchanged). No snapshot is an empty store, at
 // the highest revision seen.
 func (s *FileStore) loadSnapshot() (*fileState, error) {
-	f, err := os.Open(s.path)
+	f, err := openPrivate(s.path, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &fileState{rev: s.maxRev, keys: map[string]KV{}}, nil
 	}
