@@ -44,7 +44,7 @@ func TestFileStore_plantedTempLink(t *testing.T) {
 	s := openFile(t, dir)
 	putN(t, s, 3, "v") // the first write creates the files
 	// A compaction writes both again, through the temporary names.
-	big := make([]byte, compactAt)
+	big := make([]byte, int(compactAt))
 	if _, err := s.CAS(t.Context(), Op{Key: "big", Value: big}); err != nil {
 		t.Fatal(err)
 	}
@@ -107,10 +107,15 @@ func TestFileStore_modes(t *testing.T) {
 	os.Chmod(filepath.Join(dir, lockFile), 0o666)
 	s := openFile(t, dir)
 	putN(t, s, 2, "v")
+	if _, err := s.CAS(t.Context(), Op{Key: "big", Value: make([]byte, int(compactAt))}); err != nil {
+		t.Fatal(err) // a snapshot too
+	}
 	for name, want := range map[string]os.FileMode{"": 0o700, lockFile: 0o600, stateFile: 0o600, logFile: 0o600} {
 		fi, err := os.Stat(filepath.Join(dir, name))
-		if err != nil || fi.Mode().Perm() != want {
-			t.Errorf("%q: mode %v, %v; want %v", name, fi.Mode().Perm(), err, want)
+		if err != nil {
+			t.Errorf("%q: %v", name, err)
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("%q: mode %v, want %v", name, fi.Mode().Perm(), want)
 		}
 	}
 }
