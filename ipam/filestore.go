@@ -594,11 +594,12 @@ func (s *FileStore) loadSnapshot() (*fileState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam: read %s: %w", s.path, err)
 	}
-	buf := make([]byte, fi.Size())
-	n, err := io.ReadFull(f, buf[:min(len(buf), fileHeader)])
+	var head [fileHeader]byte
+	n, err := io.ReadFull(f, head[:min(fi.Size(), fileHeader)])
 	if err != nil {
 		return nil, &CorruptError{File: s.path, Err: fmt.Errorf("short read: %w", err)}
 	}
+	buf := head[:n]
 	// The file read or written last, untouched? Its header says whether
 	// it is the same state (inode numbers are reused, and modification
 	// times can be coarser than writes), its inode, size and time whether
@@ -608,6 +609,8 @@ func (s *FileStore) loadSnapshot() (*fileState, error) {
 		os.SameFile(fi, s.snapFi) && fi.Size() == s.snapFi.Size() && fi.ModTime().Equal(s.snapFi.ModTime()) {
 		return nil, nil
 	}
+	buf = make([]byte, fi.Size())
+	copy(buf, head[:n])
 	if _, err := io.ReadFull(f, buf[n:]); err != nil {
 		return nil, &CorruptError{File: s.path, Err: fmt.Errorf("short read: %w", err)}
 	}
