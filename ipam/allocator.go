@@ -258,17 +258,8 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poo
 			return
 		}
 		h.rev = rev
-		for _, o := range st.touched {
-			if o.live() {
-				o.rev = rev
-			}
-			o.touched = false
-		}
 		clear(ops)
-		clear(st.touched)
-		clear(st.gone)
-		st.touched, st.gone = st.touched[:0], st.gone[:0]
-		st.dirty = false
+		st.written(rev)
 		return
 	}
 }

@@ -146,8 +146,14 @@ type poolState struct {
 
 	touched []*owned // owners whose leases changed since written
 	gone    []*owned // owners that released all, whose keys are to be deleted
+	spare   []*owned // owners whose keys were deleted, to use again
 	meta    []byte   // the encoding of the pool's key; nil: to be made
 }
+
+// maxSpare is how many owned a state keeps for owners to come: an owner
+// that allocates again (a container restarted) gets its own back, key
+// included, and others one that is not allocated anew.
+const maxSpare = 16
 
 // owned is what an owner holds, and its key in the store: one heap object
 // per owner, so that a commit updates it without a map write.
@@ -329,8 +335,9 @@ func (st *poolState) add(owner string, l lease) *owned {
 	return o
 }
 
-// revive returns the owned of an owner that holds nothing: the one whose
-// key is to be deleted, if it released all since the last write.
+// revive returns an owned for an owner that holds nothing: the one whose
+// key is to be deleted, if it released all since the last write, else a
+// spare one (its own, if there).
 func (st *poolState) revive(owner string) *owned {
 	for i, o := range st.gone {
 		if o.owner == owner {
@@ -338,7 +345,44 @@ func (st *poolState) revive(owner string) *owned {
 			return o
 		}
 	}
+	if n := len(st.spare); n > 0 {
+		i := n - 1
+		for j, o := range st.spare {
+			if o.owner == owner {
+				i = j
+				break
+			}
+		}
+		o := st.spare[i]
+		st.spare[i] = st.spare[n-1]
+		st.spare[n-1] = nil
+		st.spare = st.spare[:n-1]
+		if o.owner != owner {
+			*o = owned{owner: owner}
+		}
+		return o
+	}
 	return &owned{owner: owner}
+}
+
+// written records that the changes of st were written at rev.
+func (st *poolState) written(rev int64) {
+	for _, o := range st.touched {
+		if o.live() {
+			o.rev = rev
+		}
+		o.touched = false
+	}
+	for _, o := range st.gone {
+		if len(st.spare) < maxSpare {
+			o.rev = 0
+			st.spare = append(st.spare, o)
+		}
+	}
+	clear(st.touched)
+	clear(st.gone)
+	st.touched, st.gone = st.touched[:0], st.gone[:0]
+	st.dirty = false
 }
 
 // touch records that o's leases changed.
