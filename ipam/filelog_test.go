@@ -413,3 +413,23 @@ func TestFileStore_compaction(t *testing.T) {
 		t.Errorf("k0 = %q", got)
 	}
 }
+
+// TestFileStore_writeCost: an allocation in a pool holding thousands of
+// addresses writes a log entry of the keys it changes, not the pool.
+func TestFileStore_writeCost(t *testing.T) {
+	dir := t.TempDir()
+	s := openFile(t, dir)
+	FillPool(t, s, 10) // 6,553 owners
+	a, _ := New(s, Config{})
+	mustAlloc(t, a, "n", "first") // the pool read, the log perhaps compacted
+	logPath := filepath.Join(dir, logFile)
+	before := entriesEnd(t, readFile(t, logPath))
+	mustAlloc(t, a, "n", "second")
+	if err := a.Release(t.Context(), "n", "first"); err != nil {
+		t.Fatal(err)
+	}
+	after := entriesEnd(t, readFile(t, logPath))
+	if n := after - before; n <= 0 || n > 400 {
+		t.Errorf("an allocation and a release wrote %d bytes to the log, want 1 to 400", n)
+	}
+}
