@@ -651,6 +651,8 @@ func (s *FileStore) replay(f *os.File, off int64, base *fileState, snapRev int64
 			return nil, corrupt(err)
 		case base.id != 0 && id != base.id:
 			return nil, corrupt(fmt.Errorf("the log of another store (id %x; the snapshot's is %x)", id, base.id))
+		case base.fi == nil && logBase != 0 && !settled:
+			return nil, errMoved // the snapshot was looked for before a compaction wrote it
 		case base.fi == nil && logBase != 0:
 			return nil, &CorruptError{File: s.path, Err: fmt.Errorf("missing, and %s, which follows it (revision %d), is there", s.logPath, logBase)}
 		case logBase > base.rev && settled:
