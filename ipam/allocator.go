@@ -39,7 +39,7 @@ type Allocator struct {
 	store      Store
 	defaults   []DefaultPool
 	indexKey   string
-	poolPrefix string
+	poolPrefix string // + pool name: the pool's key; + "/" + owner: an owner's
 
 	// Pool name to *poolHandle: written once per pool, then only read, by
 	// every call, which sync.Map does without a lock.
@@ -124,15 +124,16 @@ func New(store Store, cfg Config) (*Allocator, error) {
 // poolHandle is what an Allocator keeps per pool: the batch of requests
 // waiting to be committed and the last state it read or wrote.
 type poolHandle struct {
-	name   string
-	key    string
-	g      *group[poolReq]
-	commit func(context.Context, []*call[poolReq]) // a.commit on this pool
+	name        string
+	key         string // the pool's key
+	ownerPrefix string // key + "/": its owners' keys start with it
+	g           *group[poolReq]
+	commit      func(context.Context, []*call[poolReq]) // a.commit on this pool
 
 	// Used by the goroutine holding g.sem only.
 	st  *poolState // nil: read it again
-	rev int64
-	op  [1]Op // the CAS's argument, here so that it is not allocated per commit
+	rev int64      // of the pool's key
+	ops []Op       // the CAS's argument, kept so that it is not allocated per commit
 }
 
 // poolReq is one request on a pool: it reads or changes the state and
@@ -187,7 +188,8 @@ func (a *Allocator) handle(pool string) *poolHandle {
 	if h, ok := a.pools.Load(pool); ok {
 		return h.(*poolHandle)
 	}
-	h := &poolHandle{name: pool, key: a.poolPrefix + pool, g: newGroup[poolReq]()}
+	key := a.poolPrefix + pool
+	h := &poolHandle{name: pool, key: key, ownerPrefix: key + "/", g: newGroup[poolReq]()}
 	h.commit = func(ctx context.Context, calls []*call[poolReq]) { a.commit(ctx, h, calls) }
 	// If another caller stored one first, use it: every caller on a pool
 	// must share its handle.
@@ -222,6 +224,7 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poo
 		}
 		cached := h.st != nil
 		if !cached {
+			h.ops = h.ops[:0]
 			if err := a.load(ctx, h); err != nil {
 				fail(err)
 				return
@@ -253,10 +256,10 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poo
 			}
 			return
 		}
-		h.op[0] = Op{Key: h.key, Rev: h.rev, Value: st.encode()}
-		rev, err := a.store.CAS(ctx, h.op[:]...)
-		h.op[0] = Op{}
+		ops := a.changes(h, st)
+		rev, err := a.store.CAS(ctx, ops...)
 		if err != nil {
+			clear(ops)
 			h.st = nil
 			if errors.Is(err, ErrConflict) {
 				continue
@@ -267,12 +270,34 @@ func (a *Allocator) commit(ctx context.Context, h *poolHandle, calls []*call[poo
 			return
 		}
 		h.rev = rev
-		st.dirty = false
+		clear(ops)
+		st.written(rev)
 		return
 	}
 }
 
-// load reads the pool's state (h.st nil: no such pool).
+// changes returns the CAS that writes the changes of st: the pool's key,
+// at the revision read, and the keys of the owners whose leases changed.
+func (a *Allocator) changes(h *poolHandle, st *poolState) []Op {
+	ops := append(h.ops[:0], Op{Key: h.key, Rev: h.rev, Value: st.encodeMeta()})
+	for _, o := range st.touched {
+		if !o.live() {
+			continue // in st.gone if its key is to be deleted
+		}
+		if o.key == "" {
+			o.key = h.ownerPrefix + o.owner
+		}
+		ops = append(ops, Op{Key: o.key, Rev: o.rev, Value: encodeOwned(o.held)})
+	}
+	for _, o := range st.gone {
+		ops = append(ops, Op{Key: o.key, Rev: o.rev, Delete: true})
+	}
+	h.ops = ops
+	return ops
+}
+
+// load reads the pool's state (h.st nil: no such pool): its key, then its
+// owners' keys, then its key again, to see that no change came between.
 func (a *Allocator) load(ctx context.Context, h *poolHandle) error {
 	var orphan int64 // revision of a state key the index did not know of
 	for {
@@ -309,9 +334,20 @@ func (a *Allocator) load(ctx context.Context, h *poolHandle) error {
 				continue
 			}
 		}
-		st, err := decodeState(h.name, rec, kv.Value)
+		owners, _, err := a.store.List(ctx, h.ownerPrefix)
 		if err != nil {
-			return &CorruptError{Key: h.key, Err: err}
+			return err
+		}
+		again, err := a.store.Get(ctx, h.key)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if again.Rev != kv.Rev {
+			continue // changed meanwhile
+		}
+		st, err := decodeState(h.name, rec, h.key, kv.Value, h.ownerPrefix, owners)
+		if err != nil {
+			return err
 		}
 		h.st, h.rev = st, kv.Rev
 		return nil
@@ -401,7 +437,8 @@ func (a *Allocator) CreatePool(ctx context.Context, cfg PoolConfig) (Pool, error
 		if err != nil {
 			return Pool{}, err
 		}
-		// A state key the index does not know of is a leftover: replace it.
+		// State keys the index does not know of are leftovers: replace
+		// them.
 		key := a.poolPrefix + cfg.Name
 		var stRev int64
 		if kv, err := a.store.Get(ctx, key); err == nil {
@@ -409,9 +446,18 @@ func (a *Allocator) CreatePool(ctx context.Context, cfg PoolConfig) (Pool, error
 		} else if !errors.Is(err, ErrNotFound) {
 			return Pool{}, err
 		}
-		_, err = a.store.CAS(ctx,
-			Op{Key: a.indexKey, Rev: rev, Value: index},
-			Op{Key: key, Rev: stRev, Value: newPoolState(cfg.Name, rec).encode()})
+		owners, _, err := a.store.List(ctx, key+"/")
+		if err != nil {
+			return Pool{}, err
+		}
+		ops := []Op{
+			{Key: a.indexKey, Rev: rev, Value: index},
+			{Key: key, Rev: stRev, Value: newPoolState(cfg.Name, rec).encodeMeta()},
+		}
+		for _, kv := range owners {
+			ops = append(ops, Op{Key: kv.Key, Rev: kv.Rev, Delete: true})
+		}
+		_, err = a.store.CAS(ctx, ops...)
 		if errors.Is(err, ErrConflict) {
 			continue
 		}
@@ -525,14 +571,18 @@ func (a *Allocator) DeletePool(ctx context.Context, pool string) error {
 			return err
 		}
 		if err == nil {
-			st, err := decodeState(pool, rec, kv.Value)
-			if err != nil {
-				if id, _ := stateID(kv.Value); id != rec.ID {
-					continue // read between a delete and a create
-				}
+			if id, err := stateID(kv.Value); err != nil {
 				return &CorruptError{Key: key, Err: err}
+			} else if id != rec.ID {
+				continue // read between a delete and a create
 			}
-			if n := len(st.byOwner); n > 0 {
+			// An allocation after this List changes the pool's key: the
+			// CAS below, which compares it, fails then.
+			owners, _, err := a.store.List(ctx, key+"/")
+			if err != nil {
+				return err
+			}
+			if n := len(owners); n > 0 {
 				return &opError{fmt.Sprintf("delete pool %s: %d owners hold addresses", pool, n), ErrInUse}
 			}
 		}

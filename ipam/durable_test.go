@@ -168,6 +168,9 @@ func TestFileStore_corrupt(t *testing.T) {
 	a, _ := New(s, Config{})
 	mustPool(t, a, PoolConfig{Name: "n", Subnets: []SubnetConfig{{Subnet: pfx("10.71.0.0/24")}}})
 	mustAlloc(t, a, "n", "c1")
+	if _, err := s.CAS(ctx, Op{Key: "big", Value: make([]byte, int(compactAt))}); err != nil {
+		t.Fatal(err) // the snapshot that this test damages
+	}
 	path := filepath.Join(dir, stateFile)
 	good, err := os.ReadFile(path)
 	if err != nil {

@@ -125,3 +125,24 @@ func BenchmarkEtcdAllocateRelease(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEtcdAllocateReleaseFill is BenchmarkEtcdAllocateRelease in a
+// /16 that holds 1%, 50% or 99% of its addresses already.
+func BenchmarkEtcdAllocateReleaseFill(b *testing.B) {
+	srv := etcdtest.Start(b)
+	n := 0
+	for _, pct := range []int{1, 50, 99} {
+		for _, callers := range []int{1, 8} {
+			b.Run(fmt.Sprintf("%dpct/%dcallers", pct, callers), func(b *testing.B) {
+				n++
+				s := etcdStore(b, srv.Client(b), fmt.Sprintf("/nsnet-bench-fill/%d/", n))
+				ipam.FillPoolForBench(b, s, pct)
+				a, err := ipam.New(s, ipam.Config{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ipam.BenchAllocateRelease(b, a, callers)
+			})
+		}
+	}
+}

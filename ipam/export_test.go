@@ -9,4 +9,5 @@ var (
 	CheckPool            = checkPool
 	Pfx                  = pfx
 	BenchAllocateRelease = benchAllocateRelease
+	FillPoolForBench     = FillPool
 )

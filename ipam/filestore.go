@@ -9,7 +9,6 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -29,34 +28,43 @@ const (
 	lockFile  = "store.lock" // flock(2)ed by writers; never replaced
 )
 
-// compactAt is the log size past which a write also writes a new snapshot
-// and starts an empty log, unless the snapshot is larger: the log is then
-// replayed in at most a few times the snapshot's read time.
-const compactAt = 1 << 20
+// compactAt is the size of a new log, whose entries a write that does not
+// fit in it writes into a new snapshot instead, starting a new log; a log
+// is as large as the snapshot if that is larger, so that it is replayed in
+// at most a few times the snapshot's read time. A variable for tests.
+var compactAt int64 = 1 << 20
 
 // FileStore is a Store in one directory, the embedded default on one machine.
 //
-// The state lives in two files: a snapshot, store.db, and a log of the
-// changes made since, store.log. A CAS appends a record to the log and
-// fdatasyncs it before it returns, so every change it acknowledges is
-// durable. When the log has grown past a megabyte (or the snapshot's size),
-// a write also writes a new snapshot (temporary file, fsync, rename, fsync
+// The state lives in two files: a log of changes, store.log, and a
+// snapshot of the state the log follows, store.db. A CAS writes its
+// records (the keys it changes, not the whole state) as an entry of the
+// log and fdatasyncs it before it returns, so every change it acknowledges
+// is durable. The log is written whole, zeros included, when it is
+// started, and entries are written over its zeros: its size never changes,
+// and an fdatasync writes the entry's data only. A write that does not fit
+// in the log writes a new snapshot (temporary file, fsync, rename, fsync
 // of the directory) and starts a new log the same way, so a crash at any
-// point leaves the old files or the new ones. Writers from several
+// point leaves the old files or the new ones; a new store starts with a
+// log only, so a snapshot without its log is damage. Writers from several
 // processes take turns through flock(2) on a lock file; concurrent CAS
-// calls in one process share one append and one fdatasync (group commit).
+// calls in one process share one entry and one fdatasync (group commit).
 // Readers need no lock.
 //
-// Damage is never repaired silently. A snapshot or log header that is
-// truncated, fails its checksum or does not decode, and a log record that
-// fails its checksum or does not follow the one before, are reported as a
-// *CorruptError naming the file, by OpenFileStore and every later call;
-// the store never starts over by itself. The one exception is the last log
-// record when it is incomplete (the file ends inside it): that is a write
-// cut short by a crash of the machine before its fdatasync returned, so it
-// was never acknowledged, and the next write drops it. (Appends that extend
-// a file are ordered after their data by ext4, xfs and btrfs, so a crash
-// does not leave a full-length record of garbage.)
+// Damage is never repaired silently: a snapshot or log that is truncated
+// or extended, fails a checksum or does not decode, a log entry that does
+// not follow the one before, and anything but zeros after the last entry
+// are reported as a *CorruptError naming the file, by OpenFileStore and
+// every later call; the store never starts over by itself. The one
+// exception is the torn write of a crash: what a write cut short before its
+// fdatasync returned leaves after the last entry. It was never
+// acknowledged, and it is told from damage by the entries' layout (a
+// header and a trailer, each with a checksum covering itself, and the
+// payload's checksum): a torn write holds no complete header or trailer,
+// while a changed byte leaves the damaged entry's trailer or the next
+// entry's header in place. A torn write is dropped, and cleared by the
+// next write. (A crash that wrote an entry's trailer to disk but not its
+// header is reported as damage too: a false alarm, never a silent loss.)
 //
 // Watch sees the changes this process makes at once, and those of other
 // processes within about 100ms (it polls the files while watches are open).
@@ -82,7 +90,9 @@ type FileStore struct {
 	snapFi  os.FileInfo // its file: unchanged, it need not be read again
 	log     *os.File    // the log file read or written last; nil: none
 	logFi   os.FileInfo // its file, to see when another process replaced it
-	logOff  int64       // the end of its last record read or written
+	logOff  int64       // the end of its last entry read or written
+	logBase int64       // the revision of the snapshot it follows
+	logSize int64       // its size, fixed when it is written
 	closed  bool
 
 	group   *group[*casReq]
@@ -91,23 +101,37 @@ type FileStore struct {
 	stop    chan struct{}
 }
 
-// OpenFileStore opens the file store in dir, creating dir (mode 0700) if
-// needed; "" means DefaultDir. It reads the snapshot and the log, so damage
-// is reported here, as a *CorruptError. Close it when done.
+// OpenFileStore opens the file store in dir, an absolute path ("" means
+// DefaultDir; a relative path is a *ValidationError). It creates dir with
+// mode 0700 if needed; an existing dir that is a symbolic link is followed
+// (an administrator may have put the state elsewhere), but dir itself must
+// be owned by the effective user, and a looser mode than 0700 is tightened
+// to 0700 (the files inside are 0600), so that no other user can plant or
+// read files there. The store's files are opened without following
+// symbolic links and created with O_EXCL: a symbolic link or file planted
+// at a temporary file's name is removed (the link, never its target), and
+// one planted at the lock file, the snapshot or the log is refused.
+//
+// It reads the snapshot and the log, so damage is reported here, as a
+// *CorruptError. Close it when done.
 func OpenFileStore(dir string) (*FileStore, error) {
 	if dir == "" {
 		dir = DefaultDir
 	}
+	if !filepath.IsAbs(dir) {
+		return nil, invalid("dir", dir, "must be an absolute path")
+	}
+	dir = filepath.Clean(dir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ipam: open file store: %w", err)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	dirf, err := openDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("ipam: open file store: %w", err)
+		return nil, fmt.Errorf("ipam: open file store %s: %w", dir, err)
 	}
-	dirf, err := os.Open(dir)
+	lock, err := openPrivate(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE)
 	if err != nil {
-		lock.Close()
+		dirf.Close()
 		return nil, fmt.Errorf("ipam: open file store: %w", err)
 	}
 	s := &FileStore{
@@ -172,7 +196,7 @@ func (s *FileStore) List(ctx context.Context, prefix string) ([]KV, int64, error
 }
 
 // CAS implements Store. Concurrent calls in one process are written
-// together: one append and one fdatasync for all of them.
+// together: one log entry and one fdatasync for all of them.
 func (s *FileStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 	req := &casReq{ops: ops}
 	if _, err := s.group.do(ctx, req, s.commit); err != nil {
@@ -187,7 +211,8 @@ type casReq struct {
 }
 
 // commit applies the calls in order, each at its own revision, and writes
-// them with one append to the log (or, when it is time, a new snapshot).
+// them as one entry of the log (or, when it is time, a new snapshot). Its
+// cost is that of the keys the calls write, not of the store's size.
 func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -211,15 +236,22 @@ func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 		fail(err)
 		return
 	}
-	keys := s.keys
-	copied := false
+	// The revision of a key as the calls before see it: over holds what
+	// they wrote (Rev 0: deleted), made only for a batch of several calls.
+	var over map[string]int64
+	revOf := func(k string) int64 {
+		if r, ok := over[k]; ok {
+			return r
+		}
+		return s.keys[k].Rev
+	}
 	rev := max(s.rev, s.maxRev)
 	var evs []Event
-	var recs []byte
-	for _, c := range calls {
+	entry := newEntry()
+	for i, c := range calls {
 		ok := true
 		for _, op := range c.req.ops {
-			if keys[op.Key].Rev != op.Rev {
+			if revOf(op.Key) != op.Rev {
 				ok = false
 				break
 			}
@@ -228,68 +260,112 @@ func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 			c.err = ErrConflict
 			continue
 		}
-		if !copied {
-			keys = maps.Clone(s.keys)
-			copied = true
-		}
 		rev++
 		c.req.rev = rev
-		recs = appendRecord(recs, rev, c.req.ops)
+		entry = appendRecord(entry, rev, c.req.ops)
+		if over == nil && i < len(calls)-1 {
+			over = make(map[string]int64)
+		}
 		for _, op := range c.req.ops {
 			if op.Delete {
-				if _, ok := keys[op.Key]; ok {
-					delete(keys, op.Key)
+				if revOf(op.Key) != 0 {
 					evs = append(evs, Event{Key: op.Key, Rev: rev, Delete: true})
 				}
-				continue
+			} else {
+				evs = append(evs, Event{Key: op.Key, Value: op.Value, Rev: rev})
 			}
-			keys[op.Key] = KV{Key: op.Key, Value: op.Value, Rev: rev}
-			evs = append(evs, Event{Key: op.Key, Value: op.Value, Rev: rev})
+			if over != nil {
+				over[op.Key] = 0
+				if !op.Delete {
+					over[op.Key] = rev
+				}
+			}
 		}
 	}
-	if !copied {
+	if len(entry) == entryHeader {
 		return // nothing to write: every call conflicted
 	}
-	var err error
-	if s.log == nil || s.snapFi == nil || s.rev != s.maxRev || s.logOff+int64(len(recs)) > max(compactAt, s.snapFi.Size()) {
-		// No files yet, a gap in the revisions (the files were removed),
-		// or a long log: write the whole state.
-		err = s.compact(rev, keys)
-	} else {
-		err = s.appendLog(recs)
-	}
-	if err != nil {
+	undo := s.apply(evs)
+	if err := s.write(rev, sealEntry(entry)); err != nil {
 		// What is on disk is unknown: read it again next time. The calls
 		// fail, though some may have been written.
+		s.undo(undo)
 		s.forget()
 		fail(err)
 		return
 	}
-	s.rev, s.maxRev, s.keys = rev, rev, keys
+	s.rev, s.maxRev = rev, rev
 	s.hub.publish(evs)
 }
 
-// appendLog writes records at the end of the log and fdatasyncs it.
-func (s *FileStore) appendLog(recs []byte) error {
-	if _, err := s.log.WriteAt(recs, s.logOff); err != nil {
+// apply applies evs to the cached keys and returns what they held before.
+func (s *FileStore) apply(evs []Event) []KV {
+	undo := make([]KV, len(evs))
+	for i, ev := range evs {
+		undo[i] = s.keys[ev.Key] // Rev 0: absent
+		undo[i].Key = ev.Key
+		if ev.Delete {
+			delete(s.keys, ev.Key)
+		} else {
+			s.keys[ev.Key] = KV{Key: ev.Key, Value: ev.Value, Rev: ev.Rev}
+		}
+	}
+	return undo
+}
+
+// undo undoes apply.
+func (s *FileStore) undo(undo []KV) {
+	for i := len(undo) - 1; i >= 0; i-- {
+		if kv := undo[i]; kv.Rev == 0 {
+			delete(s.keys, kv.Key)
+		} else {
+			s.keys[kv.Key] = kv
+		}
+	}
+}
+
+// write makes the entry, whose records end at revision rev and are applied
+// to s.keys already, durable: in the log if it has room and follows the
+// state, else as a new snapshot and an empty log.
+func (s *FileStore) write(rev int64, entry []byte) error {
+	if s.log == nil {
+		// No files: a new store (or its files were removed). The log
+		// comes first, so that a snapshot is never without its log.
+		log, err := s.replace(s.logPath, encodeLogHeader(newStoreID(), 0, compactAt), compactAt)
+		if err != nil {
+			return err
+		}
+		if err := s.setLog(log, logHeader); err != nil {
+			return err
+		}
+	}
+	if s.rev == s.maxRev && s.logOff+int64(len(entry)) <= s.logSize {
+		return s.appendLog(entry)
+	}
+	// A gap in the revisions (the files were removed), or a full log:
+	// write the whole state.
+	return s.compact(rev)
+}
+
+// appendLog writes an entry after the last one of the log and fdatasyncs
+// it. It writes over zeros, inside the file's size: no metadata changes.
+func (s *FileStore) appendLog(entry []byte) error {
+	if _, err := s.log.WriteAt(entry, s.logOff); err != nil {
 		return fmt.Errorf("ipam: write %s: %w", s.logPath, err)
 	}
 	if err := fdatasync(s.log); err != nil {
 		return fmt.Errorf("ipam: write %s: %w", s.logPath, err)
 	}
-	s.logOff += int64(len(recs))
+	s.logOff += int64(len(entry))
 	return nil
 }
 
-// compact writes keys as the snapshot at rev, then an empty log after it.
-// A crash in between leaves the new snapshot and the old log, whose
+// compact writes s.keys as the snapshot at rev, then an empty log after
+// it. A crash in between leaves the new snapshot and the old log, whose
 // records are all at or before rev: the next read skips them.
-func (s *FileStore) compact(rev int64, keys map[string]KV) error {
-	id := s.id
-	if id == 0 {
-		id = newStoreID()
-	}
-	snap, err := s.replace(s.path, encodeFile(id, rev, keys))
+func (s *FileStore) compact(rev int64) error {
+	snapBuf := encodeFile(s.id, rev, s.keys)
+	snap, err := s.replace(s.path, snapBuf, 0)
 	if err != nil {
 		return err
 	}
@@ -298,11 +374,20 @@ func (s *FileStore) compact(rev int64, keys map[string]KV) error {
 	if err != nil {
 		return fmt.Errorf("ipam: write %s: %w", s.path, err)
 	}
-	log, err := s.replace(s.logPath, encodeLogHeader(id, rev))
+	// The log may grow as large as the snapshot: it is then read in about
+	// the time the snapshot is.
+	size := max(compactAt, (int64(len(snapBuf))+4095)&^4095)
+	log, err := s.replace(s.logPath, encodeLogHeader(s.id, rev, size), size)
 	if err != nil {
 		return err
 	}
-	logFi, err := log.Stat()
+	s.snapRev, s.snapFi = rev, snapFi
+	return s.setLog(log, logHeader)
+}
+
+// setLog makes the open file log, read up to off, the log.
+func (s *FileStore) setLog(log *os.File, off int64) error {
+	fi, err := log.Stat()
 	if err != nil {
 		log.Close()
 		return fmt.Errorf("ipam: write %s: %w", s.logPath, err)
@@ -310,20 +395,37 @@ func (s *FileStore) compact(rev int64, keys map[string]KV) error {
 	if s.log != nil {
 		s.log.Close()
 	}
-	s.id, s.snapRev, s.snapFi = id, rev, snapFi
-	s.log, s.logFi, s.logOff = log, logFi, logHeader
+	id, base, size, err := readLogHeader(log)
+	if err != nil {
+		log.Close()
+		s.log = nil
+		return &CorruptError{File: s.logPath, Err: err}
+	}
+	s.id, s.logBase, s.logSize = id, base, size
+	s.log, s.logFi, s.logOff = log, fi, off
 	return nil
 }
 
-// replace replaces the file at path with one holding buf: temporary file,
-// fsync, rename, fsync of the directory. It returns the new file, open.
-func (s *FileStore) replace(path string, buf []byte) (*os.File, error) {
+// replace replaces the file at path with one holding buf followed by zeros
+// up to size: temporary file, fsync, rename, fsync of the directory. It
+// returns the new file, open.
+func (s *FileStore) replace(path string, buf []byte, size int64) (*os.File, error) {
 	tmp := path + tmpSuffix
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := createExcl(tmp)
 	if err != nil {
 		return nil, fmt.Errorf("ipam: write %s: %w", path, err)
 	}
 	_, err = f.Write(buf)
+	if pad := size - int64(len(buf)); err == nil && pad > 0 {
+		// Real zeros, not a hole: the appends that write over them change
+		// no metadata, so their fdatasync writes only the data.
+		zeros := make([]byte, min(pad, 256<<10))
+		for pad > 0 && err == nil {
+			var n int
+			n, err = f.Write(zeros[:min(pad, int64(len(zeros)))])
+			pad -= int64(n)
+		}
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -335,6 +437,7 @@ func (s *FileStore) replace(path string, buf []byte) (*os.File, error) {
 	}
 	if err != nil {
 		f.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("ipam: write %s: %w", path, err)
 	}
 	return f, nil
@@ -357,10 +460,10 @@ func (s *FileStore) read() error {
 	return s.refresh(false)
 }
 
-// errBusy: a read without the lock met a log record that does not check
+// errBusy: a read without the lock met a log entry that does not check
 // out; it may be one being written, so the read is done again with the
 // lock.
-var errBusy = errors.New("ipam: log record being written")
+var errBusy = errors.New("ipam: log entry being written")
 
 // errMoved: another process replaced the snapshot or the log while this
 // one read them; read again.
@@ -368,8 +471,8 @@ var errMoved = errors.New("ipam: files replaced while read")
 
 // refresh reads what other processes wrote since this one last read or
 // wrote the files and publishes it to watches. locked says that the caller
-// holds the lock exclusively: then an incomplete last record (a crash) is
-// cut off. Called with s.mu held.
+// holds the lock exclusively: then the torn tail of a write that a crash
+// cut short is cleared. Called with s.mu held.
 func (s *FileStore) refresh(locked bool) error {
 	err := s.load(locked, locked)
 	if !errors.Is(err, errBusy) && !errors.Is(err, errMoved) {
@@ -391,8 +494,8 @@ func (s *FileStore) refresh(locked bool) error {
 // load reads the snapshot if it changed, then the log from where this
 // process left it (all of it, if the snapshot or the log was replaced).
 // settled says no writer is at work (the caller holds the lock), so a log
-// record that does not check out is damage; cut that an incomplete last
-// record may be removed.
+// entry that does not check out is damage or a torn write; cut that a torn
+// write may be cleared.
 func (s *FileStore) load(settled, cut bool) error {
 	snap, err := s.loadSnapshot()
 	if err != nil {
@@ -406,7 +509,7 @@ func (s *FileStore) load(settled, cut bool) error {
 	case err != nil:
 		return fmt.Errorf("ipam: read %s: %w", s.logPath, err)
 	case logFi == nil || !os.SameFile(fi, logFi):
-		if logf, err = os.OpenFile(s.logPath, os.O_RDWR, 0); err != nil {
+		if logf, err = openPrivate(s.logPath, os.O_RDWR); err != nil {
 			return fmt.Errorf("ipam: read %s: %w", s.logPath, err)
 		}
 		logFi = fi
@@ -418,7 +521,7 @@ func (s *FileStore) load(settled, cut bool) error {
 		}
 	}
 
-	base, snapRev, off := &fileState{id: s.id, rev: s.rev, keys: s.keys}, s.snapRev, s.logOff
+	base, snapRev, off := &fileState{id: s.id, rev: s.rev, keys: s.keys, fi: s.snapFi}, s.snapRev, s.logOff
 	switch {
 	case snap != nil:
 		base, snapRev, off = snap, snap.rev, 0
@@ -428,11 +531,12 @@ func (s *FileStore) load(settled, cut bool) error {
 		closeNew()
 		return errMoved
 	}
-	if snap != nil && snap.fi == nil && logf != nil {
-		closeNew()
-		return &CorruptError{File: s.path, Err: fmt.Errorf("missing, and %s, which follows it, is there", s.logPath)}
+	if logf == nil && base.fi != nil {
+		// The log is written before the first snapshot and replaced, never
+		// removed: without it, the changes after the snapshot are lost.
+		return &CorruptError{File: s.logPath, Err: fmt.Errorf("missing, and the snapshot %s, which it follows, is there", s.path)}
 	}
-	next, end, evs, err := s.replay(logf, off, base, snapRev, settled, cut)
+	next, err := s.replay(logf, off, base, snapRev, settled, cut)
 	if err != nil {
 		closeNew()
 		return err
@@ -443,10 +547,13 @@ func (s *FileStore) load(settled, cut bool) error {
 		}
 		s.log, s.logFi = logf, logFi
 	}
-	s.logOff = end
+	s.logOff, s.logBase, s.logSize = next.off, next.logBase, next.logSize
+	var evs []Event
 	if snap != nil {
 		s.snapFi, s.snapRev = snap.fi, snap.rev
 		evs = s.diff(next.keys, next.rev)
+	} else {
+		evs = next.evs
 	}
 	s.id, s.rev, s.maxRev, s.keys = next.id, next.rev, max(s.maxRev, next.rev), next.keys
 	if s.hub != nil {
@@ -461,15 +568,23 @@ type fileState struct {
 	rev  int64
 	keys map[string]KV
 	fi   os.FileInfo // of the snapshot it was read from; nil: none
+
+	// Set by replay: the end of the last entry read, the log's header,
+	// the events of the entries read.
+	off, logBase, logSize int64
+	evs                   []Event
 }
 
 // loadSnapshot reads the snapshot if it is not the one read or written
-// last, and returns it (nil: unchanged). No snapshot is an empty store, at
-// the highest revision seen.
+// last, and returns it (nil: unchanged). No snapshot is an empty store at
+// revision 0, to which a log with base 0 (or none) belongs.
 func (s *FileStore) loadSnapshot() (*fileState, error) {
-	f, err := os.Open(s.path)
+	f, err := openPrivate(s.path, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &fileState{rev: s.maxRev, keys: map[string]KV{}}, nil
+		if s.snapFi == nil && s.log != nil {
+			return nil, nil // none before either: the cached state is the log's
+		}
+		return &fileState{keys: map[string]KV{}}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ipam: read %s: %w", s.path, err)
@@ -479,11 +594,12 @@ func (s *FileStore) loadSnapshot() (*fileState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam: read %s: %w", s.path, err)
 	}
-	buf := make([]byte, fi.Size())
-	n, err := io.ReadFull(f, buf[:min(len(buf), fileHeader)])
+	var head [fileHeader]byte
+	n, err := io.ReadFull(f, head[:min(fi.Size(), fileHeader)])
 	if err != nil {
 		return nil, &CorruptError{File: s.path, Err: fmt.Errorf("short read: %w", err)}
 	}
+	buf := head[:n]
 	// The file read or written last, untouched? Its header says whether
 	// it is the same state (inode numbers are reused, and modification
 	// times can be coarser than writes), its inode, size and time whether
@@ -493,6 +609,8 @@ func (s *FileStore) loadSnapshot() (*fileState, error) {
 		os.SameFile(fi, s.snapFi) && fi.Size() == s.snapFi.Size() && fi.ModTime().Equal(s.snapFi.ModTime()) {
 		return nil, nil
 	}
+	buf = make([]byte, fi.Size())
+	copy(buf, head[:n])
 	if _, err := io.ReadFull(f, buf[n:]); err != nil {
 		return nil, &CorruptError{File: s.path, Err: fmt.Errorf("short read: %w", err)}
 	}
@@ -503,95 +621,155 @@ func (s *FileStore) loadSnapshot() (*fileState, error) {
 	return &fileState{id: id, rev: rev, keys: keys, fi: fi}, nil
 }
 
-// replay applies the log's records after off (0: from its header) to base,
-// whose snapshot is at snapRev, and returns the new state, the end of the
-// last good record, and the events.
-func (s *FileStore) replay(f *os.File, off int64, base *fileState, snapRev int64, settled, cut bool) (*fileState, int64, []Event, error) {
+// replay applies the log's entries after off (0: from its header) to base,
+// whose snapshot is at snapRev, and returns the new state. base.keys is
+// changed in place, and only once every entry read has checked out.
+//
+// Where the entries end, the rest of the file is zeros. Read from the
+// start, the log must be exactly that: valid entries, then zeros. If
+// something else follows the last valid entry, it is the torn write of a
+// crash only if it holds no complete entry header anywhere (see
+// appendEntry): that is dropped, and cleared when cut. Anything else is a
+// *CorruptError.
+func (s *FileStore) replay(f *os.File, off int64, base *fileState, snapRev int64, settled, cut bool) (*fileState, error) {
+	base.off, base.logBase, base.logSize = off, s.logBase, s.logSize
 	if f == nil {
-		return base, 0, nil, nil
+		return base, nil
 	}
 	corrupt := func(err error) error { return &CorruptError{File: s.logPath, Err: err} }
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, 0, nil, fmt.Errorf("ipam: read %s: %w", s.logPath, err)
+		return nil, fmt.Errorf("ipam: read %s: %w", s.logPath, err)
 	}
-	switch size := fi.Size(); {
-	case size == off:
-		return base, off, nil, nil // nothing new: the usual case
-	case size < off:
-		return nil, 0, nil, corrupt(fmt.Errorf("%d bytes, shorter than the %d read before", size, off))
-	}
-	buf := make([]byte, fi.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return nil, 0, nil, fmt.Errorf("ipam: read %s: %w", s.logPath, err)
-	}
-	if off == 0 {
-		id, logBase, err := decodeLogHeader(buf)
+	full := off == 0
+	if full {
+		id, logBase, size, err := readLogHeader(f)
 		switch {
+		case err != nil && !settled:
+			return nil, errMoved // perhaps a log being written: read again with the lock
 		case err != nil:
-			return nil, 0, nil, corrupt(err)
+			return nil, corrupt(err)
 		case base.id != 0 && id != base.id:
-			return nil, 0, nil, corrupt(fmt.Errorf("the log of another store (id %x; the snapshot's is %x)", id, base.id))
+			return nil, corrupt(fmt.Errorf("the log of another store (id %x; the snapshot's is %x)", id, base.id))
+		case base.fi == nil && logBase != 0 && !settled:
+			return nil, errMoved // the snapshot was looked for before a compaction wrote it
+		case base.fi == nil && logBase != 0:
+			return nil, &CorruptError{File: s.path, Err: fmt.Errorf("missing, and %s, which follows it (revision %d), is there", s.logPath, logBase)}
 		case logBase > base.rev && settled:
-			return nil, 0, nil, corrupt(fmt.Errorf("follows revision %d, but the snapshot is at %d", logBase, base.rev))
+			return nil, corrupt(fmt.Errorf("follows revision %d, but the snapshot is at %d", logBase, base.rev))
 		case logBase > base.rev:
-			return nil, 0, nil, errMoved // the snapshot is older than the log: read during a compaction
+			return nil, errMoved // the snapshot is older than the log: read during a compaction
 		}
-		buf, off = buf[logHeader:], logHeader
+		base.id, base.logBase, base.logSize, off = id, logBase, size, logHeader
 	}
-	st := base
-	copied := false
-	var evs []Event
-	for len(buf) > 0 {
-		rev, ops, n, err := decodeRecord(buf)
-		if errors.Is(err, errTorn) {
-			// A write under way, or one a crash cut short: not
-			// acknowledged. With the lock, drop it.
-			if cut {
-				if err := f.Truncate(off); err != nil {
-					return nil, 0, nil, fmt.Errorf("ipam: drop the incomplete last record of %s: %w", s.logPath, err)
-				}
-				if err := fdatasync(f); err != nil {
-					return nil, 0, nil, fmt.Errorf("ipam: drop the incomplete last record of %s: %w", s.logPath, err)
-				}
+	if fi.Size() != base.logSize {
+		return nil, corrupt(fmt.Errorf("%d bytes, its header says %d: truncated or extended", fi.Size(), base.logSize))
+	}
+	size := base.logSize
+	readAt := func(at, n int64) ([]byte, error) {
+		b := make([]byte, n)
+		if _, err := f.ReadAt(b, at); err != nil {
+			return nil, fmt.Errorf("ipam: read %s: %w", s.logPath, err)
+		}
+		return b, nil
+	}
+
+	type record struct {
+		rev int64
+		ops []Op
+	}
+	var recs []record
+	rev := base.rev
+	bad := false // the entry at off does not check out
+	for off+entryOverhead <= size {
+		h, err := readAt(off, entryHeader)
+		if err != nil {
+			return nil, err
+		}
+		if allZero(h) {
+			break // the end of the entries
+		}
+		n, sum, ok := decodeEntryHeader(h)
+		if ok && off+entryOverhead+int64(n) > size {
+			return nil, corrupt(fmt.Errorf("entry at offset %d: %d bytes long, past the end of the file", off, n))
+		}
+		var payload []byte
+		if ok {
+			if payload, err = readAt(off+entryHeader, int64(n)); err != nil {
+				return nil, err
 			}
+			ok = crc32.Checksum(payload, castagnoli) == sum
+		}
+		if !ok {
+			bad = true
 			break
 		}
-		if err != nil {
-			if !settled {
-				return nil, 0, nil, errBusy
+		// The entry checks out: each of its records must follow the one
+		// before (or be in the snapshot already: a crash during a
+		// compaction left the old log).
+		at := off
+		for len(payload) > 0 {
+			r, ops, k, err := decodeRecord(payload)
+			if err != nil {
+				return nil, corrupt(fmt.Errorf("entry at offset %d: %w", at, err))
 			}
-			return nil, 0, nil, corrupt(fmt.Errorf("record at offset %d: %w", off, err))
+			payload = payload[k:]
+			if r <= snapRev && r <= rev {
+				continue
+			}
+			if r != rev+1 {
+				return nil, corrupt(fmt.Errorf("entry at offset %d: revision %d after %d", at, r, rev))
+			}
+			rev = r
+			recs = append(recs, record{r, ops})
 		}
-		if rev <= snapRev && rev <= st.rev {
-			buf, off = buf[n:], off+int64(n)
-			continue // in the snapshot already (a crash during a compaction)
+		off += entryOverhead + int64(n)
+	}
+	// Read from the start, or at an entry that does not check out: what
+	// follows must be zeros, or a torn write.
+	if (full || bad) && off < size {
+		rest, err := readAt(off, size-off)
+		if err != nil {
+			return nil, err
 		}
-		if rev != st.rev+1 {
-			return nil, 0, nil, corrupt(fmt.Errorf("record at offset %d: revision %d after %d", off, rev, st.rev))
+		if !allZero(rest) {
+			if !settled {
+				return nil, errBusy // perhaps a write under way
+			}
+			if hasEntryHeader(rest[1:]) {
+				// Not a torn write, which holds no complete header, not
+				// even its own trailer: a damaged entry. It, and what
+				// follows it, is never dropped.
+				return nil, corrupt(fmt.Errorf("damaged entry at offset %d", off))
+			}
+			// The write a crash cut short, never acknowledged.
+			if cut {
+				if _, err := f.WriteAt(make([]byte, len(rest)), off); err != nil {
+					return nil, fmt.Errorf("ipam: clear the torn last write of %s: %w", s.logPath, err)
+				}
+				if err := fdatasync(f); err != nil {
+					return nil, fmt.Errorf("ipam: clear the torn last write of %s: %w", s.logPath, err)
+				}
+			}
 		}
-		buf, off = buf[n:], off+int64(n)
-		if !copied {
-			st = &fileState{id: base.id, rev: base.rev, keys: maps.Clone(base.keys), fi: base.fi}
-			copied = true
-		}
-		st.rev = rev
-		for _, op := range ops {
+	}
+
+	st := base
+	st.off, st.rev, st.evs = off, rev, nil
+	for _, r := range recs {
+		for _, op := range r.ops {
 			if op.Delete {
 				if _, ok := st.keys[op.Key]; ok {
 					delete(st.keys, op.Key)
-					evs = append(evs, Event{Key: op.Key, Rev: rev, Delete: true})
+					st.evs = append(st.evs, Event{Key: op.Key, Rev: r.rev, Delete: true})
 				}
 				continue
 			}
-			st.keys[op.Key] = KV{Key: op.Key, Value: op.Value, Rev: rev}
-			evs = append(evs, Event{Key: op.Key, Value: op.Value, Rev: rev})
+			st.keys[op.Key] = KV{Key: op.Key, Value: op.Value, Rev: r.rev}
+			st.evs = append(st.evs, Event{Key: op.Key, Value: op.Value, Rev: r.rev})
 		}
 	}
-	if st.id == 0 {
-		st.id = base.id
-	}
-	return st, off, evs, nil
+	return st, nil
 }
 
 // diff returns the changes from the cached keys to keys, which another
@@ -764,80 +942,147 @@ func decodeFile(buf []byte) (id uint64, rev int64, keys map[string]KV, err error
 
 // The log:
 //
-//	header: magic "nsnetlg1" | store id uint64 | revision of the snapshot
-//	it follows uint64 | crc32c of the 24 bytes before, uint32 | 4 zero bytes
-//	records: payload length uint32 | crc32c of the payload uint32 | payload:
-//	revision uvarint, op count uvarint, per op: 0 (put) or 1 (delete), key,
-//	and for a put the value (as in the state file)
+//	header, 40 bytes: magic "nsnetlg2" | store id uint64 | revision of
+//	the snapshot it follows uint64 | the file's size uint64 | crc32c of
+//	the 32 bytes before, uint32 | 4 zero bytes
+//	entries, one per write (the CASes one commit writes), each:
+//	    header, 16 bytes: 0xe7 0x4c | 2 zero bytes | payload length
+//	    uint32 | crc32c of the payload uint32 | crc32c of the 12 bytes
+//	    before uint32
+//	    payload: records, each one CAS: revision uvarint, op count
+//	    uvarint, per op: 0 (put) or 1 (delete), key, and for a put the
+//	    value (as in the state file)
+//	    trailer: the header again
+//	zeros, to the size the header gives
 //
-// all integers big endian. A record is one revision: one CAS.
+// all integers big endian. The file is written whole, zeros included,
+// when the log is started, and entries are written over the zeros: its
+// size never changes, so a log that is shorter or longer than its header
+// says is damaged (an empty log too), and where the entries end, zeros
+// follow. A write that a crash cut short leaves parts of its entry,
+// with zeros where the rest was to be: never a complete header that
+// checks out (a header by itself, not even its trailer). Damage, a byte
+// changed in an entry, leaves one: either the entry checks out whole, or
+// one of its header and trailer, or the next entry's, is there. So a
+// torn write is told from damage, and the last entry is dropped only when
+// it was never acknowledged.
 const (
-	logMagic  = "nsnetlg1"
-	logHeader = 32
-	recHeader = 8
+	logMagic      = "nsnetlg2"
+	logHeader     = 40
+	entryHeader   = 16
+	entryOverhead = 2 * entryHeader
 )
 
-// errTorn: the log ends inside a record.
-var errTorn = errors.New("incomplete record")
-
-func encodeLogHeader(id uint64, base int64) []byte {
+func encodeLogHeader(id uint64, base, size int64) []byte {
 	buf := make([]byte, logHeader)
 	copy(buf, logMagic)
 	binary.BigEndian.PutUint64(buf[8:], id)
 	binary.BigEndian.PutUint64(buf[16:], uint64(base))
-	binary.BigEndian.PutUint32(buf[24:], crc32.Checksum(buf[:24], castagnoli))
+	binary.BigEndian.PutUint64(buf[24:], uint64(size))
+	binary.BigEndian.PutUint32(buf[32:], crc32.Checksum(buf[:32], castagnoli))
 	return buf
 }
 
-func decodeLogHeader(buf []byte) (id uint64, base int64, err error) {
+func decodeLogHeader(buf []byte) (id uint64, base, size int64, err error) {
 	switch {
 	case len(buf) < logHeader:
-		return 0, 0, fmt.Errorf("truncated header: %d bytes", len(buf))
+		return 0, 0, 0, fmt.Errorf("truncated header: %d bytes", len(buf))
 	case string(buf[:8]) != logMagic:
-		return 0, 0, fmt.Errorf("not an nsnet log (magic %q)", buf[:8])
-	case binary.BigEndian.Uint32(buf[24:]) != crc32.Checksum(buf[:24], castagnoli):
-		return 0, 0, errors.New("header checksum mismatch")
+		return 0, 0, 0, fmt.Errorf("not an nsnet log (magic %q)", buf[:8])
+	case binary.BigEndian.Uint32(buf[32:]) != crc32.Checksum(buf[:32], castagnoli) || !allZero(buf[36:logHeader]):
+		return 0, 0, 0, errors.New("header checksum mismatch")
 	}
-	return binary.BigEndian.Uint64(buf[8:]), int64(binary.BigEndian.Uint64(buf[16:])), nil
+	size = int64(binary.BigEndian.Uint64(buf[24:]))
+	if size < logHeader {
+		return 0, 0, 0, fmt.Errorf("bad size %d in the header", size)
+	}
+	return binary.BigEndian.Uint64(buf[8:]), int64(binary.BigEndian.Uint64(buf[16:])), size, nil
+}
+
+// readLogHeader reads and decodes the header of the log f.
+func readLogHeader(f *os.File) (id uint64, base, size int64, err error) {
+	buf := make([]byte, logHeader)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return 0, 0, 0, err
+	}
+	return decodeLogHeader(buf[:n])
+}
+
+// newEntry returns a buffer to append the records of an entry to.
+func newEntry() []byte { return make([]byte, entryHeader, 256) }
+
+// sealEntry fills in the header of the entry buf, made by newEntry with
+// records appended, and appends its trailer.
+func sealEntry(buf []byte) []byte {
+	payload := buf[entryHeader:]
+	h := buf[:entryHeader]
+	h[0], h[1], h[2], h[3] = 0xe7, 0x4c, 0, 0
+	binary.BigEndian.PutUint32(h[4:], uint32(len(payload)))
+	binary.BigEndian.PutUint32(h[8:], crc32.Checksum(payload, castagnoli))
+	binary.BigEndian.PutUint32(h[12:], crc32.Checksum(h[:12], castagnoli))
+	return append(buf, h...)
+}
+
+// decodeEntryHeader decodes an entry's header (or trailer): the payload's
+// length and checksum, and whether it checks out.
+func decodeEntryHeader(h []byte) (n, sum uint32, ok bool) {
+	if len(h) < entryHeader || h[0] != 0xe7 || h[1] != 0x4c || h[2] != 0 || h[3] != 0 ||
+		binary.BigEndian.Uint32(h[12:]) != crc32.Checksum(h[:12], castagnoli) {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint32(h[4:]), binary.BigEndian.Uint32(h[8:]), true
+}
+
+// hasEntryHeader reports whether an entry header that checks out starts
+// anywhere in b.
+func hasEntryHeader(b []byte) bool {
+	for i := 0; i+entryHeader <= len(b); i++ {
+		if b[i] == 0xe7 && b[i+1] == 0x4c {
+			if _, _, ok := decodeEntryHeader(b[i : i+entryHeader]); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.NativeEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // appendRecord appends the record of ops at rev to buf.
 func appendRecord(buf []byte, rev int64, ops []Op) []byte {
-	start := len(buf)
-	buf = append(buf, make([]byte, recHeader)...)
 	buf = binary.AppendUvarint(buf, uint64(rev))
 	buf = binary.AppendUvarint(buf, uint64(len(ops)))
 	for _, op := range ops {
 		if op.Delete {
 			buf = append(buf, 1)
-			buf = appendBytes(buf, []byte(op.Key))
+			buf = appendString(buf, op.Key)
 			continue
 		}
 		buf = append(buf, 0)
-		buf = appendBytes(buf, []byte(op.Key))
+		buf = appendString(buf, op.Key)
 		buf = appendBytes(buf, op.Value)
 	}
-	payload := buf[start+recHeader:]
-	binary.BigEndian.PutUint32(buf[start:], uint32(len(payload)))
-	binary.BigEndian.PutUint32(buf[start+4:], crc32.Checksum(payload, castagnoli))
 	return buf
 }
 
 // decodeRecord decodes the record at the start of buf and returns its
-// length; errTorn if buf ends inside it.
+// length.
 func decodeRecord(buf []byte) (rev int64, ops []Op, n int, err error) {
-	if len(buf) < recHeader {
-		return 0, nil, 0, errTorn
-	}
-	size := uint64(binary.BigEndian.Uint32(buf))
-	if size > uint64(len(buf)-recHeader) {
-		return 0, nil, 0, errTorn
-	}
-	payload := buf[recHeader : recHeader+size]
-	if binary.BigEndian.Uint32(buf[4:]) != crc32.Checksum(payload, castagnoli) {
-		return 0, nil, 0, errors.New("checksum mismatch")
-	}
-	d := decoder{buf: payload}
+	d := decoder{buf: buf}
 	rev = int64(d.uvarint())
 	count := d.uvarint()
 	if d.err == nil && (rev <= 0 || count == 0 || count > uint64(len(d.buf))) {
@@ -857,13 +1102,10 @@ func decodeRecord(buf []byte) (rev int64, ops []Op, n int, err error) {
 		}
 		ops = append(ops, op)
 	}
-	if d.err == nil && len(d.buf) != 0 {
-		d.err = fmt.Errorf("%d bytes after the last op", len(d.buf))
-	}
 	if d.err != nil {
 		return 0, nil, 0, d.err
 	}
-	return rev, ops, recHeader + int(size), nil
+	return rev, ops, len(buf) - len(d.buf), nil
 }
 
 func appendBytes(buf, b []byte) []byte {

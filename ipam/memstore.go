@@ -81,8 +81,8 @@ func (s *MemoryStore) CAS(ctx context.Context, ops ...Op) (int64, error) {
 		}
 	}
 	s.rev++
-	var one [1]Event // the usual CAS has one op; publish copies evs
-	evs := one[:0]
+	var few [4]Event // the usual CAS has one to three ops; publish copies evs
+	evs := few[:0]
 	for _, op := range ops {
 		if op.Delete {
 			if _, ok := s.keys[op.Key]; ok {

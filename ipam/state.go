@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nsnet/nsnet/internal/ipnet"
@@ -127,13 +128,13 @@ type lease struct {
 	time   int64 // unix nanoseconds
 }
 
-// size is the length of the encoding of l held by owner (see encode).
-func (l lease) size(owner string) int {
-	return uvarintLen(uint64(len(owner))) + len(owner) + addrLen(l.addr) + 1 + uvarintLen(uint64(l.time))
-}
-
 // poolState is the allocations of one pool, decoded. Leases are values in
 // byOwner, not pointers: an allocation costs no heap object of its own.
+//
+// In the store, a pool is one key for the pool (its id and cursors) and
+// one key per owner (its leases): a change writes the pool's key, which
+// every change compares, and the keys of the owners it changed, so its
+// cost does not grow with the pool.
 type poolState struct {
 	name    string
 	rec     *poolRecord
@@ -141,13 +142,32 @@ type poolState struct {
 	cursor  []netip.Addr          // per subnet: the address handed out last
 	used    []uint64              // per subnet: allocated addresses inside the ip-range
 	byAddr  map[netip.Addr]string // the owner of each leased address
-	byOwner map[string][2]lease   // [0] IPv4, [1] IPv6
-	dirty   bool                  // changed since decoded or written
+	byOwner map[string]*owned
+	dirty   bool // changed since decoded or written
 
-	// The length of the leases' encoding, kept by index and unindex: encode
-	// sizes its buffer without a walk of its own over the leases.
-	leaseBytes int
+	touched []*owned // owners whose leases changed since written
+	gone    []*owned // owners that released all, whose keys are to be deleted
+	spare   []*owned // owners whose keys were deleted, to use again
+	meta    []byte   // the encoding of the pool's key; nil: to be made
 }
+
+// maxSpare is how many owned a state keeps for owners to come: an owner
+// that allocates again (a container restarted) gets its own back, key
+// included, and others one that is not allocated anew.
+const maxSpare = 16
+
+// owned is what an owner holds, and its key in the store: one heap object
+// per owner, so that a commit updates it without a map write.
+type owned struct {
+	owner   string
+	held    [2]lease // [0] IPv4, [1] IPv6
+	rev     int64    // the revision of its key; 0: not written
+	key     string   // its key, once made
+	touched bool     // in poolState.touched
+}
+
+// live reports whether o holds an address.
+func (o *owned) live() bool { return o.held[0].addr.IsValid() || o.held[1].addr.IsValid() }
 
 func newPoolState(name string, rec *poolRecord) *poolState {
 	st := &poolState{
@@ -157,7 +177,7 @@ func newPoolState(name string, rec *poolRecord) *poolState {
 		cursor:  make([]netip.Addr, len(rec.Subnets)),
 		used:    make([]uint64, len(rec.Subnets)),
 		byAddr:  make(map[netip.Addr]string),
-		byOwner: make(map[string][2]lease),
+		byOwner: make(map[string]*owned),
 	}
 	for i, sc := range rec.Subnets {
 		st.subnets[i] = newSubnet(sc)
@@ -185,7 +205,9 @@ func (st *poolState) subnetOf(a netip.Addr) int {
 // what owner holds already (see st.allocation). It changes nothing unless
 // it succeeds.
 func (st *poolState) allocate(owner string, static []netip.Addr, now int64) ([2]lease, error) {
-	if held, ok := st.byOwner[owner]; ok {
+	o := st.byOwner[owner]
+	if o != nil {
+		held := o.held
 		for _, a := range static {
 			if !a.IsValid() {
 				continue
@@ -233,11 +255,14 @@ func (st *poolState) allocate(owner string, static []netip.Addr, now int64) ([2]
 			st.index(owner, l)
 			if !l.static {
 				st.cursor[l.sub] = l.addr
+				st.meta = nil
 			}
 		}
 	}
-	st.byOwner[owner] = picks // one map write for both families
-	st.dirty = true
+	o = st.revive(owner)
+	o.held = picks
+	st.byOwner[owner] = o // one map write for both families
+	st.touch(o)
 	return picks, nil
 }
 
@@ -300,11 +325,74 @@ func (st *poolState) next(i int) netip.Addr {
 }
 
 // add records the new lease l of owner.
-func (st *poolState) add(owner string, l lease) {
+func (st *poolState) add(owner string, l lease) *owned {
 	st.index(owner, l)
-	held := st.byOwner[owner]
-	held[family(l.addr)] = l
-	st.byOwner[owner] = held
+	o := st.byOwner[owner]
+	if o == nil {
+		o = &owned{owner: owner}
+		st.byOwner[owner] = o
+	}
+	o.held[family(l.addr)] = l
+	return o
+}
+
+// revive returns an owned for an owner that holds nothing: the one whose
+// key is to be deleted, if it released all since the last write, else a
+// spare one (its own, if there).
+func (st *poolState) revive(owner string) *owned {
+	for i, o := range st.gone {
+		if o.owner == owner {
+			st.gone = slices.Delete(st.gone, i, i+1)
+			return o
+		}
+	}
+	if n := len(st.spare); n > 0 {
+		i := n - 1
+		for j, o := range st.spare {
+			if o.owner == owner {
+				i = j
+				break
+			}
+		}
+		o := st.spare[i]
+		st.spare[i] = st.spare[n-1]
+		st.spare[n-1] = nil
+		st.spare = st.spare[:n-1]
+		if o.owner != owner {
+			*o = owned{owner: owner}
+		}
+		return o
+	}
+	return &owned{owner: owner}
+}
+
+// written records that the changes of st were written at rev.
+func (st *poolState) written(rev int64) {
+	for _, o := range st.touched {
+		if o.live() {
+			o.rev = rev
+		}
+		o.touched = false
+	}
+	for _, o := range st.gone {
+		if len(st.spare) < maxSpare {
+			o.rev = 0
+			st.spare = append(st.spare, o)
+		}
+	}
+	clear(st.touched)
+	clear(st.gone)
+	st.touched, st.gone = st.touched[:0], st.gone[:0]
+	st.dirty = false
+}
+
+// touch records that o's leases changed.
+func (st *poolState) touch(o *owned) {
+	if !o.touched {
+		o.touched = true
+		st.touched = append(st.touched, o)
+	}
+	st.dirty = true
 }
 
 // releaseAddr frees the address a, whoever holds it.
@@ -313,14 +401,23 @@ func (st *poolState) releaseAddr(a netip.Addr) {
 	if !ok {
 		return
 	}
-	held := st.byOwner[owner]
+	o := st.byOwner[owner]
 	f := family(a)
-	st.unindex(owner, held[f])
-	held[f] = lease{}
-	if held[1-f].addr.IsValid() {
-		st.byOwner[owner] = held
-	} else {
-		delete(st.byOwner, owner)
+	st.unindex(o.held[f])
+	o.held[f] = lease{}
+	st.changed(o)
+}
+
+// changed records a change of o's leases: o holds no more, its key (if
+// written) is to be deleted.
+func (st *poolState) changed(o *owned) {
+	st.touch(o)
+	if o.live() {
+		return
+	}
+	delete(st.byOwner, o.owner)
+	if o.rev != 0 {
+		st.gone = append(st.gone, o)
 	}
 }
 
@@ -329,35 +426,34 @@ func (st *poolState) releaseAddr(a netip.Addr) {
 // string key to hash).
 func (st *poolState) index(owner string, l lease) {
 	st.byAddr[l.addr] = owner
-	st.leaseBytes += l.size(owner)
 	if st.subnets[l.sub].inRange(l.addr) {
 		st.used[l.sub]++
 	}
 }
 
 // unindex undoes index.
-func (st *poolState) unindex(owner string, l lease) {
+func (st *poolState) unindex(l lease) {
 	delete(st.byAddr, l.addr)
-	st.leaseBytes -= l.size(owner)
 	if st.subnets[l.sub].inRange(l.addr) {
 		st.used[l.sub]--
 	}
-	st.dirty = true
 }
 
 // release frees what owner holds and returns it (for st.allocation, which
 // Release has no use for).
 func (st *poolState) release(owner string) (held [2]lease, ok bool) {
-	held, ok = st.byOwner[owner]
-	if !ok {
+	o := st.byOwner[owner]
+	if o == nil {
 		return held, false
 	}
+	held = o.held
 	for _, l := range held {
 		if l.addr.IsValid() {
-			st.unindex(owner, l)
+			st.unindex(l)
 		}
 	}
-	delete(st.byOwner, owner)
+	o.held = [2]lease{}
+	st.changed(o)
 	return held, true
 }
 
@@ -406,8 +502,8 @@ func (st *poolState) ownerAddrs(held [2]lease) string {
 // allocations returns every allocation of the pool, ordered by owner.
 func (st *poolState) allocations() []Allocation {
 	out := make([]Allocation, 0, len(st.byOwner))
-	for o, held := range st.byOwner {
-		out = append(out, st.allocation(o, held))
+	for owner, o := range st.byOwner {
+		out = append(out, st.allocation(owner, o.held))
 	}
 	slices.SortFunc(out, func(a, b Allocation) int {
 		switch {
@@ -421,20 +517,29 @@ func (st *poolState) allocations() []Allocation {
 	return out
 }
 
-// The value of a pool's state key:
+// The value of a pool's key:
 //
-//	'P' 1 | pool id | subnet count, the cursor of each subnet |
-//	lease count, then per lease: owner, address, flags (1: static),
-//	time (unix ns)
+//	'P' 2 | pool id | subnet count, the cursor of each subnet
+//
+// and of an owner's key (the pool's key, "/", the owner):
+//
+//	'L' 1 | lease count (1 or 2), then per lease: address, flags (1:
+//	static), time (unix ns)
 //
 // with strings as uvarint length + bytes, addresses as a length byte (0,
 // 4, 16) + bytes, numbers as uvarints.
-const stateVersion = 1
+const (
+	stateVersion = 2
+	leaseVersion = 1
+)
 
-func (st *poolState) encode() []byte {
-	// The exact size: one allocation, in the smallest size class.
-	size := 2 + uvarintLen(uint64(len(st.rec.ID))) + len(st.rec.ID) +
-		uvarintLen(uint64(len(st.cursor))) + uvarintLen(uint64(len(st.byAddr))) + st.leaseBytes
+// encodeMeta returns the value of the pool's key, made again only when a
+// cursor moved.
+func (st *poolState) encodeMeta() []byte {
+	if st.meta != nil {
+		return st.meta
+	}
+	size := 2 + uvarintLen(uint64(len(st.rec.ID))) + len(st.rec.ID) + uvarintLen(uint64(len(st.cursor)))
 	for _, c := range st.cursor {
 		size += addrLen(c)
 	}
@@ -445,21 +550,32 @@ func (st *poolState) encode() []byte {
 	for _, c := range st.cursor {
 		buf = appendAddr(buf, c)
 	}
-	buf = binary.AppendUvarint(buf, uint64(len(st.byAddr)))
-	for owner, held := range st.byOwner {
-		for _, l := range held {
-			if !l.addr.IsValid() {
-				continue
-			}
-			buf = appendString(buf, owner)
-			buf = appendAddr(buf, l.addr)
-			flags := byte(0)
-			if l.static {
-				flags = 1
-			}
-			buf = append(buf, flags)
-			buf = binary.AppendUvarint(buf, uint64(l.time))
+	st.meta = buf
+	return buf
+}
+
+// encodeOwned returns the value of the key of an owner holding held.
+func encodeOwned(held [2]lease) []byte {
+	n, size := 0, 3
+	for _, l := range held {
+		if l.addr.IsValid() {
+			n++
+			size += addrLen(l.addr) + 1 + uvarintLen(uint64(l.time))
 		}
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, 'L', leaseVersion, byte(n))
+	for _, l := range held {
+		if !l.addr.IsValid() {
+			continue
+		}
+		buf = appendAddr(buf, l.addr)
+		flags := byte(0)
+		if l.static {
+			flags = 1
+		}
+		buf = append(buf, flags)
+		buf = binary.AppendUvarint(buf, uint64(l.time))
 	}
 	return buf
 }
@@ -525,68 +641,87 @@ func stateID(buf []byte) (string, error) {
 	return string(id), d.err
 }
 
-// decodeState decodes the state of the pool rec, checking every lease
-// against the pool's subnets.
-func decodeState(name string, rec *poolRecord, buf []byte) (*poolState, error) {
-	id, err := stateID(buf)
+// decodeState decodes the state of the pool rec from the value of its key
+// and its owners' keys, which start with ownerPrefix, checking every lease
+// against the pool's subnets. An error is a *CorruptError naming the key.
+func decodeState(name string, rec *poolRecord, key string, meta []byte, ownerPrefix string, owners []KV) (*poolState, error) {
+	corrupt := func(key string, err error) error { return &CorruptError{Key: key, Err: err} }
+	id, err := stateID(meta)
 	if err != nil {
-		return nil, err
+		return nil, corrupt(key, err)
 	}
 	if id != rec.ID {
-		return nil, fmt.Errorf("state of pool id %q, index has %q", id, rec.ID)
+		return nil, corrupt(key, fmt.Errorf("state of pool id %q, index has %q", id, rec.ID))
 	}
 	st := newPoolState(name, rec)
-	d := decoder{buf: buf[2:]}
+	d := decoder{buf: meta[2:]}
 	d.bytes()
 	if n := d.uvarint(); d.err == nil && n != uint64(len(st.cursor)) {
-		return nil, fmt.Errorf("%d cursors for %d subnets", n, len(st.cursor))
+		return nil, corrupt(key, fmt.Errorf("%d cursors for %d subnets", n, len(st.cursor)))
 	}
 	for i := range st.cursor {
 		st.cursor[i] = d.addr()
 		if c := st.cursor[i]; d.err == nil && c.IsValid() && !st.subnets[i].cfg.Subnet.Contains(c) {
-			return nil, fmt.Errorf("cursor %s outside subnet %s", c, st.subnets[i].cfg.Subnet)
+			return nil, corrupt(key, fmt.Errorf("cursor %s outside subnet %s", c, st.subnets[i].cfg.Subnet))
 		}
 	}
-	count := d.uvarint()
-	if d.err == nil && count > uint64(len(d.buf)) {
-		return nil, errors.New("bad lease count")
+	if d.err == nil && len(d.buf) != 0 {
+		d.err = fmt.Errorf("%d bytes after the last cursor", len(d.buf))
 	}
-	for i := uint64(0); i < count && d.err == nil; i++ {
-		owner := d.bytes()
+	if d.err != nil {
+		return nil, corrupt(key, d.err)
+	}
+	st.meta = meta
+	for _, kv := range owners {
+		owner, ok := strings.CutPrefix(kv.Key, ownerPrefix)
+		if !ok || owner == "" {
+			return nil, corrupt(kv.Key, errors.New("not the key of an owner of the pool"))
+		}
+		if err := st.decodeOwned(owner, kv); err != nil {
+			return nil, corrupt(kv.Key, err)
+		}
+	}
+	for i, n := range st.subnets {
+		if st.used[i] > n.capacity {
+			return nil, corrupt(key, fmt.Errorf("%d leases in range of %s, more than its %d addresses", st.used[i], n.cfg.Subnet, n.capacity))
+		}
+	}
+	return st, nil
+}
+
+// decodeOwned adds the leases of owner, whose key is kv, to st.
+func (st *poolState) decodeOwned(owner string, kv KV) error {
+	buf := kv.Value
+	if len(buf) < 3 || buf[0] != 'L' || buf[1] != leaseVersion || buf[2] < 1 || buf[2] > 2 {
+		return errors.New("not the leases of an owner (or of another version)")
+	}
+	d := decoder{buf: buf[3:]}
+	for range buf[2] {
 		a := d.addr()
 		flags := d.byte()
 		t := d.uvarint()
 		if d.err != nil {
-			break
+			return d.err
 		}
 		s := st.subnetOf(a)
 		_, leased := st.byAddr[a]
 		switch {
-		case len(owner) == 0:
-			return nil, errors.New("lease without owner")
 		case s < 0 || st.subnets[s].checkHost(a) != "" || a == st.subnets[s].cfg.Gateway:
-			return nil, fmt.Errorf("lease of %s, not a host address of the pool", a)
+			return fmt.Errorf("lease of %s, not a host address of the pool", a)
 		case leased:
-			return nil, fmt.Errorf("address %s leased twice", a)
-		case st.byOwner[string(owner)][family(a)].addr.IsValid():
-			return nil, fmt.Errorf("owner %q holds two addresses of a family", owner)
+			return fmt.Errorf("address %s leased twice", a)
+		case st.byOwner[owner] != nil && st.byOwner[owner].held[family(a)].addr.IsValid():
+			return fmt.Errorf("owner %q holds two addresses of a family", owner)
 		case flags > 1:
-			return nil, fmt.Errorf("bad flags %d", flags)
+			return fmt.Errorf("bad flags %d", flags)
 		}
-		st.add(string(owner), lease{addr: a, sub: s, static: flags == 1, time: int64(t)})
+		o := st.add(owner, lease{addr: a, sub: s, static: flags == 1, time: int64(t)})
+		o.rev, o.key = kv.Rev, kv.Key
 	}
-	if d.err == nil && len(d.buf) != 0 {
-		d.err = fmt.Errorf("%d bytes after the last lease", len(d.buf))
+	if len(d.buf) != 0 {
+		return fmt.Errorf("%d bytes after the last lease", len(d.buf))
 	}
-	if d.err != nil {
-		return nil, d.err
-	}
-	for i, n := range st.subnets {
-		if st.used[i] > n.capacity {
-			return nil, fmt.Errorf("%d leases in range of %s, more than its %d addresses", st.used[i], n.cfg.Subnet, n.capacity)
-		}
-	}
-	return st, nil
+	return nil
 }
 
 // opError is an error of an Allocator method: what it did, and a sentinel.

@@ -32,8 +32,8 @@ type Store interface {
 	// the key must not exist), and returns the new revision. If any key is
 	// at another revision it applies nothing and returns an error matching
 	// ErrConflict. A nil error means the change is durable (for the file
-	// store: written, fsynced and renamed into place; for etcd: committed
-	// by a transaction that compared the revisions).
+	// store: written to its log and fdatasynced; for etcd: committed by a
+	// transaction that compared the revisions).
 	CAS(ctx context.Context, ops ...Op) (int64, error)
 
 	// Watch reports the changes to keys that start with prefix made at
