@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package examples_test builds every example program and runs it as a user
 // would (sudo go run ./examples/NAME), as a separate process: it must exit
 // 0, print no failed check, and leave nothing behind.

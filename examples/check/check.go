@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package check is the harness the example programs run in: each runs inside
 // a sandbox namespace that acts as its host, prints every check it makes and
 // exits non-zero when one fails. It is public so that an example copied into

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command cni-runtime is what a container runtime (containerd, CRI-O,
 // Podman) does with the nsnet-cni plugin, through libcni, the library
 // they use: it loads a conflist (bridge mode, with portMappings and dns),

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command connect-disconnect reproduces scenario S7: `docker network
 // connect net22 c1` gives c1 a second interface with an address of net22,
 // and it reaches the containers of both networks; `docker network

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command dns-names reproduces scenario S8, name resolution: on a
 // user-defined network containers resolve each other by name and alias
 // through the embedded DNS server (nameserver 127.0.0.11 in their

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command egress reproduces scenario S3, outbound NAT: containers on
 // docker0 (172.17.0.0/16) reach a server beyond the host's uplink, which
 // sees the host's uplink address as the source; a capture on the uplink

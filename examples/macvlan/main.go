@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command macvlan reproduces scenario S10, macvlan across hosts: two hosts
 // on one Ethernet segment (namespaces joined by an underlay bridge, each
 // with its uplink eth0 as the parent) have a macvlan network 172.29.0.0/16

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command multi-container reproduces scenario S9, a multi-container
 // application: a web service on :5000, published as `-p 5000:5000`, counts
 // its hits in a key-value service (Redis in the guide) that it reaches by

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command netns-veth reproduces scenario S1: two namespaces joined by a veth
 // pair, then a namespace wired to its host, inside a sandbox host namespace.
 //

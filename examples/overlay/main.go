@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command overlay reproduces scenario S11, an overlay network across hosts
 // with a shared store, twice: on a real etcd server (started in a
 // namespace of its own by the example), and on nsnet's embedded file store. Three hosts share an

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command quickstart is the shortest tour of nsnet: inside a sandbox host
 // namespace with an uplink to an "outside" namespace, it creates a bridge
 // network (the next free subnet from the IPAM's default pools, like

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command user-networks reproduces scenario S6, user-defined bridge
 // networks: `docker network create` with the next free subnet, with a given
 // subnet and gateway and ip-range, a static --ip, isolation between

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package nstest gives Go tests throwaway network namespaces and topologies
 // on the real kernel: a sandbox namespace that acts as the host, containers,
 // several hosts joined by an underlay bridge, an "outside" network, and

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package etcdtest starts a real etcd server for tests: the server of
 // go.etcd.io/etcd/server/v3, as a process of its own, in a network
 // namespace of its own, with a fresh data directory. A test can restart it

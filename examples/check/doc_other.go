@@ -1,0 +1,4 @@
+//go:build !linux
+
+// Package check is Linux-only, like the examples it runs.
+package check

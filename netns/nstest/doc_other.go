@@ -1,0 +1,4 @@
+//go:build !linux
+
+// Package nstest is Linux-only: network namespaces are.
+package nstest

@@ -1,0 +1,4 @@
+//go:build !linux
+
+// Package etcdtest is Linux-only, like nstest.
+package etcdtest
