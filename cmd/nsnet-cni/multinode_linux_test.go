@@ -1,23 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
-	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
-	"github.com/vishvananda/netlink"
 )
 
 // TestMacvlan: S10 through the plugin and examples/macvlan.conflist: two nodes on one segment, a
@@ -62,63 +57,14 @@ func checkAttachment(n *node, list *libcni.NetworkConfigList, c *ctr) error {
 	return n.cni.CheckNetworkList(n.t.Context(), list, c.rt)
 }
 
-// startEtcd starts a real etcd server inside ns, listening on addr: the
-// nodes reach it over the underlay, as machines reach their cluster's
-// etcd. It is stopped (by its PID) at cleanup.
-func startEtcd(t *testing.T, ns *netns.NS, addr netip.Addr) string {
-	t.Helper()
-	bin, err := etcdtest.Binary()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("etcd server needed: %v", err)
-		}
-		t.Skipf("no etcd server: %v", err)
-	}
-	client := fmt.Sprintf("http://%s:2379", addr)
-	peer := fmt.Sprintf("http://%s:2380", addr)
-	cmd := exec.Command(bin, "--name", "cni-test", "--data-dir", filepath.Join(t.TempDir(), "data"),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "cni-test="+peer, "--initial-cluster-state", "new", "--log-level", "error")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := ns.Do(cmd.Start); err != nil {
-		t.Fatalf("starting etcd: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		c, err := ns.Dial(t.Context(), nil, "tcp", netip.AddrPortFrom(addr, 2379).String())
-		if err == nil {
-			c.Close()
-			return client
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd does not answer on %s: %v\n%s", client, err, out.String())
-		}
-	}
-}
-
-// underlayEtcd starts etcd on the underlay segment, at 198.18.0.254, and
-// returns its client URL.
+// underlayEtcd starts a real etcd server (the public fixture) on the
+// underlay segment, at 198.18.0.254, and returns its client URL: the nodes
+// reach it over the underlay, as machines reach their cluster's etcd.
 func underlayEtcd(t *testing.T, topo *nstest.Topology) string {
 	t.Helper()
-	uh, err := topo.Underlay.Netlink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	br0, err := uh.LinkByName("br0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := uh.AddrAdd(br0, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, 0, 254), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	return startEtcd(t, topo.Underlay, netip.MustParseAddr("198.18.0.254"))
+	srv := etcdtest.Start(t)
+	srv.Attach(t, topo)
+	return srv.UnderlayEndpoints()[0]
 }
 
 // TestMacvlanSharedIPAM: macvlan networks of two nodes on one segment,
