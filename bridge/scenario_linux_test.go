@@ -103,7 +103,7 @@ func TestIsolation(t *testing.T) {
 		t.Error("TCP from a to b got through")
 	}
 
-	// S7: connect ca to b: eth1 with an address of b; now it reaches cb.
+	// Connect ca to b: eth1 with an address of b; now it reaches cb.
 	e1, err := b.Attach(t.Context(), EndpointConfig{ID: "ca", NS: ca})
 	if err != nil {
 		t.Fatal(err)

@@ -720,7 +720,7 @@ func (a *Allocator) Inspect(ctx context.Context, pool string) (Pool, []Allocatio
 
 // GC releases the allocations of every owner for which live returns false,
 // and returns them: given the live containers, it frees what crashed or
-// forgotten ones left behind (RELIABILITY.md rule 2). live is called
+// forgotten ones left behind. live is called
 // without any lock held. A pool that does not exist is no error.
 func (a *Allocator) GC(ctx context.Context, pool string, live func(owner string) bool) ([]Allocation, error) {
 	if err := a.usable(); err != nil {

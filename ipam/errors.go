@@ -88,7 +88,7 @@ func (e *CorruptError) Unwrap() error { return e.Err }
 // start after is older than the store keeps (etcd compacted it, or the event
 // history of a memory or file store no longer reaches back that far). It
 // matches ErrCompacted. The caller re-lists (List) and watches again from the
-// revision List returned, as RELIABILITY.md rule 12 asks.
+// revision List returned.
 type CompactedError struct {
 	Rev int64 // the oldest revision the store still has, if known
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/nsnet/nsnet/ipam"
 )
 
-// Docker's S6: the default bridge, a network with an auto-selected subnet,
+// Docker's default bridge, a network with an auto-selected subnet,
 // and one with a gateway at .254, an ip-range and a static address.
 func Example() {
 	ctx := context.Background()

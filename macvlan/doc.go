@@ -6,7 +6,7 @@
 // gets a macvlan interface on that parent with a MAC of its own, created
 // directly in the container's namespace ([Network.Attach]), so that other
 // machines on the parent's segment reach it without NAT, and containers on
-// other hosts' networks on the same segment reach each other (S10).
+// other hosts' networks on the same segment reach each other.
 // [Network.Detach] takes the interface away again.
 //
 // The modes ([Mode]) say how containers on one parent reach each other:

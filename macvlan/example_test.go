@@ -12,7 +12,7 @@ import (
 	"github.com/nsnet/nsnet/veth"
 )
 
-// S10 on one host: `docker network create -d macvlan --subnet
+// On one host: `docker network create -d macvlan --subnet
 // 172.29.0.0/16 --gateway 172.29.0.254 -o parent=eth0 s10` and `docker run
 // --network s10 --ip 172.29.0.81`. The host is a namespace of its own, and
 // its eth0 the veth that plays its uplink.

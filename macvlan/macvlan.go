@@ -160,7 +160,7 @@ type EndpointConfig struct {
 	// Addrs are static addresses (docker run --ip, --ip6), at most one per
 	// IP family, each a host address of a subnet of the network. The rest
 	// are allocated. Hosts that share a segment but not an allocator must
-	// give static addresses, as S10 does.
+	// give static addresses.
 	Addrs []netip.Addr
 	// MAC of the container's interface. Nil: random, locally administered.
 	// A passthru interface has its parent's MAC, and a MAC given is refused.

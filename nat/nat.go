@@ -2,7 +2,7 @@
 // masqueraded (source NAT to the address of the interface a packet leaves
 // by) for traffic that leaves the host through any interface but the
 // network's own bridge, and forwarding is turned on, like Docker's
-// MASQUERADE rule per bridge network (S3).
+// MASQUERADE rule per bridge network.
 //
 // The rules live in nsnet's own nftables table ("inet nsnet") of the host
 // namespace; per-network data is set elements, so a host with 100 networks

@@ -53,7 +53,7 @@ func TestNewAnonymous(t *testing.T) {
 		t.Errorf("String() = %q, want net:[inode]", ns.String())
 	}
 
-	// S1: a fresh namespace has only lo, and it is down.
+	// A fresh namespace has only lo, and it is down.
 	links, err := ns.Links()
 	if err != nil {
 		t.Fatal(err)

@@ -110,7 +110,7 @@
 //
 // ADD through libcni, the exec of the plugin included, of 100 containers
 // one after the other on one bridge network with masquerade and one
-// published port each (BenchmarkAdd; what peerbench's cni_attach times
+// published port each (BenchmarkAdd; what a CNI benchmark times
 // for CNI's bridge + host-local + portmap):
 //
 //	go test -run '^$' -bench Add -benchtime 1x -count 3 ./cmd/nsnet-cni/

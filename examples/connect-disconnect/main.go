@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command connect-disconnect reproduces scenario S7: `docker network
+// Command connect-disconnect reproduces `docker network
 // connect net22 c1` gives c1 a second interface with an address of net22,
 // and it reaches the containers of both networks; `docker network
 // disconnect net22 c1` takes that interface away and leaves the other.

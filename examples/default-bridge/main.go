@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command default-bridge reproduces scenario S2, Docker's default bridge
+// Command default-bridge reproduces Docker's default bridge
 // network: docker0 with 172.17.0.1/16, three containers attached with the
 // next free addresses and a default route via the gateway, reaching each
 // other and the gateway; then the network is listed as `brctl show` and

@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command dns-names reproduces scenario S8, name resolution: on a
+// Command dns-names reproduces name resolution: on a
 // user-defined network containers resolve each other by name and alias
 // through the embedded DNS server (nameserver 127.0.0.11 in their
 // resolv.conf); names of another network do not resolve there; other names

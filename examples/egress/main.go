@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command egress reproduces scenario S3, outbound NAT: containers on
+// Command egress reproduces outbound NAT: containers on
 // docker0 (172.17.0.0/16) reach a server beyond the host's uplink, which
 // sees the host's uplink address as the source; a capture on the uplink
 // shows the host's address, a capture on the bridge the container's. An

@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command macvlan reproduces scenario S10, macvlan across hosts: two hosts
+// Command macvlan reproduces macvlan across hosts: two hosts
 // on one Ethernet segment (namespaces joined by an underlay bridge, each
 // with its uplink eth0 as the parent) have a macvlan network 172.29.0.0/16
 // (gateway 172.29.0.254) on eth0, and containers with the static addresses

@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command multi-container reproduces scenario S9, a multi-container
+// Command multi-container reproduces a multi-container
 // application: a web service on :5000, published as `-p 5000:5000`, counts
 // its hits in a key-value service (Redis in the guide) that it reaches by
 // the name in REDIS_HOST, resolved by nsnet's embedded DNS server on

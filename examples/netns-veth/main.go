@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command netns-veth reproduces scenario S1: two namespaces joined by a veth
+// Command netns-veth shows two namespaces joined by a veth
 // pair, then a namespace wired to its host, inside a sandbox host namespace.
 //
 //	sudo go run ./examples/netns-veth

@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command network-modes reproduces scenario S5, the network modes of
+// Command network-modes reproduces the network modes of
 // `docker run --network`: none (lo only), host (the host's own stack) and
 // container:NAME (a second container in the first one's namespace).
 //

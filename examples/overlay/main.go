@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command overlay reproduces scenario S11, an overlay network across hosts
+// Command overlay reproduces an overlay network across hosts
 // with a shared store, twice: on a real etcd server (started in a
 // namespace of its own by the example), and on nsnet's embedded file store. Three hosts share an
 // underlay segment; the overlay 172.30.0.0/16 (gateway 172.30.0.254),

@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command publish reproduces scenario S4, port publishing: a container's
+// Command publish reproduces port publishing: a container's
 // services published on the host in every form of `docker run -p` and
 // with `-P`, reached from an outside client through the host's uplink
 // address, from the host itself and from another container; `docker port`

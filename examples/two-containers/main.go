@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command two-containers reproduces scenario S12: two containers can talk
+// Command two-containers shows that two containers can talk
 // only if they have interfaces on the same network (by address here; by
 // name once dnsd is in), or share a namespace.
 //

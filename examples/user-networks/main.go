@@ -1,6 +1,6 @@
 //go:build linux
 
-// Command user-networks reproduces scenario S6, user-defined bridge
+// Command user-networks reproduces user-defined bridge
 // networks: `docker network create` with the next free subnet, with a given
 // subnet and gateway and ip-range, a static --ip, isolation between
 // networks, and a network that cannot be removed while in use.
