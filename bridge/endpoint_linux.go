@@ -50,9 +50,11 @@ func hostVethName(network, id string) string {
 // when ICC is off) and whose container end is created directly in ep.NS as
 // eth0 (or the next free ethN), with an address from each subnet of the
 // network (or the static ones asked for), the MTU of the network, router
-// advertisements ignored, a gratuitous ARP when it comes up (arp_notify, so
-// neighbours forget a previous owner of a reused address), and the default
-// route via the gateway if ep.DefaultRoute.
+// advertisements ignored, and the default route via the gateway if
+// ep.DefaultRoute. Once the port forwards, the container's addresses are
+// announced (a gratuitous ARP for each IPv4 address, an unsolicited
+// neighbour advertisement for each IPv6 one), so neighbours forget a
+// previous owner of a reused address at once.
 //
 // Attaching an endpoint that is attached with the same settings returns it;
 // with other settings it fails with ErrExists. The host's own namespace
@@ -138,6 +140,11 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	}
 	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Peer.Index, Name: pair.Peer.Name}}
 	if err := ctrlink.Configure(ep.NS, "bridge", peer, addrs, n.cfg.Subnets, ep.DefaultRoute, baseMetric-ep.GatewayPriority); err != nil {
+		return fail(err)
+	}
+	// Neighbours that cached a previous owner of the addresses learn the
+	// new MAC once the port forwards.
+	if err := ctrlink.Announce(ep.NS, pair.Peer.Index, mac, addrs, func() bool { return portForwarding(n.host, pair.Host.Index) }); err != nil {
 		return fail(err)
 	}
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: mac, Addrs: addrs, HostVeth: name, DefaultRoute: ep.DefaultRoute}, nil

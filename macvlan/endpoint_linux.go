@@ -184,6 +184,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	if err := ctrlink.Configure(ep.NS, "macvlan", l, addrs, n.cfg.Subnets, ep.DefaultRoute, baseMetric-ep.GatewayPriority); err != nil {
 		return fail(err)
 	}
+	if err := ctrlink.Announce(ep.NS, l.Attrs().Index, l.Attrs().HardwareAddr, addrs, nil); err != nil {
+		return fail(err)
+	}
 	n.state.remember(ep.ID, ep.NS)
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: l.Attrs().HardwareAddr, Addrs: addrs, DefaultRoute: ep.DefaultRoute}, nil
 }
