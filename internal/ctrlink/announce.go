@@ -53,7 +53,9 @@ func Announce(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix,
 	if err != nil {
 		return &netns.OpError{Op: "announce", NS: ns.String(), Err: err}
 	}
-	defer unix.Close(fd)
+	// Closing an AF_PACKET socket waits for an RCU grace period (10-20
+	// ms): no one needs to wait for that.
+	defer func() { go unix.Close(fd) }()
 	for _, a := range addrs {
 		var frame []byte
 		var dst [8]byte

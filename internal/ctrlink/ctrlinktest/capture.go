@@ -141,3 +141,26 @@ func (c *Capture) Close() {
 		unix.Close(c.fd)
 	}
 }
+
+// NeighMAC returns the MAC that ns's neighbour table holds for addr, or
+// "" if it has no entry.
+func NeighMAC(ns *netns.NS, addr netip.Addr) (string, error) {
+	h, err := ns.Netlink()
+	if err != nil {
+		return "", err
+	}
+	fam := unix.AF_INET
+	if addr.Is6() {
+		fam = unix.AF_INET6
+	}
+	neighs, err := h.NeighList(0, fam)
+	if err != nil {
+		return "", err
+	}
+	for _, n := range neighs {
+		if a, ok := netip.AddrFromSlice(n.IP); ok && a.Unmap() == addr {
+			return n.HardwareAddr.String(), nil
+		}
+	}
+	return "", nil
+}
