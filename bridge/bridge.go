@@ -88,6 +88,8 @@ type Network struct {
 	cfg   Config // as created: Bridge, Subnets (with gateways) and MTU filled in
 	index int    // the bridge's ifindex
 	pool  string
+
+	madePool bool // New made the pool (and undoes it on failure)
 }
 
 // Config returns the network's settings, with what was chosen at creation
