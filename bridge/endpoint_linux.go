@@ -156,7 +156,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	}
 	addrs, _ := leases(al)
 	release := func() { n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner) }
-	if err := step("allocate"); err != nil {
+	if err := step(n.cfg.Name, "allocate"); err != nil {
 		release()
 		return Endpoint{}, err
 	}
@@ -184,13 +184,13 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 			return fail(err)
 		}
 	}
-	if err := step("veth"); err != nil {
+	if err := step(n.cfg.Name, "veth"); err != nil {
 		return fail(err)
 	}
 	if err := n.wireHostEnd(pair.Host); err != nil {
 		return fail(err)
 	}
-	if err := step("port"); err != nil {
+	if err := step(n.cfg.Name, "port"); err != nil {
 		return fail(err)
 	}
 	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Peer.Index, Name: pair.Peer.Name}}
@@ -326,6 +326,9 @@ func (n *Network) detach(ctx context.Context, id string) error {
 				return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: name, Err: err}
 			}
 		}
+	}
+	if err := step(n.cfg.Name, "unplug"); err != nil {
+		return err
 	}
 	if err := n.alloc.Release(ctx, n.pool, endpointOwner(n.cfg.Name, id)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err

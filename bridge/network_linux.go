@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
@@ -143,10 +144,8 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 		h.LinkDel(br)
 		return nil, err
 	}
-	if hook := newStep; hook != nil {
-		if err := hook("bridge"); err != nil {
-			return fail(err)
-		}
+	if err := step(cfg.Name, "bridge"); err != nil {
+		return fail(err)
 	}
 	if err := h.LinkSetAlias(br, mark); err != nil {
 		return fail(opErr("mark", err))
@@ -157,16 +156,17 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 	return n, nil
 }
 
-// newStep, when a test sets it, is called by New and Attach at their steps
-// (named), to inject a failure or to hold the call there.
-var newStep func(step string) error
+// stepHooks holds, by network name, a func(step string) error that a test
+// set: New, Attach, Detach and Delete call it at their steps (named), to
+// inject a failure, to hold the call there, or to kill the process there.
+var stepHooks sync.Map
 
-// step calls newStep, if set.
-func step(name string) error {
-	if newStep == nil {
-		return nil
+// step calls the network's step hook, if a test set one.
+func step(network, name string) error {
+	if f, ok := stepHooks.Load(network); ok {
+		return f.(func(string) error)(name)
 	}
-	return newStep(name)
+	return nil
 }
 
 // setup makes the network's kernel objects what its settings say, doing
@@ -205,7 +205,7 @@ func (n *Network) setup(ctx context.Context, others []listed) error {
 	} else if err != nil {
 		return err
 	}
-	if err := step("pool"); err != nil {
+	if err := step(n.cfg.Name, "pool"); err != nil {
 		return err
 	}
 	// An MTU given at creation is not "set by the user" to the bridge
@@ -233,7 +233,7 @@ func (n *Network) setup(ctx context.Context, others []listed) error {
 			return opErr("address", err)
 		}
 	}
-	if err := step("address"); err != nil {
+	if err := step(n.cfg.Name, "address"); err != nil {
 		return err
 	}
 	if err := h.LinkSetUp(br); err != nil {
@@ -497,7 +497,7 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 	if err := n.alloc.DeletePool(ctx, n.pool); err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
 	}
-	if err := step("delete-pool"); err != nil {
+	if err := step(n.cfg.Name, "delete-pool"); err != nil {
 		return err
 	}
 	h, err := n.host.Netlink()

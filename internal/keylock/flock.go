@@ -112,6 +112,9 @@ func File(key string, exclusive bool) (*FileLock, error) {
 	}
 }
 
+// Path returns the lock's file, or "" for a process-local lock.
+func (l *FileLock) Path() string { return l.path }
+
 // Unlock gives the lock back; with remove, it first removes the lock's
 // file (only an exclusive holder may), for a key whose object is gone.
 // Unlocking a nil FileLock does nothing.
