@@ -216,5 +216,6 @@ type Info struct {
 	// Shim is the host's shim, nil if it has none.
 	Shim *Shim
 
-	parent int // the parent's ifindex
+	parent      int  // the parent's ifindex
+	poolMissing bool // the anchor is there, the pool is not
 }

@@ -140,3 +140,35 @@ func flock(f *os.File, how int) error {
 		}
 	}
 }
+
+// Key is one lock of Nested: its name, and whether it is taken exclusive.
+type Key struct {
+	Name      string
+	Exclusive bool
+}
+
+// Nested takes the locks of keys, in order, and returns the function that
+// gives them back in the reverse order (removing the last one's file if
+// remove: its object is gone). nsnet's drivers take a host's lock (shared;
+// exclusive for GC), then a network's, then an endpoint's.
+func Nested(keys ...Key) (unlock func(remove bool), err error) {
+	held := make([]*FileLock, 0, len(keys))
+	release := func(remove bool) {
+		for i := len(held) - 1; i >= 0; i-- {
+			held[i].Unlock(remove && i == len(held)-1 && i > 0)
+		}
+	}
+	for _, k := range keys {
+		l, err := File(k.Name, k.Exclusive)
+		if err != nil {
+			release(false)
+			return nil, err
+		}
+		held = append(held, l)
+	}
+	return release, nil
+}
+
+// HostKey is the key of the lock of the host whose namespace has the given
+// device and inode numbers (netns.ID).
+func HostKey(dev, ino uint64) string { return fmt.Sprintf("netns-%d-%d", dev, ino) }
