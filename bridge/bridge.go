@@ -243,3 +243,41 @@ func (c EndpointConfig) Validate() error {
 	}
 	return nil
 }
+
+// ErrDrift: Check found the network or endpoint different from what its
+// settings say. The error is a *DriftError naming each difference.
+var ErrDrift = errors.New("bridge: drifted from its settings")
+
+// A Drift is one difference Check found: what kind of object (bridge,
+// pool, address, route, port, rule, up, interface, allocation), and which.
+type Drift struct {
+	Kind string // "bridge", "pool", "address", "route", "port", "rule", "up", "interface", "allocation"
+	What string // the object: an address, a route, an interface name
+}
+
+func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+
+// DriftError is Check's error (CNI CHECK): every drift it found. It
+// matches ErrDrift.
+type DriftError struct {
+	Network  string
+	Endpoint string // "" for the network itself
+	Drifts   []Drift
+}
+
+func (e *DriftError) Error() string {
+	s := "bridge: network " + strconv.Quote(e.Network)
+	if e.Endpoint != "" {
+		s += " endpoint " + strconv.Quote(e.Endpoint)
+	}
+	s += ": drifted:"
+	for i, d := range e.Drifts {
+		if i > 0 {
+			s += ","
+		}
+		s += " " + d.String()
+	}
+	return s
+}
+
+func (e *DriftError) Is(target error) bool { return target == ErrDrift }

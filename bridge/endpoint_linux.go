@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
@@ -49,8 +51,9 @@ func hostVethName(network, id string, k int) string {
 // findHostVeth looks at the names endpoint id's host veth may have: it
 // returns the veth if it exists (marked as the endpoint's), else the first
 // name no link has. A veth the endpoint's attach left half made (its group,
-// not its mark) is deleted on the way: it was never acknowledged.
-func (n *Network) findHostVeth(id string) (string, netlink.Link, error) {
+// not its mark) is deleted on the way if repair: it was never
+// acknowledged.
+func (n *Network) findHostVeth(id string, repair bool) (string, netlink.Link, error) {
 	h, err := n.host.Netlink()
 	if err != nil {
 		return "", nil, err
@@ -72,6 +75,9 @@ func (n *Network) findHostVeth(id string) (string, netlink.Link, error) {
 			return name, l, nil
 		}
 		if l.Attrs().Group == epGroup(n.cfg.Name, id) && l.Type() == "veth" {
+			if !repair {
+				continue
+			}
 			if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
 				return "", nil, &netns.OpError{Op: "bridge.delete", NS: n.host.String(), Name: name, Err: err}
 			}
@@ -125,7 +131,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	if err != nil || br.Attrs().Name != n.cfg.Bridge || !n.owns(br) {
 		return Endpoint{}, fmt.Errorf("bridge: network %q: its bridge is gone: %w", n.cfg.Name, ErrNotFound)
 	}
-	name, l, err := n.findHostVeth(ep.ID)
+	name, l, err := n.findHostVeth(ep.ID, true)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -272,8 +278,16 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 		return Endpoint{}, fmt.Errorf("bridge: attach %q to %q: attached with other settings: %w", ep.ID, n.cfg.Name, ErrExists)
 	}
 	// Allocate is idempotent per owner: it returns what the endpoint holds
-	// (and fails with ErrExists if it holds another static address).
-	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), ep.Addrs...)
+	// (and fails with ErrExists if it holds another static address). An
+	// allocation lost behind nsnet's back is made again with the
+	// addresses the interface has.
+	static := ep.Addrs
+	if len(static) == 0 {
+		if !n.holds(ctx, ep.ID) {
+			static = n.ifaceAddrs(ep.NS, peer)
+		}
+	}
+	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), static...)
 	if err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
@@ -282,6 +296,12 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
 	if err := ctrlink.Configure(ep.NS, "bridge", peer, addrs, n.cfg.Subnets, m.Gateway, baseMetric-m.Prio); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
+	// Every attach announces, the repeated one too: neighbours that
+	// gave up on an address while it was missing hear of it at once.
+	hostIdx := l.Attrs().Index
+	if err := ctrlink.Announce(ep.NS, peer.Attrs().Index, peer.Attrs().HardwareAddr, addrs, func() bool { return portForwarding(n.host, hostIdx) }); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: m.IfName, MAC: mac, Addrs: addrs, HostVeth: l.Attrs().Name, DefaultRoute: m.Gateway}, nil
@@ -334,4 +354,27 @@ func (n *Network) detach(ctx context.Context, id string) error {
 		return err
 	}
 	return nil
+}
+
+// holds reports whether endpoint id holds addresses in the pool.
+func (n *Network) holds(ctx context.Context, id string) bool {
+	_, allocs, err := n.alloc.Inspect(ctx, n.pool)
+	return err == nil && slices.ContainsFunc(allocs, func(a ipam.Allocation) bool { return a.Owner == endpointOwner(n.cfg.Name, id) })
+}
+
+// ifaceAddrs returns the addresses of interface l of ns that lie in the
+// network's subnets.
+func (n *Network) ifaceAddrs(ns *netns.NS, l netlink.Link) []netip.Addr {
+	have, err := ns.Addrs(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range have {
+		p := prefixOf(a)
+		if slices.ContainsFunc(n.cfg.Subnets, func(s ipam.SubnetConfig) bool { return s.Subnet.Contains(p.Addr()) }) {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
 }

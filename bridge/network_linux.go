@@ -186,7 +186,15 @@ func (n *Network) setup(ctx context.Context, others []listed) error {
 	if err != nil {
 		return opErr("lookup", err)
 	}
-	if _, _, err := n.alloc.Inspect(ctx, n.pool); errors.Is(err, ipam.ErrNotFound) {
+	pool, _, err := n.alloc.Inspect(ctx, n.pool)
+	if err == nil {
+		// The pool outlived its bridge (someone deleted the bridge): it
+		// has the subnets and the endpoints' addresses.
+		if len(n.cfg.Subnets) > 0 && !sameSettings(Config{Subnets: n.cfg.Subnets}, Config{Subnets: pool.Subnets}, false) {
+			return fmt.Errorf("bridge: network %q: its pool %s has subnets %v: %w", n.cfg.Name, n.pool, pool.Subnets, ErrExists)
+		}
+		n.cfg.Subnets = pool.Subnets
+	} else if errors.Is(err, ipam.ErrNotFound) {
 		var taken []netip.Prefix
 		for _, o := range others {
 			if o.Name == n.cfg.Name {
@@ -434,14 +442,15 @@ func leases(al ipam.Allocation) ([]netip.Prefix, time.Time) {
 }
 
 // Inspect reads the network back from the kernel and the allocator, with
-// its endpoints, like `docker network inspect`.
+// its endpoints, like `docker network inspect`: the network of n's name,
+// also if its bridge was made again since n was.
 func (n *Network) Inspect(ctx context.Context) (Info, error) {
 	infos, err := List(ctx, n.host, n.alloc)
 	if err != nil {
 		return Info{}, err
 	}
 	for _, i := range infos {
-		if i.Index == n.index && i.Name == n.cfg.Name {
+		if i.Name == n.cfg.Name {
 			return i, nil
 		}
 	}

@@ -266,6 +266,9 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	if err := ctrlink.Configure(ep.NS, "macvlan", l, addrs, n.cfg.Subnets, m.Gateway, baseMetric-m.Prio); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
+	if err := ctrlink.Announce(ep.NS, a.Index, a.HardwareAddr, addrs, nil); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
 	n.state.remember(ep.ID, ep.NS)
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: a.Name, MAC: a.HardwareAddr, Addrs: addrs, DefaultRoute: m.Gateway}, nil
 }
