@@ -281,3 +281,25 @@ func (e *DriftError) Error() string {
 }
 
 func (e *DriftError) Is(target error) bool { return target == ErrDrift }
+
+// Live is what an orchestrator still has, given to GC: its networks and
+// its containers' endpoints. Everything of nsnet's bridge driver in the
+// host that none of these owns is removed.
+type Live struct {
+	// Networks by name. Nil: every network that exists is live (only
+	// endpoints and debris are collected).
+	Networks []string
+	// Endpoints as network name and endpoint ID.
+	Endpoints []LiveEndpoint
+}
+
+// LiveEndpoint names an endpoint of a live container.
+type LiveEndpoint struct{ Network, ID string }
+
+// Collected is what GC removed.
+type Collected struct {
+	Networks  []string          // networks deleted (not live)
+	Links     []string          // bridges and host veths deleted: half made, or of no live owner
+	Pools     []string          // pools deleted: no network and not live
+	Addresses []ipam.Allocation // allocations released: no live endpoint
+}

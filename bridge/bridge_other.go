@@ -48,3 +48,7 @@ func (n *Network) Check(ctx context.Context) error { return errors.ErrUnsupporte
 func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) error {
 	return errors.ErrUnsupported
 }
+
+func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (Collected, error) {
+	return Collected{}, errors.ErrUnsupported
+}

@@ -170,7 +170,6 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 		Name:  name,
 		Peer:  veth.End{NS: ep.NS, Name: ifName, MAC: mac},
 		MTU:   n.cfg.MTU,
-		Alias: mark,
 		Group: epGroup(n.cfg.Name, ep.ID),
 	})
 	if err != nil {
@@ -190,7 +189,16 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 			return fail(err)
 		}
 	}
+	// The pair is the endpoint's by its group from the moment it exists;
+	// the mark, which the kernel ignores in the creating request, follows.
 	if err := step(n.cfg.Name, "veth"); err != nil {
+		return fail(err)
+	}
+	hl := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Host.Index, Name: name}}
+	if err := h.LinkSetAlias(hl, mark); err != nil {
+		return fail(&netns.OpError{Op: "bridge.mark", NS: n.host.String(), Name: name, Err: err})
+	}
+	if err := step(n.cfg.Name, "mark"); err != nil {
 		return fail(err)
 	}
 	if err := n.wireHostEnd(pair.Host); err != nil {

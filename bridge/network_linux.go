@@ -472,8 +472,13 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	removed := false
-	defer func() { unlock(removed) }()
+	err = n.delete(ctx, force)
+	unlock(err == nil)
+	return err
+}
+
+// delete is Delete with the network's lock (or the host's) held.
+func (n *Network) delete(ctx context.Context, force bool) error {
 	info, err := n.Inspect(ctx)
 	if errors.Is(err, ErrNotFound) {
 		// The bridge is gone; its rules and pool may not be.
@@ -518,7 +523,6 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 			return &netns.OpError{Op: "bridge.delete", NS: n.host.String(), Name: n.cfg.Bridge, Err: err}
 		}
 	}
-	removed = true
 	return nil
 }
 
