@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/linkdel"
@@ -156,11 +157,10 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 		return Endpoint{}, &netns.ValidationError{Pkg: "bridge", Field: "EndpointConfig.ID", Value: ep.ID, Reason: err.Error()}
 	}
 	owner := endpointOwner(n.cfg.Name, ep.ID)
-	al, err := n.alloc.Allocate(ctx, n.pool, owner, ep.Addrs...)
+	addrs, err := n.allocate(ctx, owner, ep.Addrs)
 	if err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
-	addrs, _ := leases(al)
 	release := func() { n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner) }
 	if err := step(n.cfg.Name, "allocate"); err != nil {
 		release()
@@ -197,6 +197,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	hl := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Host.Index, Name: name}}
 	if err := h.LinkSetAlias(hl, mark); err != nil {
 		return fail(&netns.OpError{Op: "bridge.mark", NS: n.host.String(), Name: name, Err: err})
+	}
+	if err := n.claimAddrs(hl, addrs); err != nil {
+		return fail(err)
 	}
 	if err := step(n.cfg.Name, "mark"); err != nil {
 		return fail(err)
@@ -300,6 +303,9 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
 	addrs, _ := leases(al)
+	if err := n.claimAddrs(l, addrs); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
 	if err := n.wireHostEnd(veth.Link{Index: l.Attrs().Index, Name: l.Attrs().Name}); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
@@ -385,4 +391,93 @@ func (n *Network) ifaceAddrs(ns *netns.NS, l netlink.Link) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// The kernel keeps which addresses live endpoints hold, whatever the IPAM
+// store says (it may have been lost or reset): each host veth carries, as
+// an alternative interface name (IFLA_ALT_IFNAME), one name per address
+// of its container, addrName. Names are unique in a namespace and looked
+// up by the kernel's name hash, so a lookup costs one request, and no two
+// live endpoints of the host can claim one address.
+
+// addrName is the alternative name of the host veth whose container holds
+// a: "nsnet-" and the address, ':' written '-'.
+func addrName(a netip.Addr) string { return "nsnet-" + strings.ReplaceAll(a.String(), ":", "-") }
+
+// addrOf is addrName's inverse, or false.
+func addrOf(name string) (netip.Addr, bool) {
+	s, ok := strings.CutPrefix(name, "nsnet-")
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(strings.ReplaceAll(s, "-", ":"))
+	return a, err == nil
+}
+
+// allocate allocates owner's addresses, and checks them against the
+// kernel before handing them out: an address that a live endpoint of the
+// host holds (its host veth has the address's name) goes back to that
+// endpoint in the store (its allocation is made again with the addresses
+// its veth names), and the allocation is tried again.
+func (n *Network) allocate(ctx context.Context, owner string, static []netip.Addr) ([]netip.Prefix, error) {
+	h, err := n.host.Netlink()
+	if err != nil {
+		return nil, err
+	}
+	for try := 0; ; try++ {
+		al, err := n.alloc.Allocate(ctx, n.pool, owner, static...)
+		if err != nil {
+			return nil, err
+		}
+		addrs, _ := leases(al)
+		var holder netlink.Link
+		for _, a := range addrs {
+			if l, err := h.LinkByName(addrName(a.Addr())); err == nil {
+				if m, ok := decodeEPMark(l.Attrs().Alias); !ok || endpointOwner(m.Net, m.ID) != owner {
+					holder = l
+					break
+				}
+			}
+		}
+		if holder == nil {
+			return addrs, nil
+		}
+		// Lost by the store: give it back to its holder.
+		n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner)
+		m, ok := decodeEPMark(holder.Attrs().Alias)
+		var held []netip.Addr
+		for _, alt := range holder.Attrs().AltNames {
+			if a, ok := addrOf(alt); ok {
+				held = append(held, a)
+			}
+		}
+		if !ok || m.Net != n.cfg.Name || try >= 8 {
+			return nil, fmt.Errorf("bridge: an address of %v is held by %s: %w", addrs, holder.Attrs().Name, ipam.ErrAddrInUse)
+		}
+		if _, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(m.Net, m.ID), held...); err != nil {
+			return nil, fmt.Errorf("bridge: giving %v back to %s: %w", held, m.ID, err)
+		}
+	}
+}
+
+// claimAddrs gives host veth l the names of addrs (see addrName); names it
+// has are kept.
+func (n *Network) claimAddrs(l netlink.Link, addrs []netip.Prefix) error {
+	h, err := n.host.Netlink()
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		name := addrName(a.Addr())
+		if slices.Contains(l.Attrs().AltNames, name) {
+			continue
+		}
+		if err := h.LinkAddAltName(l, name); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				err = fmt.Errorf("%w (%w)", ipam.ErrAddrInUse, err)
+			}
+			return &netns.OpError{Op: "bridge.claim", NS: n.host.String(), Name: l.Attrs().Name + " " + name, Err: err}
+		}
+	}
+	return nil
 }
