@@ -219,3 +219,34 @@ type Info struct {
 	parent      int  // the parent's ifindex
 	poolMissing bool // the anchor is there, the pool is not
 }
+
+// Live is what an orchestrator still has, given to GC: its networks and
+// its containers' endpoints. Everything of nsnet's macvlan driver that
+// none of these owns is removed.
+type Live struct {
+	// Networks by name. Nil: every network that exists is live (only
+	// endpoints and debris are collected).
+	Networks []string
+	// Endpoints of live containers.
+	Endpoints []LiveEndpoint
+	// Namespaces of live containers (besides those of Endpoints): GC
+	// removes there the interfaces of this driver that no live endpoint
+	// owns, such as one an Attach killed half way left.
+	Namespaces []*netns.NS
+}
+
+// LiveEndpoint names an endpoint of a live container: its network, its ID,
+// and, if known, the container's namespace (where GC also removes the
+// network's interfaces that no live endpoint owns, and half-made ones).
+type LiveEndpoint struct {
+	Network, ID string
+	NS          *netns.NS
+}
+
+// Collected is what GC removed.
+type Collected struct {
+	Networks  []string          // networks deleted (not live)
+	Links     []string          // anchors and container interfaces deleted
+	Pools     []string          // pools deleted: no network and not live
+	Addresses []ipam.Allocation // allocations released: no live endpoint
+}

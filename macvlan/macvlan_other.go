@@ -49,3 +49,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	}
 	return Endpoint{}, errors.ErrUnsupported
 }
+
+func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (Collected, error) {
+	return Collected{}, errors.ErrUnsupported
+}

@@ -312,6 +312,9 @@ func (n *Network) makeAnchor(ctx context.Context) error {
 	}
 	// The mark goes on by a request of its own: the kernel ignores
 	// IFLA_IFALIAS when it creates a link.
+	if err := step(n.cfg.Name, "anchor-created"); err != nil {
+		return fail(err)
+	}
 	if err := h.LinkSetAlias(mv, mark); err != nil {
 		return fail(opErr("mark", err))
 	}
@@ -522,8 +525,13 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	removed := false
-	defer func() { unlock(removed) }()
+	err = n.delete(ctx, force)
+	unlock(err == nil)
+	return err
+}
+
+// delete is Delete with the network's lock (or the host's) held.
+func (n *Network) delete(ctx context.Context, force bool) error {
 	info, err := n.Inspect(ctx)
 	if errors.Is(err, ErrNotFound) {
 		info = Info{Config: n.cfg}
@@ -557,6 +565,5 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 		return err
 	}
 	forgetState(n.host, n.cfg.Name)
-	removed = true
 	return nil
 }
