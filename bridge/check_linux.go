@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -41,7 +42,7 @@ func (n *Network) Check(ctx context.Context) error {
 		}
 		for _, s := range n.cfg.Subnets {
 			want := netip.PrefixFrom(s.Gateway, s.Subnet.Bits())
-			if !slices.ContainsFunc(have, func(a netlink.Addr) bool { return prefixOf(a) == want }) {
+			if !slices.ContainsFunc(have, func(a netlink.Addr) bool { return ctrlink.Prefix(a) == want }) {
 				miss("address", want.String()+" on "+n.cfg.Bridge)
 			}
 		}
@@ -107,42 +108,16 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 	if err != nil || peer.Attrs().ParentIndex != l.Attrs().Index {
 		miss("interface", m.IfName+" in "+ctr.String())
 	} else {
-		if peer.Attrs().Flags&net.FlagUp == 0 {
-			miss("up", m.IfName)
-		}
-		have, err := ctr.Addrs(peer, netlink.FAMILY_ALL)
+		missing, err := ctrlink.Check(ctr, peer, want, n.cfg.Subnets, m.Gateway)
 		if err != nil {
 			return err
 		}
-		for _, w := range want {
-			if !slices.ContainsFunc(have, func(a netlink.Addr) bool { return prefixOf(a) == w }) {
-				miss("address", w.String()+" on "+m.IfName)
-			}
-		}
-		if m.Gateway {
-			routes, err := ctr.Routes(netlink.FAMILY_ALL)
-			if err != nil {
-				return err
-			}
-			for _, s := range n.cfg.Subnets {
-				if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
-					gw, _ := netip.AddrFromSlice(r.Gw)
-					return r.LinkIndex == peer.Attrs().Index && gw.Unmap() == s.Gateway && (r.Dst == nil || r.Dst.IP.IsUnspecified())
-				}) {
-					miss("route", "default via "+s.Gateway.String())
-				}
-			}
+		for _, x := range missing {
+			miss(x.Kind, x.What)
 		}
 	}
 	if len(d.Drifts) > 0 {
 		return d
 	}
 	return nil
-}
-
-// prefixOf is a netlink address as a netip.Prefix.
-func prefixOf(a netlink.Addr) netip.Prefix {
-	ip, _ := netip.AddrFromSlice(a.IP)
-	ones, _ := a.Mask.Size()
-	return netip.PrefixFrom(ip.Unmap(), ones)
 }

@@ -295,7 +295,7 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	static := ep.Addrs
 	if len(static) == 0 {
 		if !n.holds(ctx, ep.ID) {
-			static = n.ifaceAddrs(ep.NS, peer)
+			static = ctrlink.Addrs(ep.NS, peer, n.cfg.Subnets)
 		}
 	}
 	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), static...)
@@ -374,23 +374,6 @@ func (n *Network) detach(ctx context.Context, id string) error {
 func (n *Network) holds(ctx context.Context, id string) bool {
 	_, allocs, err := n.alloc.Inspect(ctx, n.pool)
 	return err == nil && slices.ContainsFunc(allocs, func(a ipam.Allocation) bool { return a.Owner == endpointOwner(n.cfg.Name, id) })
-}
-
-// ifaceAddrs returns the addresses of interface l of ns that lie in the
-// network's subnets.
-func (n *Network) ifaceAddrs(ns *netns.NS, l netlink.Link) []netip.Addr {
-	have, err := ns.Addrs(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range have {
-		p := prefixOf(a)
-		if slices.ContainsFunc(n.cfg.Subnets, func(s ipam.SubnetConfig) bool { return s.Subnet.Contains(p.Addr()) }) {
-			out = append(out, p.Addr())
-		}
-	}
-	return out
 }
 
 // The kernel keeps which addresses live endpoints hold, whatever the IPAM

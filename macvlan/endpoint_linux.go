@@ -254,7 +254,15 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	}
 	// Allocate is idempotent per owner: it returns what the endpoint holds
 	// (and fails with ErrExists if it holds another static address).
-	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), ep.Addrs...)
+	// An allocation lost behind nsnet's back is made again with the
+	// addresses the interface has.
+	static := ep.Addrs
+	if len(static) == 0 {
+		if _, allocs, err := n.alloc.Inspect(ctx, n.pool); err == nil && !slices.ContainsFunc(allocs, func(a ipam.Allocation) bool { return a.Owner == endpointOwner(n.cfg.Name, ep.ID) }) {
+			static = ctrlink.Addrs(ep.NS, l, n.cfg.Subnets)
+		}
+	}
+	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), static...)
 	if errors.Is(err, ipam.ErrExists) {
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: attached with another address: %w (%w)", ep.ID, n.cfg.Name, ErrExists, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/nsnet/nsnet/ipam"
@@ -250,3 +251,41 @@ type Collected struct {
 	Pools     []string          // pools deleted: no network and not live
 	Addresses []ipam.Allocation // allocations released: no live endpoint
 }
+
+// ErrDrift: Check found the network or endpoint different from what its
+// settings say. The error is a *DriftError naming each difference.
+var ErrDrift = errors.New("macvlan: drifted from its settings")
+
+// A Drift is one difference Check found: what kind of object (anchor,
+// pool, interface, address, route, up, allocation), and which.
+type Drift struct {
+	Kind string
+	What string
+}
+
+func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+
+// DriftError is Check's error (CNI CHECK): every drift it found. It
+// matches ErrDrift.
+type DriftError struct {
+	Network  string
+	Endpoint string // "" for the network itself
+	Drifts   []Drift
+}
+
+func (e *DriftError) Error() string {
+	s := "macvlan: network " + strconv.Quote(e.Network)
+	if e.Endpoint != "" {
+		s += " endpoint " + strconv.Quote(e.Endpoint)
+	}
+	s += ": drifted:"
+	for i, d := range e.Drifts {
+		if i > 0 {
+			s += ","
+		}
+		s += " " + d.String()
+	}
+	return s
+}
+
+func (e *DriftError) Is(target error) bool { return target == ErrDrift }
