@@ -246,7 +246,8 @@ func openPath(path, name string) (*NS, error) {
 // switches the thread back and returns fn's error. A panic in fn is carried
 // back and re-raised in the caller's goroutine, after the thread was switched
 // back. If the thread cannot be switched back, it is left locked and dies with
-// its goroutine, and Do returns an error.
+// its goroutine, and Do returns an error. fn never runs on the process's
+// main thread, which the runtime cannot retire.
 //
 // fn runs on another goroutine: it must not call t.Fatal, and goroutines it
 // starts run in the caller's original namespace, not in ns. Sockets fn opens
