@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
+	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -38,6 +39,9 @@ func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (
 		return out, err
 	}
 	defer unlock(false)
+	// No call of this host holds or waits for a network's or endpoint's
+	// lock now: their files go (they are made again when needed).
+	defer keylock.RemoveUnder(hostKey(host) + ".macvlan")
 	liveNet := func(name string) bool { return live.Networks == nil || slices.Contains(live.Networks, name) }
 	liveEP := func(network, id string) bool {
 		return slices.ContainsFunc(live.Endpoints, func(e LiveEndpoint) bool { return e.Network == network && e.ID == id })

@@ -172,3 +172,17 @@ func Nested(keys ...Key) (unlock func(remove bool), err error) {
 // HostKey is the key of the lock of the host whose namespace has the given
 // device and inode numbers (netns.ID).
 func HostKey(dev, ino uint64) string { return fmt.Sprintf("netns-%d-%d", dev, ino) }
+
+// RemoveUnder removes the lock files of the keys that start with prefix +
+// ".": the caller holds the lock that every holder of those takes first
+// (a host's, exclusive), so none is held or waited for.
+func RemoveUnder(prefix string) {
+	d, err := lockDir()
+	if err != nil {
+		return
+	}
+	names, _ := filepath.Glob(filepath.Join(d, prefix+".*"))
+	for _, n := range names {
+		os.Remove(n)
+	}
+}
