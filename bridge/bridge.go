@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -303,3 +304,25 @@ type Collected struct {
 	Pools     []string          // pools deleted: no network and not live
 	Addresses []ipam.Allocation // allocations released: no live endpoint
 }
+
+// sentinel makes an error that the kernel, a library or the IPAM answered
+// match the package's sentinel for it as well: what exists matches
+// ErrExists, what is missing ErrNotFound. Its message stays; nil and
+// other errors are returned as they are. The exported calls return
+// through it, so no raw errno is all a caller can match.
+func sentinel(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrExist) && !errors.Is(err, ErrExists):
+		return &sentinelError{err, ErrExists}
+	case errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound):
+		return &sentinelError{err, ErrNotFound}
+	}
+	return err
+}
+
+type sentinelError struct{ err, sentinel error }
+
+func (e *sentinelError) Error() string   { return e.err.Error() }
+func (e *sentinelError) Unwrap() []error { return []error{e.err, e.sentinel} }

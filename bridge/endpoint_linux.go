@@ -109,7 +109,8 @@ func (n *Network) findHostVeth(id string, repair bool) (string, netlink.Link, er
 // fails with ErrHostMode. A static address outside the network or taken
 // fails with the IPAM's error. A failure half way removes the veth and
 // releases the addresses.
-func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, error) {
+func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, err error) {
+	defer func() { err = sentinel(err) }()
 	if err := ep.Validate(); err != nil {
 		return Endpoint{}, err
 	}
@@ -328,7 +329,8 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 // when the container's namespace, the veth, the bridge or the network is
 // already gone, or when an attach left the endpoint half made; a process
 // may detach endpoints that another process attached.
-func (n *Network) Detach(ctx context.Context, id string) error {
+func (n *Network) Detach(ctx context.Context, id string) (err error) {
+	defer func() { err = sentinel(err) }()
 	if err := ctx.Err(); err != nil {
 		return err
 	}

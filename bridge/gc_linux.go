@@ -25,7 +25,8 @@ import (
 // or Delete of this host runs half way while it looks.
 //
 // The recipe for a restarted orchestrator is in the package doc.
-func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (Collected, error) {
+func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (_ Collected, err error) {
+	defer func() { err = sentinel(err) }()
 	var out Collected
 	if host == nil || alloc == nil {
 		return out, &netns.ValidationError{Pkg: "bridge", Field: "host, alloc", Value: "<nil>", Reason: "a host namespace and an allocator are required"}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -290,3 +291,31 @@ func TestDeleteRacingAttach(t *testing.T) {
 }
 
 func runtimeGosched() { time.Sleep(100 * time.Microsecond) }
+
+// TestSentinels: what the kernel answers matches the package's sentinels,
+// not only raw errnos.
+func TestSentinels(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	n := newNet(t, host, newAlloc(t), Config{Name: "sentinels", Subnets: subnet("10.47.0.0/24", "")})
+	ctr := nstest.Container(t, host)
+	ch, _ := ctr.Netlink()
+	a := netlink.NewLinkAttrs()
+	a.Name = "eth0"
+	if err := ch.LinkAdd(&netlink.Veth{LinkAttrs: a, PeerName: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := n.Attach(t.Context(), EndpointConfig{ID: "c1", NS: ctr, IfName: "eth0"})
+	if !errors.Is(err, ErrExists) {
+		t.Errorf("Attach with a taken IfName: %v, want ErrExists", err)
+	}
+	if got := held(t, n, "c1"); len(got) != 0 {
+		t.Errorf("the failed attach holds %+v", got)
+	}
+	if e := sentinel(&netns.OpError{Op: "x", Err: syscall.ENODEV}); !errors.Is(e, ErrNotFound) {
+		t.Errorf("ENODEV: %v does not match ErrNotFound", e)
+	}
+	if e := sentinel(&netns.OpError{Op: "x", Err: syscall.EEXIST}); !errors.Is(e, ErrExists) || !errors.Is(e, syscall.EEXIST) {
+		t.Errorf("EEXIST: %v does not match ErrExists and the errno", e)
+	}
+}

@@ -42,7 +42,8 @@ import (
 // New, Delete, Attach and Detach of one network are serialised across
 // goroutines and processes by lock files (see the package doc), so two
 // processes creating one network at once both get it.
-func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config) (*Network, error) {
+func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config) (_ *Network, err error) {
+	defer func() { err = sentinel(err) }()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -464,7 +465,8 @@ func (n *Network) Inspect(ctx context.Context) (Info, error) {
 // first. Deleting a network that is gone succeeds, and so does deleting one
 // whose bridge someone else already removed, or one that New left half
 // made.
-func (n *Network) Delete(ctx context.Context, force bool) error {
+func (n *Network) Delete(ctx context.Context, force bool) (err error) {
+	defer func() { err = sentinel(err) }()
 	if err := ctx.Err(); err != nil {
 		return err
 	}

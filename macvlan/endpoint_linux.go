@@ -53,7 +53,8 @@ func kernelMode(m Mode) netlink.MacvlanMode {
 // passthru network. A static address another endpoint holds fails with
 // ipam.ErrAddrInUse. A failure half way removes the interface and releases
 // the addresses.
-func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, error) {
+func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, err error) {
+	defer func() { err = sentinel(err) }()
 	if err := ep.Validate(); err != nil {
 		return Endpoint{}, err
 	}
@@ -331,7 +332,8 @@ func (n *Network) findEndpoint(ns *netns.NS, id string) (netlink.Link, epMark, e
 // Detach returns once the kernel has taken the interface, its addresses
 // and routes out of the container, not after it has freed the device
 // (16 ms later, RCU grace periods): see the package doc's Performance.
-func (n *Network) Detach(ctx context.Context, id string, ctr *netns.NS) error {
+func (n *Network) Detach(ctx context.Context, id string, ctr *netns.NS) (err error) {
+	defer func() { err = sentinel(err) }()
 	if err := ctx.Err(); err != nil {
 		return err
 	}

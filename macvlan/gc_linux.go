@@ -26,7 +26,8 @@ import (
 // The recipe for a restarted orchestrator is bridge's (see its package
 // doc): GC, then New of each live network, then Attach of each live
 // endpoint, which repair what drifted.
-func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (Collected, error) {
+func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (_ Collected, err error) {
+	defer func() { err = sentinel(err) }()
 	var out Collected
 	if host == nil || alloc == nil {
 		return out, bad("host, alloc", "<nil>", "a host namespace and an allocator are required")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 
@@ -289,3 +290,25 @@ func (e *DriftError) Error() string {
 }
 
 func (e *DriftError) Is(target error) bool { return target == ErrDrift }
+
+// sentinel makes an error that the kernel, a library or the IPAM answered
+// match the package's sentinel for it as well: what exists matches
+// ErrExists, what is missing ErrNotFound. Its message stays; nil and
+// other errors are returned as they are. The exported calls return
+// through it, so no raw errno is all a caller can match.
+func sentinel(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrExist) && !errors.Is(err, ErrExists):
+		return &sentinelError{err, ErrExists}
+	case errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound):
+		return &sentinelError{err, ErrNotFound}
+	}
+	return err
+}
+
+type sentinelError struct{ err, sentinel error }
+
+func (e *sentinelError) Error() string   { return e.err.Error() }
+func (e *sentinelError) Unwrap() []error { return []error{e.err, e.sentinel} }

@@ -116,7 +116,8 @@ func forgetState(host *netns.NS, name string) {
 // passthru macvlan holds, or a passthru network on a parent that other
 // macvlans use; ErrOverlap for a subnet overlapping another network's. A
 // failure half way removes what was made.
-func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config) (*Network, error) {
+func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config) (_ *Network, err error) {
+	defer func() { err = sentinel(err) }()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -517,7 +518,8 @@ func (n *Network) Inspect(ctx context.Context) (Info, error) {
 // whose namespaces this process does not know stay until their containers
 // go, and their addresses are released). Deleting a network that is gone
 // succeeds.
-func (n *Network) Delete(ctx context.Context, force bool) error {
+func (n *Network) Delete(ctx context.Context, force bool) (err error) {
+	defer func() { err = sentinel(err) }()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
