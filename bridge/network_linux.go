@@ -233,12 +233,16 @@ func (n *Network) setup(ctx context.Context, others []listed) error {
 	if err := n.host.SetSysctl("net/ipv6/conf/"+n.cfg.Bridge+"/accept_ra", "0"); err != nil {
 		return err
 	}
+	var added []netip.Prefix
 	for _, s := range n.cfg.Subnets {
-		a := &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(s.Gateway, s.Subnet.Bits()))}
+		p := netip.PrefixFrom(s.Gateway, s.Subnet.Bits())
+		a := &netlink.Addr{IPNet: ipnet.From(p)}
 		if s.Gateway.Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
-		if err := h.AddrAdd(br, a); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := h.AddrAdd(br, a); err == nil {
+			added = append(added, p)
+		} else if !errors.Is(err, os.ErrExist) {
 			return opErr("address", err)
 		}
 	}
@@ -248,7 +252,29 @@ func (n *Network) setup(ctx context.Context, others []listed) error {
 	if err := h.LinkSetUp(br); err != nil {
 		return opErr("up", err)
 	}
-	return nft.AddNetwork(ctx, n.host, nftNetwork(n.cfg))
+	if err := nft.AddNetwork(ctx, n.host, nftNetwork(n.cfg)); err != nil {
+		return err
+	}
+	// A gateway address given back to a bridge with ports (a repair):
+	// containers that gave up on it hear of it at once.
+	if len(added) > 0 && br.Attrs().MasterIndex == 0 && hasPorts(n.host, n.index) {
+		return ctrlink.Announce(n.host, n.index, br.Attrs().HardwareAddr, added, nil)
+	}
+	return nil
+}
+
+// hasPorts reports whether the bridge with index has ports.
+func hasPorts(host *netns.NS, index int) bool {
+	links, err := host.Links()
+	if err != nil {
+		return false
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == index {
+			return true
+		}
+	}
+	return false
 }
 
 func nftNetwork(cfg Config) nft.Network {
