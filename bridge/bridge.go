@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -96,6 +97,8 @@ type Network struct {
 	cfg   Config // as created: Bridge, Subnets (with gateways) and MTU filled in
 	index int    // the bridge's ifindex
 	pool  string
+
+	madePool bool // New made the pool (and undoes it on failure)
 }
 
 // Config returns the network's settings, with what was chosen at creation
@@ -267,3 +270,85 @@ func (c EndpointConfig) Validate() error {
 	}
 	return nil
 }
+
+// ErrDrift: Check found the network or endpoint different from what its
+// settings say. The error is a *DriftError naming each difference.
+var ErrDrift = errors.New("bridge: drifted from its settings")
+
+// A Drift is one difference Check found: what kind of object (bridge,
+// pool, address, route, port, rule, up, interface, allocation), and which.
+type Drift struct {
+	Kind string // "bridge", "pool", "address", "route", "port", "rule", "up", "interface", "allocation"
+	What string // the object: an address, a route, an interface name
+}
+
+func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+
+// DriftError is Check's error (CNI CHECK): every drift it found. It
+// matches ErrDrift.
+type DriftError struct {
+	Network  string
+	Endpoint string // "" for the network itself
+	Drifts   []Drift
+}
+
+func (e *DriftError) Error() string {
+	s := "bridge: network " + strconv.Quote(e.Network)
+	if e.Endpoint != "" {
+		s += " endpoint " + strconv.Quote(e.Endpoint)
+	}
+	s += ": drifted:"
+	for i, d := range e.Drifts {
+		if i > 0 {
+			s += ","
+		}
+		s += " " + d.String()
+	}
+	return s
+}
+
+func (e *DriftError) Is(target error) bool { return target == ErrDrift }
+
+// Live is what an orchestrator still has, given to GC: its networks and
+// its containers' endpoints. Everything of nsnet's bridge driver in the
+// host that none of these owns is removed.
+type Live struct {
+	// Networks by name. Nil: every network that exists is live (only
+	// endpoints and debris are collected).
+	Networks []string
+	// Endpoints as network name and endpoint ID.
+	Endpoints []LiveEndpoint
+}
+
+// LiveEndpoint names an endpoint of a live container.
+type LiveEndpoint struct{ Network, ID string }
+
+// Collected is what GC removed.
+type Collected struct {
+	Networks  []string          // networks deleted (not live)
+	Links     []string          // bridges and host veths deleted: half made, or of no live owner
+	Pools     []string          // pools deleted: no network and not live
+	Addresses []ipam.Allocation // allocations released: no live endpoint
+}
+
+// sentinel makes an error that the kernel, a library or the IPAM answered
+// match the package's sentinel for it as well: what exists matches
+// ErrExists, what is missing ErrNotFound. Its message stays; nil and
+// other errors are returned as they are. The exported calls return
+// through it, so no raw errno is all a caller can match.
+func sentinel(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrExist) && !errors.Is(err, ErrExists):
+		return &sentinelError{err, ErrExists}
+	case errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound):
+		return &sentinelError{err, ErrNotFound}
+	}
+	return err
+}
+
+type sentinelError struct{ err, sentinel error }
+
+func (e *sentinelError) Error() string   { return e.err.Error() }
+func (e *sentinelError) Unwrap() []error { return []error{e.err, e.sentinel} }

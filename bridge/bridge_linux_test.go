@@ -22,6 +22,10 @@ func TestMain(m *testing.M) {
 		restartChild()
 		return
 	}
+	if mode := os.Getenv(lifecycleEnv); mode != "" {
+		lifecycleChild(mode)
+		return
+	}
 	nstest.Main(m)
 }
 

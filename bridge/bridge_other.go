@@ -42,3 +42,13 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	}
 	return Endpoint{}, errors.ErrUnsupported
 }
+
+func (n *Network) Check(ctx context.Context) error { return errors.ErrUnsupported }
+
+func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) error {
+	return errors.ErrUnsupported
+}
+
+func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (Collected, error) {
+	return Collected{}, errors.ErrUnsupported
+}

@@ -33,13 +33,54 @@
 // endpoint names, so Detach needs neither a listing nor the container's
 // namespace.
 //
+// # Crashes, drift and recovery
+//
+// Every link the package makes is nsnet's from the moment it exists: the
+// request that creates a bridge or a veth pair gives it nsnet's device
+// group (IFLA_GROUP, a tag and a hash of its owner; see `ip link show
+// group`), because the kernel ignores an interface alias in that request.
+// The alias (the mark naming the network or endpoint) follows in a second
+// request. A process killed in between leaves a link with the group and no
+// mark: New and Attach of its owner complete or replace it, Detach and
+// Delete remove it, GC removes it. A network's pool is made after its
+// bridge and deleted before it, so no pool outlives the bridge by which a
+// later process finds the network.
+//
+// New and Attach of what exists check it and repair what drifted (the
+// pool, the bridge's addresses, MTU, STP, up, the isolation rules; the
+// port, hairpin, isolation and up of a host veth; the container's
+// addresses, up and default route; an allocation lost behind nsnet's back,
+// made again with the interface's addresses). [Network.Check] and
+// [Network.CheckEndpoint] report the same without changing anything, as CNI
+// CHECK does: a *DriftError that names each missing bridge, pool, address,
+// route, port, rule, up, interface or allocation.
+//
+// The recovery of a restarted orchestrator, once per host, with what it
+// still has (its networks, its containers' endpoints):
+//
+//	// 1. Remove what no live owner claims, and what killed calls left.
+//	_, err := bridge.GC(ctx, host, alloc, bridge.Live{Networks: names, Endpoints: eps})
+//	// 2. Make each live network whole again (repairs drift, idempotent).
+//	for _, cfg := range networks {
+//		n, err := bridge.New(ctx, host, alloc, cfg)
+//		// 3. The same for each live endpoint of it.
+//		for _, ep := range endpointsOf(cfg.Name) {
+//			_, err = n.Attach(ctx, ep)
+//		}
+//	}
+//
+// A call that was not acknowledged (the process died in it) is not live:
+// re-issue it after the recovery. The tests kill a child process at every
+// step of New, Attach, Detach and Delete and check that after this recipe
+// the kernel and the store hold exactly the acknowledged state.
+//
 // # Idempotency
 //
-// New and Attach return what exists when it has the settings asked for,
-// and fail with ErrExists when it has others. Detach and Delete succeed for
-// what is gone, also when the container namespace, the veth or the bridge
-// already went. A failure half way undoes what was done: no veth is left,
-// and the addresses are released.
+// New and Attach return what exists when it has the settings asked for
+// (repaired, see above), and fail with ErrExists when it has others.
+// Detach and Delete succeed for what is gone, also when the container
+// namespace, the veth or the bridge already went. A failure half way
+// undoes what was done: no veth is left, and the addresses are released.
 //
 // # Privileges
 //
@@ -49,11 +90,15 @@
 //
 // A Network is safe for concurrent use: Attach and Detach of different
 // endpoints may run at once (the tests attach 200 containers concurrently).
-// Calls for one endpoint run one after the other within a process, through
-// whichever Network values: concurrent attaches of it all return the one
-// endpoint. From two processes at once, one attach of an endpoint may fail
-// with ErrExists while the other is still making it; neither frees the
-// addresses the endpoint holds.
+// New, Delete, Attach and Detach are serialised where they must be, across
+// goroutines and processes, by lock files (flock) under /run/nsnet/locks
+// (or a temporary directory the user may write): a host's lock (shared;
+// GC's is exclusive), a network's (exclusive for New and Delete, shared
+// for Attach and Detach) and an endpoint's, each held from the check to
+// the act. Two processes creating one network both get it; a Delete that
+// comes while an attach of the network is half way waits for it (and then
+// fails with ErrInUse without force); an Attach that comes while the
+// network is being deleted waits, then fails with ErrNotFound.
 // Two attaches of one container to two networks at the same moment may
 // both choose eth0, and one then fails: attach a container's networks one
 // after the other, or give EndpointConfig.IfName.
@@ -65,6 +110,19 @@
 //	go test -run '^$' -bench 'Attach$|Detach' -benchtime 300x -count 3 -benchmem ./bridge/
 //	BenchmarkAttach   0.90-1.35 ms/op   51 KB/op   424 allocs/op
 //	BenchmarkDetach   0.70-0.75 ms/op   12 KB/op   102 allocs/op
+//
+// With issue 15's lifecycle work (lock files, the mark and the address
+// names in requests of their own, the announcement once the port
+// forwards), measured while other test suites loaded the machine, the
+// code before it measuring Attach 1.6-2.4 ms and Detach 1.0-1.7 ms then:
+//
+//	BenchmarkAttach   2.4-2.8 ms/op   79 KB/op   680 allocs/op
+//	BenchmarkDetach   1.7-2.0 ms/op   17 KB/op   206 allocs/op
+//
+// The three lock files of a call take 22-26 µs together
+// (go test -run '^$' -bench Nested ./internal/keylock/). The announcing
+// socket is closed in the background: its close waits for an RCU grace
+// period, and an attach that waited for it took 12-18 ms.
 //
 //	go test -run '^$' -bench Attach500 -benchtime 2x -count 2 ./bridge/
 //	BenchmarkAttach500   first 100: 1.22-1.38 ms/attach   last 100: 1.48-1.70 ms/attach

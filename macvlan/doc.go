@@ -48,13 +48,30 @@
 // own (network and endpoint), by which Detach finds them in the container's
 // namespace.
 //
+// # Crashes, drift and recovery
+//
+// As in package bridge (see its doc for the recovery recipe): the anchor
+// and every container interface carry nsnet's device group from the
+// request that creates them (the kernel ignores an alias there), so one
+// that a killed call left before its mark is adopted or removed by the
+// next New, Attach, Detach or Delete of its owner, or by [GC], which takes
+// what is live and removes the rest (networks, half-made anchors, the
+// interfaces in the live containers' namespaces that no live endpoint
+// owns, pools and allocations). A network's pool is made after its anchor
+// and deleted before it. New and Attach repair what drifted (a lost pool,
+// the container's addresses, up, default route, an allocation lost behind
+// nsnet's back); [Network.Check] and [Network.CheckEndpoint] report it as
+// a *DriftError without changing anything. The tests kill a child process
+// at every step of New, Attach, Detach and Delete.
+//
 // # Idempotency
 //
 // New, Attach and AddShim return what exists when it has the settings asked
-// for, and fail with ErrExists when it has others. Detach, RemoveShim and
-// Delete succeed for what is gone, also when the container's namespace or
-// its interface already went. A failure half way undoes what was done: no
-// interface is left, and the addresses are released.
+// for (repaired), and fail with ErrExists when it has others. Detach,
+// RemoveShim and Delete succeed for what is gone, also when the
+// container's namespace or its interface already went. A failure half way
+// undoes what was done: no interface is left, and the addresses are
+// released.
 //
 // # Privileges
 //
@@ -65,7 +82,8 @@
 // A Network is safe for concurrent use: attaches and detaches of different
 // endpoints run at once (the tests attach 20 at once), those of one
 // endpoint one after the other, and a passthru network's all one after the
-// other. Two attaches of one container to two networks at the same moment
+// other. Across processes, lock files (as in bridge) hold a network's New
+// and Delete apart from its attaches and detaches, and GC apart from all. Two attaches of one container to two networks at the same moment
 // may both choose eth0, and one then fails: give EndpointConfig.IfName.
 //
 // # Performance

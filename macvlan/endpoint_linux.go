@@ -54,7 +54,8 @@ func kernelMode(m Mode) netlink.MacvlanMode {
 // passthru network. A static address another endpoint holds fails with
 // ipam.ErrAddrInUse. A failure half way removes the interface and releases
 // the addresses.
-func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, error) {
+func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, err error) {
+	defer func() { err = sentinel(err) }()
 	if err := n.usable(); err != nil {
 		return Endpoint{}, err
 	}
@@ -92,7 +93,15 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	if err != nil {
 		return Endpoint{}, err
 	}
+	unlock, err := lockEndpointFile(n.host, n.cfg.Name, ep.ID)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	defer unlock(false)
 	defer n.state.lock(n.lockKey(ep.ID))()
+	if _, err := h.LinkByName(n.anchor); err != nil && n.cfg.Mode != ModePassthru {
+		return Endpoint{}, fmt.Errorf("macvlan: network %q is gone: %w", n.cfg.Name, ErrNotFound)
+	}
 	links, err := ep.NS.Links()
 	if err != nil {
 		return Endpoint{}, err
@@ -100,6 +109,18 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	for _, l := range links {
 		if m, ok := decodeEPMark(l.Attrs().Alias); ok && m.Net == n.cfg.Name && m.ID == ep.ID {
 			return n.existing(ctx, ep, l, m)
+		}
+	}
+	// An interface an attach of this endpoint left half made (its group,
+	// not yet its mark) was never acknowledged: it goes, and the attach
+	// starts again.
+	for i := 0; i < len(links); i++ {
+		if l := links[i]; l.Attrs().Group == epGroup(n.cfg.Name, ep.ID) && l.Type() == "macvlan" && !marked(l) {
+			if err := n.deleteLink(ep.NS, l); err != nil && !nlerr.NotExist(err) {
+				return Endpoint{}, &netns.OpError{Op: "macvlan.delete", NS: ep.NS.String(), Name: l.Attrs().Name, Err: err}
+			}
+			links = slices.Delete(links, i, i+1)
+			i--
 		}
 	}
 	ifName := ep.IfName
@@ -132,10 +153,14 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 		return Endpoint{}, errs.Wrap(ErrNotFound, "macvlan: attach %q: network %q not found", ep.ID, n.cfg.Name)
 	}
 	if err != nil {
-		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
+		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
 	addrs, _ := leases(al)
 	undo := []func(){func() { n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner) }}
+	if err := step(n.cfg.Name, "allocate"); err != nil {
+		undo[0]()
+		return Endpoint{}, err
+	}
 	fail := func(err error) (Endpoint, error) {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
@@ -161,6 +186,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	attrs.MTU = mtu
 	attrs.HardwareAddr = mac
 	attrs.Namespace = netlink.NsFd(ep.NS.Fd())
+	attrs.Group = epGroup(n.cfg.Name, ep.ID)
 	// Sent through the host's handle: IFLA_LINK names the parent in the
 	// host, IFLA_NET_NS_FD puts the new interface in the container.
 	if err := h.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: kernelMode(n.cfg.Mode)}); err != nil {
@@ -182,6 +208,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 			return fail(err)
 		}
 	}
+	if err := step(n.cfg.Name, "link"); err != nil {
+		return fail(err)
+	}
 	l, err := ch.LinkByName(ifName)
 	if err != nil {
 		return fail(&netns.OpError{Op: "macvlan.create", NS: ep.NS.String(), Name: ifName, Err: err})
@@ -192,8 +221,29 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 	if err := ctrlink.Configure(ep.NS, "macvlan", l, addrs, n.cfg.Subnets, ep.DefaultRoute, baseMetric-ep.GatewayPriority); err != nil {
 		return fail(err)
 	}
+	if err := ctrlink.Announce(ep.NS, l.Attrs().Index, l.Attrs().HardwareAddr, addrs, nil); err != nil {
+		return fail(err)
+	}
 	n.state.remember(ep.ID, ep.NS)
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: l.Attrs().HardwareAddr, Addrs: addrs, DefaultRoute: ep.DefaultRoute}, nil
+}
+
+// epGroup is the device group of an endpoint's interface.
+func epGroup(network, id string) uint32 { return ctrlink.Group("macvlan/" + network + "/" + id) }
+
+// marked reports whether l carries an nsnet mark of this package.
+func marked(l netlink.Link) bool {
+	_, ok := decodeEPMark(l.Attrs().Alias)
+	return ok
+}
+
+// attachErr wraps an error of Attach; the IPAM's "no such pool" (the
+// network was deleted meanwhile) is ErrNotFound.
+func (n *Network) attachErr(id string, err error) error {
+	if errors.Is(err, ipam.ErrNotFound) && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("%w (%w)", ErrNotFound, err)
+	}
+	return fmt.Errorf("macvlan: attach %q to %q: %w", id, n.cfg.Name, err)
 }
 
 // existing returns the endpoint whose interface l is, if it was made with
@@ -213,7 +263,15 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	}
 	// Allocate is idempotent per owner: it returns what the endpoint holds
 	// (and fails with ErrExists if it holds another static address).
-	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), ep.Addrs...)
+	// An allocation lost behind nsnet's back is made again with the
+	// addresses the interface has.
+	static := ep.Addrs
+	if len(static) == 0 {
+		if _, allocs, err := n.alloc.Inspect(ctx, n.pool); err == nil && !slices.ContainsFunc(allocs, func(a ipam.Allocation) bool { return a.Owner == endpointOwner(n.cfg.Name, ep.ID) }) {
+			static = ctrlink.Addrs(ep.NS, l, n.cfg.Subnets)
+		}
+	}
+	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), static...)
 	if errors.Is(err, ipam.ErrExists) {
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: attached with another address: %w (%w)", ep.ID, n.cfg.Name, ErrExists, err)
 	}
@@ -221,6 +279,13 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
 	}
 	addrs, _ := leases(al)
+	// Repair what drifted: addresses, up, the default route.
+	if err := ctrlink.Configure(ep.NS, "macvlan", l, addrs, n.cfg.Subnets, m.Gateway, baseMetric-m.Prio); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
+	if err := ctrlink.Announce(ep.NS, a.Index, a.HardwareAddr, addrs, nil); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
 	n.state.remember(ep.ID, ep.NS)
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: a.Name, MAC: a.HardwareAddr, Addrs: addrs, DefaultRoute: m.Gateway}, nil
 }
@@ -249,12 +314,17 @@ func (n *Network) findEndpoint(ns *netns.NS, id string) (netlink.Link, epMark, e
 	if err != nil {
 		return nil, epMark{}, err
 	}
+	var half netlink.Link
 	for _, l := range links {
 		if m, ok := decodeEPMark(l.Attrs().Alias); ok && m.Net == n.cfg.Name && m.ID == id {
 			return l, m, nil
 		}
+		if l.Attrs().Group == epGroup(n.cfg.Name, id) && l.Type() == "macvlan" && !marked(l) {
+			half = l
+		}
 	}
-	return nil, epMark{}, nil
+	// Half made: the endpoint's all the same.
+	return half, epMark{Kind: markerEP, Net: n.cfg.Name, ID: id}, nil
 }
 
 // Detach takes a container's interface off the network, like `docker
@@ -270,11 +340,21 @@ func (n *Network) findEndpoint(ns *netns.NS, id string) (netlink.Link, epMark, e
 // Detach returns once the kernel has taken the interface, its addresses
 // and routes out of the container, not after it has freed the device
 // (16 ms later, RCU grace periods): see the package doc's Performance.
-func (n *Network) Detach(ctx context.Context, id string, ctr *netns.NS) error {
+func (n *Network) Detach(ctx context.Context, id string, ctr *netns.NS) (err error) {
+	defer func() { err = sentinel(err) }()
 	if err := n.usable(); err != nil {
 		return err
 	}
-	return n.detach(ctx, id, ctr, true)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	unlock, err := lockEndpointFile(n.host, n.cfg.Name, id)
+	if err != nil {
+		return err
+	}
+	err = n.detach(ctx, id, ctr, true)
+	unlock(err == nil)
+	return err
 }
 
 func (n *Network) detach(ctx context.Context, id string, ctr *netns.NS, restore bool) error {
@@ -298,7 +378,10 @@ func (n *Network) detach(ctx context.Context, id string, ctr *netns.NS, restore 
 			}
 		}
 	}
-	if err := n.alloc.Release(ctx, n.pool, endpointOwner(n.cfg.Name, id)); err != nil {
+	if err := step(n.cfg.Name, "unplug"); err != nil {
+		return err
+	}
+	if err := n.alloc.Release(ctx, n.pool, endpointOwner(n.cfg.Name, id)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
 	}
 	n.state.remember(id, nil)

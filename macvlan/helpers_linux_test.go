@@ -3,6 +3,7 @@ package macvlan
 import (
 	"context"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/nsnet/nsnet/internal/ipnet"
@@ -12,7 +13,13 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-func TestMain(m *testing.M) { nstest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashEnv) != "" {
+		crashChild()
+		return
+	}
+	nstest.Main(m)
+}
 
 var (
 	addr   = netip.MustParseAddr

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/nsnet/nsnet"
@@ -236,5 +238,97 @@ type Info struct {
 	// Shim is the host's shim, nil if it has none.
 	Shim *Shim
 
-	parent int // the parent's ifindex
+	parent      int  // the parent's ifindex
+	poolMissing bool // the anchor is there, the pool is not
 }
+
+// Live is what an orchestrator still has, given to GC: its networks and
+// its containers' endpoints. Everything of nsnet's macvlan driver that
+// none of these owns is removed.
+type Live struct {
+	// Networks by name. Nil: every network that exists is live (only
+	// endpoints and debris are collected).
+	Networks []string
+	// Endpoints of live containers.
+	Endpoints []LiveEndpoint
+	// Namespaces of live containers (besides those of Endpoints): GC
+	// removes there the interfaces of this driver that no live endpoint
+	// owns, such as one an Attach killed half way left.
+	Namespaces []*netns.NS
+}
+
+// LiveEndpoint names an endpoint of a live container: its network, its ID,
+// and, if known, the container's namespace (where GC also removes the
+// network's interfaces that no live endpoint owns, and half-made ones).
+type LiveEndpoint struct {
+	Network, ID string
+	NS          *netns.NS
+}
+
+// Collected is what GC removed.
+type Collected struct {
+	Networks  []string          // networks deleted (not live)
+	Links     []string          // anchors and container interfaces deleted
+	Pools     []string          // pools deleted: no network and not live
+	Addresses []ipam.Allocation // allocations released: no live endpoint
+}
+
+// ErrDrift: Check found the network or endpoint different from what its
+// settings say. The error is a *DriftError naming each difference.
+var ErrDrift = errors.New("macvlan: drifted from its settings")
+
+// A Drift is one difference Check found: what kind of object (anchor,
+// pool, interface, address, route, up, allocation), and which.
+type Drift struct {
+	Kind string
+	What string
+}
+
+func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+
+// DriftError is Check's error (CNI CHECK): every drift it found. It
+// matches ErrDrift.
+type DriftError struct {
+	Network  string
+	Endpoint string // "" for the network itself
+	Drifts   []Drift
+}
+
+func (e *DriftError) Error() string {
+	s := "macvlan: network " + strconv.Quote(e.Network)
+	if e.Endpoint != "" {
+		s += " endpoint " + strconv.Quote(e.Endpoint)
+	}
+	s += ": drifted:"
+	for i, d := range e.Drifts {
+		if i > 0 {
+			s += ","
+		}
+		s += " " + d.String()
+	}
+	return s
+}
+
+func (e *DriftError) Is(target error) bool { return target == ErrDrift }
+
+// sentinel makes an error that the kernel, a library or the IPAM answered
+// match the package's sentinel for it as well: what exists matches
+// ErrExists, what is missing ErrNotFound. Its message stays; nil and
+// other errors are returned as they are. The exported calls return
+// through it, so no raw errno is all a caller can match.
+func sentinel(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrExist) && !errors.Is(err, ErrExists):
+		return &sentinelError{err, ErrExists}
+	case errors.Is(err, os.ErrNotExist) && !errors.Is(err, ErrNotFound):
+		return &sentinelError{err, ErrNotFound}
+	}
+	return err
+}
+
+type sentinelError struct{ err, sentinel error }
+
+func (e *sentinelError) Error() string   { return e.err.Error() }
+func (e *sentinelError) Unwrap() []error { return []error{e.err, e.sentinel} }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/nlerr"
@@ -25,6 +26,19 @@ import (
 // afterAnchor, when a test sets it, is called by New once the anchor
 // exists, to inject a failure half way.
 var afterAnchor func() error
+
+// stepHooks holds, by network name, a func(step string) error that a test
+// set: New, Attach, Detach and Delete call it at their steps (named), to
+// inject a failure, to hold the call there, or to kill the process there.
+var stepHooks sync.Map
+
+// step calls the network's step hook, if a test set one.
+func step(network, name string) error {
+	if f, ok := stepHooks.Load(network); ok {
+		return f.(func(string) error)(name)
+	}
+	return nil
+}
 
 // netState is what the Networks of one network in this process share: the
 // namespaces of the endpoints attached through them, so that Detach and
@@ -103,7 +117,8 @@ func forgetState(host *netns.NS, name string) {
 // passthru macvlan holds, or a passthru network on a parent that other
 // macvlans use; ErrOverlap for a subnet overlapping another network's. A
 // failure half way removes what was made.
-func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config) (*Network, error) {
+func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config) (_ *Network, err error) {
+	defer func() { err = sentinel(err) }()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -141,19 +156,40 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 		return nil, bad("Config.MTU", fmt.Sprint(cfg.MTU), fmt.Sprintf("more than the MTU of parent %s, %d", cfg.Parent, pa.MTU))
 	}
 
+	unlock, err := lockNetwork(host, cfg.Name, true)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock(false)
 	others, err := List(ctx, host, alloc)
 	if err != nil {
 		return nil, err
 	}
+	var taken []netip.Prefix
 	for _, o := range others {
 		if o.Name == cfg.Name {
-			if !sameSettings(cfg, o.Config) {
+			if !sameSettings(cfg, o.Config, o.poolMissing) {
 				return nil, fmt.Errorf("macvlan: network %q (on %s, %s): %w", cfg.Name, o.Parent, o.Mode, ErrExists)
 			}
-			return open(host, alloc, o), nil
+			n := open(host, alloc, o)
+			if o.poolMissing {
+				// Its pool is gone (a Delete killed half way, or a lost
+				// store): the repair makes it again.
+				if len(cfg.Subnets) > 0 {
+					n.cfg.Subnets = cfg.Subnets
+				}
+				if err := n.makePool(ctx, others); err != nil {
+					return nil, err
+				}
+			}
+			return n, nil
+		}
+		for _, s := range o.Subnets {
+			taken = append(taken, s.Subnet)
 		}
 	}
-	if l, err := h.LinkByName(anchor); err == nil {
+	group := ctrlink.Group("macvlan/" + cfg.Name)
+	if l, err := h.LinkByName(anchor); err == nil && (l.Type() != "macvlan" || l.Attrs().Group != group) {
 		return nil, fmt.Errorf("macvlan: %s is taken by a %s link that is not network %q's: %w", anchor, l.Type(), cfg.Name, ErrExists)
 	}
 	// The parent: a passthru macvlan takes it alone (the kernel refuses
@@ -165,7 +201,7 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 	}
 	for _, l := range links {
 		mv, ok := l.(*netlink.Macvlan)
-		if !ok || mv.ParentIndex != pa.Index {
+		if !ok || mv.ParentIndex != pa.Index || mv.Name == anchor {
 			continue
 		}
 		what := "macvlan " + mv.Name
@@ -182,13 +218,6 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 	if cfg.MTU == 0 {
 		cfg.MTU = pa.MTU
 	}
-
-	var taken []netip.Prefix
-	for _, o := range others {
-		for _, s := range o.Subnets {
-			taken = append(taken, s.Subnet)
-		}
-	}
 	for _, s := range cfg.Subnets {
 		for _, t := range taken {
 			if s.Subnet.Overlaps(t) {
@@ -196,26 +225,49 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 			}
 		}
 	}
-	pool := poolName(cfg.Name)
-	created, err := alloc.CreatePool(ctx, ipam.PoolConfig{Name: pool, Subnets: cfg.Subnets, Avoid: host, AvoidPrefixes: taken})
-	if err != nil {
-		return nil, fmt.Errorf("macvlan: network %q: %w", cfg.Name, err)
-	}
-	cfg.Subnets = created.Subnets
-	n := &Network{host: host, alloc: alloc, cfg: cfg, parent: pa.Index, pool: pool, anchor: anchor}
+	// The anchor first (marked from the moment it exists by its group):
+	// the pool never exists without the link by which a later process
+	// finds the network.
+	n := &Network{host: host, alloc: alloc, cfg: cfg, parent: pa.Index, pool: poolName(cfg.Name), anchor: anchor}
 	if err := n.makeAnchor(ctx); err != nil {
-		alloc.DeletePool(context.WithoutCancel(ctx), pool)
 		return nil, err
 	}
 	if afterAnchor != nil {
 		if err := afterAnchor(); err != nil {
 			n.deleteAnchor()
-			alloc.DeletePool(context.WithoutCancel(ctx), pool)
 			return nil, opErr("create", err)
 		}
 	}
+	if err := step(cfg.Name, "anchor"); err != nil {
+		n.deleteAnchor()
+		return nil, err
+	}
+	if err := n.makePool(ctx, others); err != nil {
+		n.deleteAnchor()
+		return nil, err
+	}
 	n.state = stateFor(host, cfg.Name)
 	return n, nil
+}
+
+// makePool creates the network's pool with the subnets of n.cfg (or the
+// next free), avoiding the other networks' subnets and the host's routes.
+func (n *Network) makePool(ctx context.Context, others []Info) error {
+	var taken []netip.Prefix
+	for _, o := range others {
+		if o.Name == n.cfg.Name {
+			continue
+		}
+		for _, s := range o.Subnets {
+			taken = append(taken, s.Subnet)
+		}
+	}
+	created, err := n.alloc.CreatePool(ctx, ipam.PoolConfig{Name: n.pool, Subnets: n.cfg.Subnets, Avoid: n.host, AvoidPrefixes: taken})
+	if err != nil {
+		return fmt.Errorf("macvlan: network %q: %w", n.cfg.Name, err)
+	}
+	n.cfg.Subnets = created.Subnets
+	return nil
 }
 
 // makeAnchor creates the network's anchor on the parent, marked, down: a
@@ -243,8 +295,12 @@ func (n *Network) makeAnchor(ctx context.Context) error {
 	} else {
 		attrs.HardwareAddr = veth.RandomMAC()
 	}
-	mv := &netlink.Macvlan{LinkAttrs: attrs, Mode: mode}
-	if err := h.LinkAdd(mv); err != nil {
+	attrs.Group = ctrlink.Group("macvlan/" + n.cfg.Name)
+	var mv netlink.Link = &netlink.Macvlan{LinkAttrs: attrs, Mode: mode}
+	if l, err := h.LinkByName(n.anchor); err == nil && l.Type() == "macvlan" && l.Attrs().Group == attrs.Group {
+		// Half made by a call killed before it marked it: completed here.
+		mv = l
+	} else if err := h.LinkAdd(mv); err != nil {
 		if errors.Is(err, unix.EINVAL) {
 			// The kernel's answer when the parent is held by a passthru
 			// macvlan, or a passthru one is asked for on a used parent.
@@ -258,6 +314,9 @@ func (n *Network) makeAnchor(ctx context.Context) error {
 	}
 	// The mark goes on by a request of its own: the kernel ignores
 	// IFLA_IFALIAS when it creates a link.
+	if err := step(n.cfg.Name, "anchor-created"); err != nil {
+		return fail(err)
+	}
 	if err := h.LinkSetAlias(mv, mark); err != nil {
 		return fail(opErr("mark", err))
 	}
@@ -281,7 +340,8 @@ func (n *Network) deleteAnchor() error {
 	if err != nil {
 		return nil
 	}
-	if m, ok := decodeNetMark(l.Attrs().Alias); !ok || m.Name != n.cfg.Name || l.Type() != "macvlan" {
+	m, marked := decodeNetMark(l.Attrs().Alias)
+	if l.Type() != "macvlan" || marked && m.Name != n.cfg.Name || !marked && l.Attrs().Group != ctrlink.Group("macvlan/"+n.cfg.Name) {
 		return nil
 	}
 	if err := h.LinkDel(l); err != nil && !nlerr.NotExist(err) {
@@ -292,7 +352,7 @@ func (n *Network) deleteAnchor() error {
 
 // sameSettings compares what the caller asked for with what exists; fields
 // the caller left to be chosen are not compared.
-func sameSettings(want, have Config) bool {
+func sameSettings(want, have Config, poolMissing bool) bool {
 	if want.Parent != have.Parent || want.mode() != have.mode() {
 		return false
 	}
@@ -302,7 +362,7 @@ func sameSettings(want, have Config) bool {
 	if !maps.Equal(want.Labels, have.Labels) {
 		return false
 	}
-	if len(want.Subnets) == 0 {
+	if len(want.Subnets) == 0 || poolMissing {
 		return true
 	}
 	if len(want.Subnets) != len(have.Subnets) {
@@ -373,6 +433,7 @@ func List(ctx context.Context, host *netns.NS, alloc *ipam.Allocator) ([]Info, e
 			info.Subnets = pool.Subnets
 			info.Endpoints = endpoints(m.Name, allocs)
 		case errors.Is(err, ipam.ErrNotFound):
+			info.poolMissing = true
 		default:
 			return nil, err
 		}
@@ -464,13 +525,25 @@ func (n *Network) Inspect(ctx context.Context) (Info, error) {
 // whose namespaces this process does not know stay until their containers
 // go, and their addresses are released). Deleting a network that is gone
 // succeeds.
-func (n *Network) Delete(ctx context.Context, force bool) error {
+func (n *Network) Delete(ctx context.Context, force bool) (err error) {
+	defer func() { err = sentinel(err) }()
 	if err := n.usable(); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	unlock, err := lockNetwork(n.host, n.cfg.Name, true)
+	if err != nil {
+		return err
+	}
+	err = n.delete(ctx, force)
+	unlock(err == nil)
+	return err
+}
+
+// delete is Delete with the network's lock (or the host's) held.
+func (n *Network) delete(ctx context.Context, force bool) error {
 	info, err := n.Inspect(ctx)
 	if errors.Is(err, ErrNotFound) {
 		info = Info{Config: n.cfg}
@@ -489,13 +562,18 @@ func (n *Network) Delete(ctx context.Context, force bool) error {
 			return err
 		}
 	}
-	if err := n.deleteAnchor(); err != nil {
-		return err
-	}
-	if _, err := n.alloc.GC(ctx, n.pool, func(string) bool { return false }); err != nil {
+	// The pool before the anchor: a pool never outlives the link by
+	// which a later process finds the network.
+	if _, err := n.alloc.GC(ctx, n.pool, func(string) bool { return false }); err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
 	}
 	if err := n.alloc.DeletePool(ctx, n.pool); err != nil && !errors.Is(err, ipam.ErrNotFound) {
+		return err
+	}
+	if err := step(n.cfg.Name, "delete-pool"); err != nil {
+		return err
+	}
+	if err := n.deleteAnchor(); err != nil {
 		return err
 	}
 	forgetState(n.host, n.cfg.Name)

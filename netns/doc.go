@@ -21,8 +21,12 @@
 // [NS.Do] runs a function on an OS thread switched into the namespace and
 // switches back, also when the function panics. If switching back fails, the
 // thread is never unlocked, so the Go runtime retires it with its goroutine:
-// no other goroutine can ever run in the wrong namespace. Do is the only
-// place in nsnet that calls setns.
+// no other goroutine can ever run in the wrong namespace. The function
+// never runs on the process's main thread, which the runtime cannot retire
+// (it would stay in the namespace for the life of the process, and
+// /proc/PID/ns/net would name it): a Do that the scheduler starts there
+// holds the main thread idle and runs the function on another thread. Do
+// is the only place in nsnet that calls setns.
 //
 // # Privileges
 //

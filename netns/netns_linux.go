@@ -282,7 +282,8 @@ func openPath(path, name string) (*NS, error) {
 // switches the thread back and returns fn's error. A panic in fn is carried
 // back and re-raised in the caller's goroutine, after the thread was switched
 // back. If the thread cannot be switched back, it is left locked and dies with
-// its goroutine, and Do returns an error.
+// its goroutine, and Do returns an error. fn never runs on the process's
+// main thread, which the runtime cannot retire.
 //
 // fn runs on another goroutine: it must not call t.Fatal, and goroutines it
 // starts run in the caller's original namespace, not in ns. Sockets fn opens
@@ -310,10 +311,13 @@ func (ns *NS) Do(fn func() error) error {
 // switched back, it stays locked, so the runtime retires it with the
 // goroutine and it never runs another one; the error says so.
 //
-// The switch back matters even for a thread that could simply be retired:
-// the runtime cannot retire the process's main thread, which keeps it
-// locked and idle instead, and /proc/self/ns/net would then name a foreign
-// namespace.
+// fn never runs on the process's main thread. The runtime cannot retire
+// that thread: one left in a foreign namespace would stay there, locked and
+// idle, for the life of the process, keeping the namespace alive and
+// naming it in /proc/PID/ns/net (which is the main thread's). A goroutine
+// that the scheduler happens to start on the main thread keeps that thread
+// locked, idle, and starts the work on another goroutine, which therefore
+// runs on another thread.
 func onThread(fn func() error) error {
 	type result struct {
 		err      error
@@ -321,7 +325,9 @@ func onThread(fn func() error) error {
 		value    any
 	}
 	ch := make(chan result, 1)
-	go func() {
+	// run locks the thread, runs fn and switches back; it unlocks only
+	// if the switch back worked.
+	run := func() {
 		runtime.LockOSThread()
 		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -339,7 +345,7 @@ func onThread(fn func() error) error {
 			}()
 			r.err = fn()
 		}()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+		if err := switchBack(orig); err != nil {
 			// Leave the thread locked: the runtime retires it when this
 			// goroutine ends.
 			r.err = errors.Join(r.err, &OpError{Op: "netns.do", Err: fmt.Errorf("switching the thread back: %w", err)})
@@ -348,6 +354,22 @@ func onThread(fn func() error) error {
 		}
 		runtime.UnlockOSThread()
 		ch <- r
+	}
+	go func() {
+		runtime.LockOSThread()
+		// One unlock for this lock; run's lock stays if it failed, and
+		// the thread is retired with this goroutine.
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() != mainTID {
+			run()
+			return
+		}
+		// On the main thread: hold it, so that nothing else runs on it,
+		// while a goroutine that therefore runs on another thread does
+		// the work.
+		done := make(chan struct{})
+		go func() { defer close(done); run() }()
+		<-done
 	}()
 	r := <-ch
 	if r.panicked {
@@ -355,6 +377,13 @@ func onThread(fn func() error) error {
 	}
 	return r.err
 }
+
+// mainTID is the process's main thread (its thread ID is the process ID).
+var mainTID = unix.Getpid()
+
+// switchBack puts the calling thread back into the namespace orig; a test
+// replaces it to make the switch back fail.
+var switchBack = func(orig int) error { return unix.Setns(orig, unix.CLONE_NEWNET) }
 
 // setns switches the calling (locked) thread into ns.
 func (ns *NS) setns() error {

@@ -18,7 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestMain(m *testing.M) { nstest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(mainThreadEnv) != "" {
+		os.Exit(mainThreadChild())
+	}
+	nstest.Main(m)
+}
 
 // threadNS returns the network namespace of the calling thread.
 func threadNS(t testing.TB) netns.ID {

@@ -72,8 +72,13 @@ type Config struct {
 	Up bool
 	// Alias is written as the host end's interface alias (IFLA_IFALIAS),
 	// the mark by which a later process finds the pair's owner. Empty: no
-	// alias.
+	// alias. The kernel ignores an alias in the request that creates the
+	// pair: it is written by a second request.
 	Alias string
+	// Group is the host end's device group (IFLA_GROUP), set in the
+	// request that creates the pair, so that the pair carries its owner's
+	// mark from the moment it exists. Zero: the default group.
+	Group uint32
 }
 
 // Link is one end of a pair as it exists in the kernel.

@@ -71,6 +71,7 @@ func Pair(ctx context.Context, ns *netns.NS, cfg Config) (Ends, error) {
 	attrs.Name = cfg.Name
 	attrs.MTU = cfg.MTU
 	attrs.HardwareAddr = cfg.MAC
+	attrs.Group = cfg.Group
 	if cfg.Up {
 		attrs.Flags = net.FlagUp
 	}
@@ -149,6 +150,9 @@ func existing(ns, peerNS *netns.NS, cfg Config, mac, peerMAC net.HardwareAddr) (
 		return Ends{}, false
 	}
 	if (mac != nil && !bytes.Equal(aa.HardwareAddr, mac)) || (peerMAC != nil && !bytes.Equal(ba.HardwareAddr, peerMAC)) {
+		return Ends{}, false
+	}
+	if cfg.Group != 0 && aa.Group != cfg.Group {
 		return Ends{}, false
 	}
 	if cfg.Up && (aa.Flags&net.FlagUp == 0 || ba.Flags&net.FlagUp == 0) {

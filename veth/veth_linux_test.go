@@ -404,3 +404,25 @@ func TestConcurrent(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestPairGroup: the host end has its device group from the request that
+// creates it; a pair of another group is not the one asked for.
+func TestPairGroup(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	cfg := Config{Name: "vg-host", Peer: End{Name: "vg-peer"}, Group: 0x6e123456}
+	ends, err := Pair(t.Context(), host, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Delete(t.Context(), host, ends.Host.Name)
+	h, _ := host.Netlink()
+	l, err := h.LinkByName("vg-host")
+	if err != nil || l.Attrs().Group != cfg.Group {
+		t.Fatalf("host end: %v, group %#x, want %#x", err, l.Attrs().Group, cfg.Group)
+	}
+	cfg.Group = 7
+	if _, err := Pair(t.Context(), host, cfg); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("Pair of another group: %v, want os.ErrExist", err)
+	}
+}

@@ -6,7 +6,9 @@
 package ctrlink
 
 import (
+	"errors"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 
@@ -17,7 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Configure sets up interface l of ns: sysctls first (no router
+// Configure sets up interface l of ns, or repairs it (each step is
+// idempotent: an address or route that is there is kept): sysctls first (no router
 // advertisements; no IPv6 at all without an IPv6 address, as in Docker, so
 // no link-local address answers on the network; a gratuitous ARP when it
 // comes up), then addrs (IPv6 without DAD), up, and, if defaultRoute, a
@@ -49,7 +52,7 @@ func Configure(ns *netns.NS, pkg string, l netlink.Link, addrs []netip.Prefix, s
 		if a.Addr().Is6() {
 			na.Flags = unix.IFA_F_NODAD
 		}
-		if err := ch.AddrAdd(l, na); err != nil {
+		if err := ch.AddrAdd(l, na); err != nil && !errors.Is(err, os.ErrExist) {
 			return opErr("address", err)
 		}
 	}
@@ -64,7 +67,7 @@ func Configure(ns *netns.NS, pkg string, l netlink.Link, addrs []netip.Prefix, s
 		if sn.Gateway.Is6() {
 			r.Family = netlink.FAMILY_V6
 		}
-		if err := ch.RouteAdd(r); err != nil {
+		if err := ch.RouteAdd(r); err != nil && !errors.Is(err, os.ErrExist) {
 			return opErr("route", err)
 		}
 	}
