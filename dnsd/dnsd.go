@@ -134,7 +134,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Domain = DefaultDomain
 	}
 	cfg.Domain = strings.ToLower(dns.Fqdn(cfg.Domain))
-	if _, ok := dns.IsDomainName(cfg.Domain); !ok || cfg.Domain == "." {
+	if !validDomain(cfg.Domain) {
 		return nil, &ValidationError{"Config.Domain", fmt.Sprintf("%q is not a domain name", cfg.Domain)}
 	}
 	if cfg.TTL == 0 {
@@ -175,6 +175,10 @@ func New(cfg Config) (*Server, error) {
 	for i, u := range cfg.Upstreams {
 		if !u.IsValid() || u.Port() == 0 {
 			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "invalid address"}
+		}
+		// 0.0.0.0 and :: are "this host": the server itself, a loop.
+		if u.Addr().IsUnspecified() {
+			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "the unspecified address is the server itself"}
 		}
 	}
 	if len(cfg.Upstreams) > 0 && cfg.NS == nil {
@@ -269,12 +273,34 @@ func (s *Server) network(name string) (*network, error) {
 	return nil, fmt.Errorf("dnsd: network %q: %w", name, ErrNotFound)
 }
 
+// validLabel reports whether l is a host name label (RFC 1035, 1123): 1
+// to 63 letters, digits and hyphens, neither first nor last a hyphen; and
+// '_', which Docker's container names hold (compose's "app_web_1").
 func validLabel(l string) bool {
-	if l == "" || len(l) > 63 || strings.ContainsAny(l, ". \t\\") {
+	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 		return false
 	}
-	_, ok := dns.IsDomainName(l)
-	return ok
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// validDomain reports whether d, a fully qualified name, is labels that
+// validLabel takes, 255 bytes at most; the root alone is not.
+func validDomain(d string) bool {
+	if d == "." || len(d) > 255 || !strings.HasSuffix(d, ".") {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(d, "."), ".") {
+		if !validLabel(l) {
+			return false
+		}
+	}
+	return true
 }
 
 // Register adds ep to network, replacing an endpoint of the same name.

@@ -2,6 +2,7 @@ package dnsd_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -725,4 +726,50 @@ func TestForward_noStall(t *testing.T) {
 	if err != nil || !slices.Equal(addrs(r), []netip.Addr{a1}) {
 		t.Fatalf("a local name while forwards wait: %v %v", r, err)
 	}
+}
+
+// TestListen_validation: a cancelled context and a listener that an
+// upstream is (the server would forward to itself) are refused before any
+// socket or rule is made.
+func TestListen_validation(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	gw := netip.MustParseAddr("127.0.0.1")
+	srv, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{netip.AddrPortFrom(gw, 53)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if ln, err := srv.ListenHost(ctx, host, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 0)); !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenHost with a cancelled context: %v, want context.Canceled", err)
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	ctr := nstest.Container(t, host)
+	if ln, err := srv.ListenContainer(ctx, ctr, []netip.Addr{netip.MustParseAddr("10.0.0.2")}); !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenContainer with a cancelled context: %v, want context.Canceled", err)
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	// The upstream's own address, on its port or on another (redirected
+	// from 53): a loop.
+	for _, p := range []uint16{53, 0} {
+		var ve *dnsd.ValidationError
+		if ln, err := srv.ListenHost(t.Context(), host, netip.AddrPortFrom(gw, p)); !errors.As(err, &ve) {
+			t.Errorf("ListenHost on the upstream %s port %d: %v, want a *ValidationError", gw, p, err)
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	// In another namespace the same address is another host: no loop.
+	ln, err := srv.ListenContainer(t.Context(), ctr, []netip.Addr{netip.MustParseAddr("10.0.0.2")})
+	if err != nil {
+		t.Fatalf("ListenContainer: %v", err)
+	}
+	ln.Close()
 }

@@ -123,7 +123,6 @@ func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
 	}
 	r := &reply{req: req, m: new(dns.Msg)}
 	r.m.SetReply(req)
-	r.m.RecursionAvailable = true
 	r.m.Compress = true
 	if o := req.IsEdns0(); o != nil {
 		r.m.SetEdns0(dns.DefaultMsgSize, false)
@@ -156,6 +155,9 @@ func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
 			forward = true
 		}
 	}
+	// Recursion is available only to clients whose queries may be
+	// forwarded.
+	r.m.RecursionAvailable = forward
 	local := s.isLocal(name)
 	found := false
 	if a, ok := ptrAddr(name); ok && q.Qtype == dns.TypePTR {

@@ -45,11 +45,17 @@ func (l *Listener) Addr() netip.AddrPort { return l.addr }
 // clients still use addr:53. ctx bounds the setup; the listener serves
 // until Close (its own or the Server's).
 func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.AddrPort) (*Listener, error) {
+	if ctx == nil {
+		return nil, &ValidationError{"ctx", "nil context"}
+	}
 	if host == nil {
 		return nil, &ValidationError{"host", "nil namespace"}
 	}
-	if !addr.Addr().IsValid() {
+	if !addr.Addr().IsValid() || addr.Addr().IsUnspecified() {
 		return nil, &ValidationError{"addr", "invalid address"}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("dnsd: listen %s: %w", addr, err)
 	}
 	return s.listen(ctx, host, addr, nil)
 }
@@ -62,11 +68,22 @@ func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.Addr
 // in ctr, the server listens on a free port and redirects 127.0.0.11:53 to
 // it in ctr.
 func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []netip.Addr) (*Listener, error) {
+	if ctx == nil {
+		return nil, &ValidationError{"ctx", "nil context"}
+	}
 	if ctr == nil {
 		return nil, &ValidationError{"ctr", "nil namespace"}
 	}
 	if len(addrs) == 0 {
 		return nil, &ValidationError{"addrs", "the container has no address"}
+	}
+	for i, a := range addrs {
+		if !a.IsValid() {
+			return nil, &ValidationError{fmt.Sprintf("addrs[%d]", i), "invalid address"}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("dnsd: listen in %s: %w", ctr, err)
 	}
 	a := netip.MustParseAddr(DefaultContainerDNS)
 	l, err := s.listen(ctx, ctr, netip.AddrPortFrom(a, 53), addrs)
@@ -77,6 +94,9 @@ func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []net
 }
 
 func (s *Server) listen(ctx context.Context, ns *netns.NS, addr netip.AddrPort, clients []netip.Addr) (_ *Listener, err error) {
+	if err := s.checkLoop(ns, addr); err != nil {
+		return nil, err
+	}
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
@@ -133,6 +153,22 @@ func (s *Server) listen(ctx context.Context, ns *netns.NS, addr netip.AddrPort, 
 	l.wg.Add(1)
 	go l.serveTCP()
 	return l, nil
+}
+
+// checkLoop refuses a listener that an upstream is: forwarded queries
+// leave from the server's host namespace, so a listener there on an
+// upstream's address, on the upstream's port or on 53 (which a redirect
+// may send to it), would forward to itself in a loop.
+func (s *Server) checkLoop(ns *netns.NS, addr netip.AddrPort) error {
+	if s.cfg.NS == nil || !ns.Equal(s.cfg.NS) {
+		return nil
+	}
+	for i, u := range s.cfg.Upstreams {
+		if u.Addr().Unmap() == addr.Addr().Unmap() && (u.Port() == 53 || u.Port() == addr.Port()) {
+			return &ValidationError{"addr", fmt.Sprintf("%s is Config.Upstreams[%d]: the server would forward to itself", addr.Addr(), i)}
+		}
+	}
+	return nil
 }
 
 // Close stops the listener, waits for its goroutines and removes its
