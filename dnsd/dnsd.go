@@ -82,6 +82,11 @@ type Config struct {
 	// UDPReaders is the number of goroutines reading each UDP socket.
 	// Zero: 4.
 	UDPReaders int
+	// AnswerHost makes the host namespace of ListenHost listeners a
+	// client: a query from the host itself (one that arrived on loopback)
+	// is answered as from its source address (a gateway's: that network's
+	// names), and forwarded. False: the host gets REFUSED, as any stranger.
+	AnswerHost bool
 	// Logger gets forwarding failures and listener errors. Nil: none.
 	Logger *slog.Logger
 }
@@ -118,6 +123,7 @@ type network struct {
 	name     string
 	subnets  []netip.Prefix
 	internal bool
+	ifaces   []string              // its interfaces in ListenHost listeners' namespaces
 	eps      map[string]Endpoint   // by lower-case name
 	names    map[string]*entry     // lower-case FQDN
 	ptr      map[netip.Addr]string // address -> FQDN of its endpoint
@@ -217,16 +223,32 @@ func (s *Server) Upstreams() []netip.AddrPort { return slices.Clone(s.cfg.Upstre
 func (s *Server) Domain() string { return s.cfg.Domain }
 
 // AddNetwork adds a network: clients whose source address is in one of its
-// subnets get its names. Internal networks get no forwarding. Adding a
-// network that exists with the same settings succeeds; with other settings
-// it fails with ErrExists.
-func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool) error {
+// subnets get its names. Internal networks get no forwarding.
+//
+// ifaces are the network's interfaces in the namespace of ListenHost
+// listeners (a bridge network's bridge, bridge.Config.Bridge): a
+// ListenHost listener answers a source address of the network only when
+// the query arrived on one of them, so that a source address is never
+// taken on trust (RELIABILITY rule 15). A network with none is served to
+// ListenContainer listeners only.
+//
+// Adding a network that exists with the same settings succeeds; with
+// other settings it fails with ErrExists.
+func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool, ifaces ...string) error {
 	if name == "" {
 		return &ValidationError{"name", "empty"}
 	}
 	if len(subnets) == 0 {
 		return &ValidationError{"subnets", "none"}
 	}
+	ifaces = slices.Clone(ifaces)
+	for i, n := range ifaces {
+		if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/: \t\n\x00") {
+			return &ValidationError{fmt.Sprintf("ifaces[%d]", i), fmt.Sprintf("%q is not an interface name", n)}
+		}
+	}
+	slices.Sort(ifaces)
+	ifaces = slices.Compact(ifaces)
 	subs := make([]netip.Prefix, len(subnets))
 	for i, p := range subnets {
 		if !p.IsValid() {
@@ -241,13 +263,13 @@ func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool) 
 	}
 	for _, n := range s.nets {
 		if n.name == name {
-			if n.internal == internal && slices.Equal(n.subnets, subs) {
+			if n.internal == internal && slices.Equal(n.subnets, subs) && slices.Equal(n.ifaces, ifaces) {
 				return nil
 			}
 			return fmt.Errorf("dnsd: network %q: %w with other settings", name, ErrExists)
 		}
 	}
-	s.nets = append(s.nets, &network{name: name, subnets: subs, internal: internal,
+	s.nets = append(s.nets, &network{name: name, subnets: subs, internal: internal, ifaces: ifaces,
 		eps: map[string]Endpoint{}, names: map[string]*entry{}, ptr: map[netip.Addr]string{}})
 	return nil
 }

@@ -14,12 +14,26 @@
 // registered addresses; several endpoints under one alias answer with all
 // their addresses, rotated (round robin); the TTL is Config.TTL.
 //
-// Names are scoped by the client: a query gets answers only from the
-// networks one of whose subnets holds the client's source address (for a
-// ListenContainer listener, the container's addresses). A name registered
-// on two networks answers with its address on the asker's network. A name
-// of another network is NXDOMAIN. A client on no network gets REFUSED: the
-// server is never an open resolver.
+// Names are scoped by the client. A client is an interface and an
+// address, never a source address alone (a source address is a claim):
+// a query to a ListenHost listener gets answers only from the networks
+// attached (AddNetwork's ifaces) on the interface it arrived on
+// (IP_PKTINFO, IPV6_PKTINFO; for TCP, the interface of the SYN) one of
+// whose subnets holds its source address; a query to a ListenContainer
+// listener must arrive over the container's loopback, and is the
+// container's (its addresses decide its networks). So a container that
+// forges another network's address, a container of an internal network
+// that forges a normal network's address (to have its queries forwarded),
+// and a LAN neighbour that forges a container's address all get REFUSED,
+// which carries no names and is no larger than the query. The host itself
+// (a query from one of the namespace's own addresses) is a client only
+// with Config.AnswerHost. A name registered on two networks answers with
+// its address on the asker's network. A name of another network is
+// NXDOMAIN. A client on no network gets REFUSED, without RA: the server is
+// never an open resolver. (Two containers on one bridge can still forge
+// each other's addresses; nsnet's bridges turn on strict reverse-path
+// filtering, which stops forged addresses of other networks before they
+// reach any listener.)
 //
 // # Forwarding
 //

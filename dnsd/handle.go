@@ -17,19 +17,34 @@ import (
 // (a message too short to carry an ID, or a response). Handle never
 // panics on malformed input; it is exported for embedders with their own
 // sockets and for fuzzing.
+//
+// The caller vouches for clients: Handle does not know the interface a
+// query came in on, and answers as for a client on every network whose
+// subnets hold one of the addresses.
 func (s *Server) Handle(ctx context.Context, query []byte, clients []netip.Addr, udp bool) []byte {
 	var out []byte
-	s.serve(ctx, query, clients, udp, func(b []byte) { out = b }, nil)
+	s.serve(ctx, query, who{addrs: clients}, udp, func(b []byte) { out = b }, nil)
 	return out
+}
+
+// who is a client as a listener knows it: its addresses and, for a client
+// of a ListenHost listener, the interface its query arrived on.
+type who struct {
+	addrs []netip.Addr // the source address, or a container's addresses
+	iface string       // the interface the query arrived on, if check
+	// check: the client belongs only to networks on iface (a query from
+	// nobody, such as a container listener's over another interface than
+	// loopback, has check set and no iface: it belongs to no network).
+	check bool
 }
 
 // serve answers query through send (not called when nothing is to be
 // sent). A query to forward runs in a function given to spawn (inline when
 // spawn is nil), so that slow upstreams do not hold up local answers; at
 // most MaxForwards run at once, past that the answer is SERVFAIL at once.
-func (s *Server) serve(ctx context.Context, query []byte, clients []netip.Addr, udp bool, send func([]byte), spawn func(func())) {
+func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send func([]byte), spawn func(func())) {
 	start := time.Now()
-	r := s.handle(query, clients)
+	r := s.handle(query, w)
 	if r == nil {
 		s.stats.dropped.Add(1)
 		return
@@ -105,7 +120,7 @@ type reply struct {
 }
 
 // handle answers a query from the name tables, or says it is to forward.
-func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
+func (s *Server) handle(query []byte, w who) *reply {
 	req := new(dns.Msg)
 	if err := req.Unpack(query); err != nil {
 		s.stats.malformed.Add(1)
@@ -143,7 +158,7 @@ func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
 	name := strings.ToLower(q.Name)
 
 	s.mu.RLock()
-	nets := s.clientNets(clients)
+	nets := s.clientNets(w)
 	if len(nets) == 0 {
 		s.mu.RUnlock()
 		r.m.Rcode = dns.RcodeRefused // never an open resolver
@@ -231,12 +246,16 @@ func (s *Server) hdr(name string, t uint16) dns.RR_Header {
 }
 
 // clientNets returns the networks one of whose subnets holds a client
-// address. s.mu is held.
-func (s *Server) clientNets(clients []netip.Addr) []*network {
+// address, and, when w.check, that are on the interface the query came in
+// on. s.mu is held.
+func (s *Server) clientNets(w who) []*network {
 	var out []*network
 	for _, n := range s.nets {
+		if w.check && (w.iface == "" || !slices.Contains(n.ifaces, w.iface)) {
+			continue
+		}
 		if slices.ContainsFunc(n.subnets, func(p netip.Prefix) bool {
-			return slices.ContainsFunc(clients, func(a netip.Addr) bool { return p.Contains(a.Unmap()) })
+			return slices.ContainsFunc(w.addrs, func(a netip.Addr) bool { return p.Contains(a.Unmap()) })
 		}) {
 			out = append(out, n)
 		}

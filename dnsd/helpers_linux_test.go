@@ -77,7 +77,7 @@ func (l *lab) bridge(name, subnet string, internal bool) (*bridge.Network, netip
 	}
 	t.Cleanup(func() { n.Delete(context.Background(), true) })
 	sub := n.Config().Subnets[0]
-	if err := l.srv.AddNetwork(name, []netip.Prefix{sub.Subnet}, internal); err != nil {
+	if err := l.srv.AddNetwork(name, []netip.Prefix{sub.Subnet}, internal, n.Config().Bridge); err != nil {
 		t.Fatal(err)
 	}
 	return n, sub.Gateway

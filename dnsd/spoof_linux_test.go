@@ -1,0 +1,231 @@
+package dnsd_test
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/netns/nstest"
+)
+
+// spoof sends a query for name from ns with the forged source src to dst:
+// a real packet with another's address, as an attacker with CAP_NET_RAW
+// (or CAP_NET_ADMIN: IP_TRANSPARENT, used here) in its namespace sends it.
+func spoof(t testing.TB, ns *netns.NS, src, dst netip.AddrPort, name string) {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeA)
+	q.SetEdns0(4096, false)
+	b, _ := q.Pack()
+	err := ns.Do(func() error {
+		family, level, opt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_TRANSPARENT
+		if src.Addr().Is6() {
+			family, level, opt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, sockaddr(src)); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, b, 0, sockaddr(dst))
+	})
+	if err != nil {
+		t.Fatalf("spoofing %s from %s: %v", dst, src, err)
+	}
+}
+
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
+	}
+	return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
+}
+
+// victim is a UDP socket of a container that an attacker names as the
+// source of its queries: whatever the server sends back lands here.
+type victim struct {
+	pc   net.PacketConn
+	addr netip.AddrPort
+}
+
+func newVictim(t testing.TB, ns *netns.NS, a netip.Addr) *victim {
+	t.Helper()
+	pc, err := ns.ListenPacket("udp", netip.AddrPortFrom(a, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return &victim{pc: pc, addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+}
+
+// reflected waits for what the server sent the victim: the server answers
+// every query, so something comes, and it must be a bare REFUSED no
+// larger than the query (no amplification, no names, no recursion).
+func (v *victim) reflected(t testing.TB, what string) {
+	t.Helper()
+	b := make([]byte, 65535)
+	v.pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := v.pc.ReadFrom(b)
+	if err != nil {
+		t.Errorf("%s: the victim got nothing: %v", what, err)
+		return
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(b[:n]); err != nil {
+		t.Errorf("%s: the victim got garbage: %v", what, err)
+		return
+	}
+	if m.Rcode != dns.RcodeRefused || len(m.Answer) > 0 || m.RecursionAvailable || n > 64 {
+		t.Errorf("%s: the victim got %s RA %v, %d bytes, answers %v; want a bare REFUSED", what, dns.RcodeToString[m.Rcode], m.RecursionAvailable, n, m.Answer)
+	}
+}
+
+// noRPFilter turns the kernel's reverse-path filter off for the host's
+// IPv4 interfaces, so that the tests show that the server alone tells a
+// forged source (the filter, on for nsnet's bridges, would drop some of
+// these packets before the server sees them).
+func noRPFilter(t testing.TB, host *netns.NS, links ...string) {
+	t.Helper()
+	for _, l := range append([]string{"all", "default"}, links...) {
+		if err := host.SetSysctl("net/ipv4/conf/"+l+"/rp_filter", "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestSpoof: a client is an interface and a source address, never the
+// source address alone (issue 16). Each attacker sends real packets with a
+// forged source to the server; the victim (the forged source) gets a bare
+// REFUSED, and nothing is forwarded:
+//   - a container on network A names a container of network B as its
+//     source (a reflection at B, with B's names);
+//   - a container on an internal network names a container of a normal
+//     network (DNS exfiltration out of the internal network, the
+//     CVE-2024-29018 class);
+//   - a LAN neighbour, beyond the host's uplink, names a container
+//     (reflection from outside);
+//   - the host itself is no client unless Config.AnswerHost.
+func TestSpoof(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	l := newLabOn(t, host, dnsd.Config{Upstreams: []netip.AddrPort{up.addr}})
+	na, gwA := l.network("neta", "172.30.1.0/24", false)
+	nb, _ := l.network("netb", "172.30.2.0/24", false)
+	ni, gwI := l.network("neti", "172.30.3.0/24", true)
+	noRPFilter(t, host, na.Config().Bridge, nb.Config().Bridge, ni.Config().Bridge, out.HostLink)
+	a1, _ := l.container(na, nil, "a1")
+	a2, addrA2 := l.container(na, nil, "a2")
+	b1, addrB1 := l.container(nb, nil, "b1")
+	i1, _ := l.container(ni, nil, "i1")
+	sa, si := netip.AddrPortFrom(gwA, 53), netip.AddrPortFrom(gwI, 53)
+
+	// The honest way still works, and forwards.
+	mustQuery(t, a1, "udp", sa, "a2.", dns.TypeA, dns.RcodeSuccess)
+	mustQuery(t, a1, "udp", sa, "ext.example.", dns.TypeA, dns.RcodeSuccess)
+	forwarded := up.udp.Load()
+
+	vb := newVictim(t, b1, addrB1)
+	for _, name := range []string{"b1.", "ext.example."} {
+		spoof(t, a1, vb.addr, sa, name)
+		vb.reflected(t, "a container of A as one of B, "+name)
+	}
+
+	va := newVictim(t, a2, addrA2)
+	spoof(t, i1, va.addr, si, "ext.example.")
+	va.reflected(t, "an internal container as one of A")
+
+	// The neighbour knows the host as the router to the containers.
+	oh, err := out.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := oh.RouteAdd(&netlink.Route{Dst: ipnet.From(netip.MustParsePrefix("172.30.0.0/16")), Gw: out.HostAddr.Addr().AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a2.", "ext.example."} {
+		spoof(t, out.NS, va.addr, sa, name)
+		va.reflected(t, "a LAN neighbour as one of A, "+name)
+	}
+
+	if n := up.udp.Load() + up.tcp.Load(); n != forwarded {
+		t.Errorf("%d forged queries forwarded", n-forwarded)
+	}
+
+	// The host (its source is the gateway's address) is a stranger.
+	for _, proto := range []string{"udp", "tcp"} {
+		mustQuery(t, host, proto, sa, "a2.", dns.TypeA, dns.RcodeRefused)
+	}
+	if n := up.udp.Load() + up.tcp.Load(); n != forwarded {
+		t.Errorf("%d queries of the host forwarded", n-forwarded)
+	}
+}
+
+// TestSpoof_tcp: over TCP the interface of the connection counts too: a
+// LAN neighbour that reaches the gateway with an address of network A (a
+// handshake needs a route back, which it has here) is not a client of A.
+func TestSpoof_tcp(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	l := newLabOn(t, host, dnsd.Config{})
+	na, gwA := l.network("neta", "172.30.1.0/24", false)
+	noRPFilter(t, host, na.Config().Bridge, out.HostLink)
+	l.container(na, nil, "a1")
+	// The neighbour owns an address of A's subnet, and the host routes it
+	// back over the uplink.
+	fake := netip.MustParseAddr("172.30.1.200")
+	oh, err := out.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, _ := oh.LinkByName("lo")
+	fa := &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(fake, 32))}
+	if err := oh.AddrAdd(lo, fa); err != nil {
+		t.Fatal(err)
+	}
+	defer oh.AddrDel(lo, fa)
+	if err := oh.RouteAdd(&netlink.Route{Dst: ipnet.From(netip.MustParsePrefix("172.30.1.0/24")), Gw: out.HostAddr.Addr().AsSlice(), Src: fake.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	hh, err := host.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, _ := hh.LinkByName(out.HostLink)
+	if err := hh.RouteAdd(&netlink.Route{Dst: ipnet.From(netip.PrefixFrom(fake, 32)), Gw: out.Addr.AsSlice(), LinkIndex: up.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	defer hh.RouteDel(&netlink.Route{Dst: ipnet.From(netip.PrefixFrom(fake, 32)), Gw: out.Addr.AsSlice(), LinkIndex: up.Attrs().Index})
+	mustQuery(t, out.NS, "tcp", netip.AddrPortFrom(gwA, 53), "a1.", dns.TypeA, dns.RcodeRefused)
+}
+
+// TestAnswerHost: with Config.AnswerHost the host is a client, by the
+// gateway address it queries from.
+func TestAnswerHost(t *testing.T) {
+	t.Parallel()
+	l := newLab(t, dnsd.Config{AnswerHost: true})
+	na, gwA := l.network("neta", "172.30.1.0/24", false)
+	_, a1 := l.container(na, nil, "a1")
+	for _, proto := range []string{"udp", "tcp"} {
+		r := mustQuery(t, l.host, proto, netip.AddrPortFrom(gwA, 53), "a1.", dns.TypeA, dns.RcodeSuccess)
+		if got := addrs(r); len(got) != 1 || got[0] != a1 {
+			t.Errorf("a1 from the host over %s: %v, want %v", proto, got, a1)
+		}
+	}
+}
