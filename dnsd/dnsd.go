@@ -22,6 +22,7 @@ const (
 	DefaultTTL          = 600 * time.Second
 	DefaultDomain       = "nsnet.internal."
 	DefaultMaxForwards  = 1024
+	DefaultClientFwds   = 64
 	DefaultMaxTCPConns  = 1024
 	DefaultTimeout      = 2 * time.Second
 	DefaultTCPIdle      = 10 * time.Second
@@ -69,6 +70,12 @@ type Config struct {
 	// MaxForwards bounds forwarded queries in flight; past it a query that
 	// would be forwarded gets SERVFAIL at once. Zero: 1024 (as Docker).
 	MaxForwards int
+	// MaxClientForwards bounds one client's forwarded queries in flight
+	// (a client: a source address, or a container listener's container),
+	// so that one client's slow names cannot take every slot of
+	// MaxForwards from the others; past it that client's query gets
+	// SERVFAIL at once. Zero: 64, or MaxForwards if lower.
+	MaxClientForwards int
 	// MaxTCPConns bounds open TCP connections per listener; a connection
 	// past it is closed at once. Zero: 1024.
 	MaxTCPConns int
@@ -110,7 +117,9 @@ type Server struct {
 	cfg   Config
 	ttl   uint32
 	log   *slog.Logger
-	fwd   chan struct{} // forward slots
+	fwdMu sync.Mutex
+	fwdN  int                // forwarded queries in flight
+	fwdBy map[netip.Addr]int // of them, by client
 	stats counters
 
 	mu        sync.RWMutex
@@ -152,6 +161,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxForwards == 0 {
 		cfg.MaxForwards = DefaultMaxForwards
 	}
+	if cfg.MaxClientForwards == 0 {
+		cfg.MaxClientForwards = min(DefaultClientFwds, cfg.MaxForwards)
+	}
 	if cfg.MaxTCPConns == 0 {
 		cfg.MaxTCPConns = DefaultMaxTCPConns
 	}
@@ -164,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UDPReaders == 0 {
 		cfg.UDPReaders = 4
 	}
-	if cfg.MaxForwards < 0 || cfg.MaxTCPConns < 0 || cfg.Timeout < 0 || cfg.TCPIdle < 0 || cfg.UDPReaders < 0 {
+	if cfg.MaxForwards < 0 || cfg.MaxClientForwards < 0 || cfg.MaxTCPConns < 0 || cfg.Timeout < 0 || cfg.TCPIdle < 0 || cfg.UDPReaders < 0 {
 		return nil, &ValidationError{"Config", "negative limit"}
 	}
 	if cfg.Upstreams == nil {
@@ -196,7 +208,7 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ttl := uint32(cfg.TTL / time.Second)
-	return &Server{cfg: cfg, ttl: ttl, log: log, fwd: make(chan struct{}, cfg.MaxForwards), listeners: map[*Listener]struct{}{}}, nil
+	return &Server{cfg: cfg, ttl: ttl, log: log, fwdBy: map[netip.Addr]int{}, listeners: map[*Listener]struct{}{}}, nil
 }
 
 // DefaultUpstreams returns the nameservers of the resolv.conf file at path,

@@ -773,3 +773,53 @@ func TestListen_validation(t *testing.T) {
 	}
 	ln.Close()
 }
+
+// TestMaxClientForwards: one client's slow names take only its own share
+// of the forward slots (MaxClientForwards); another client's names are
+// still forwarded. With one cap for all, the second client would get
+// SERVFAIL at once.
+func TestMaxClientForwards(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	l := newLabOn(t, host, dnsd.Config{MaxForwards: 3, MaxClientForwards: 2, Timeout: 10 * time.Second,
+		Upstreams: []netip.AddrPort{up.addr}})
+	na, gw := l.network("neta", "172.30.1.0/24", false)
+	x, _ := l.container(na, nil, "x")
+	y, _ := l.container(na, nil, "y")
+	s := netip.AddrPortFrom(gw, 53)
+	// x asks three slow names: two wait on the upstream, the third is
+	// over x's share.
+	var conns []*dns.Conn
+	for i := range 3 {
+		c, err := x.Dial(t.Context(), nil, "udp", s.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		co := &dns.Conn{Conn: c}
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("slow%d.example.", i), dns.TypeA)
+		if err := co.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, co)
+		if i < 2 {
+			for up.slow.Load() < int64(i+1) { // in flight
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+	conns[2].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if r, err := conns[2].ReadMsg(); err != nil || r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("x's third slow name: %v %v, want SERVFAIL at once", r, err)
+	}
+	// y's names are forwarded meanwhile.
+	if got := addrs(mustQuery(t, y, "udp", s, "ext.example.", dns.TypeA, dns.RcodeSuccess)); !slices.Equal(got, []netip.Addr{extAddr}) {
+		t.Errorf("y's name while x's wait: %v", got)
+	}
+	if st := l.srv.Stats(); st.ForwardBusy != 1 || up.slow.Load() != 2 {
+		t.Errorf("ForwardBusy %d, slow queries upstream %d; want 1 and 2", st.ForwardBusy, up.slow.Load())
+	}
+}

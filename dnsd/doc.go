@@ -50,7 +50,11 @@
 // addresses are never forwarded (NXDOMAIN), and nothing is forwarded for a
 // client on internal networks only (REFUSED): DNS would be an exfiltration
 // path out of a network with no egress (CVE-2024-29018). At most
-// Config.MaxForwards queries are forwarded at once; past that SERVFAIL.
+// Config.MaxForwards queries are forwarded at once, and at most
+// Config.MaxClientForwards of one client, so that one client's slow names
+// cannot starve the others; past that SERVFAIL. An upstream that is the
+// server itself (the unspecified address, or a listener in the server's
+// host namespace on the upstream's address) is a *ValidationError.
 //
 // # Listeners
 //

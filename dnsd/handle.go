@@ -41,7 +41,8 @@ type who struct {
 // serve answers query through send (not called when nothing is to be
 // sent). A query to forward runs in a function given to spawn (inline when
 // spawn is nil), so that slow upstreams do not hold up local answers; at
-// most MaxForwards run at once, past that the answer is SERVFAIL at once.
+// most MaxForwards run at once and MaxClientForwards of one client, past
+// that the answer is SERVFAIL at once.
 func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send func([]byte), spawn func(func())) {
 	start := time.Now()
 	r := s.handle(query, w)
@@ -53,16 +54,18 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 		s.send(r, udp, start, send)
 		return
 	}
-	select {
-	case s.fwd <- struct{}{}:
-	default:
+	var key netip.Addr
+	if len(w.addrs) > 0 {
+		key = w.addrs[0]
+	}
+	if !s.takeForward(key) {
 		s.stats.forwardBusy.Add(1)
 		r.m.Rcode = dns.RcodeServerFailure
 		s.send(r, udp, start, send)
 		return
 	}
 	work := func() {
-		defer func() { <-s.fwd }()
+		defer s.releaseForward(key)
 		if up := s.forward(ctx, r.req); up != nil {
 			up.Id = r.req.Id
 			up.Compress = true
@@ -76,6 +79,28 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 		work()
 	} else {
 		spawn(work)
+	}
+}
+
+// takeForward takes a forward slot for the client key: one of
+// MaxForwards, and of the client's MaxClientForwards.
+func (s *Server) takeForward(key netip.Addr) bool {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	if s.fwdN >= s.cfg.MaxForwards || s.fwdBy[key] >= s.cfg.MaxClientForwards {
+		return false
+	}
+	s.fwdN++
+	s.fwdBy[key]++
+	return true
+}
+
+func (s *Server) releaseForward(key netip.Addr) {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	s.fwdN--
+	if s.fwdBy[key]--; s.fwdBy[key] <= 0 {
+		delete(s.fwdBy, key)
 	}
 }
 
