@@ -192,6 +192,13 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 	if err := host.SetSysctl("net/ipv6/conf/"+cfg.Bridge+"/accept_ra", "0"); err != nil {
 		return fail(err)
 	}
+	// Strict reverse-path filtering: a packet that comes in on the bridge
+	// with a source address the host would not route back out of it (a
+	// container forging another network's or the world's address) is
+	// dropped (RELIABILITY rule 15).
+	if err := host.SetSysctl("net/ipv4/conf/"+cfg.Bridge+"/rp_filter", "1"); err != nil {
+		return fail(err)
+	}
 	for _, s := range cfg.Subnets {
 		a := &netlink.Addr{IPNet: ipnet.From(netip.PrefixFrom(s.Gateway, s.Subnet.Bits()))}
 		if s.Gateway.Is6() {
