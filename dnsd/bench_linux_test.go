@@ -30,6 +30,7 @@ func BenchmarkQuery(b *testing.B) {
 	}{
 		{"local/names=10", 10, "n7."},
 		{"local/names=10000", 10000, "n7777."},
+		{"forwarded/names=100", 100, "ext.example."},
 		{"forwarded/names=10000", 10000, "ext.example."},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

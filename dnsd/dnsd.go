@@ -122,6 +122,10 @@ type Server struct {
 	fwdBy map[netip.Addr]int // of them, by client
 	stats counters
 
+	sockMu       sync.Mutex
+	socks        *sockets // upstream sockets made ahead, once forwarding starts
+	socksStopped bool
+
 	mu        sync.RWMutex
 	nets      []*network // in AddNetwork order
 	closed    bool
@@ -453,5 +457,6 @@ func (s *Server) Close() error {
 	for _, l := range ls {
 		errs = append(errs, l.Close())
 	}
+	s.stopSockets()
 	return errors.Join(errs...)
 }

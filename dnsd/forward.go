@@ -9,11 +9,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // forward sends req to the upstreams in turn and returns the first answer,
@@ -74,7 +77,13 @@ func (s *Server) exchangeOne(ctx context.Context, q *dns.Msg, up netip.AddrPort,
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	c, err := s.cfg.NS.Dial(ctx, &net.Dialer{}, network, up.String())
+	var c net.Conn
+	var err error
+	if network == "udp" {
+		c, err = s.dialUDP(ctx, up)
+	} else {
+		c, err = s.cfg.NS.Dial(ctx, &net.Dialer{}, network, up.String())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -140,4 +149,147 @@ func match(q *dns.Msg, b []byte) (*dns.Msg, error) {
 		return nil, errMismatch
 	}
 	return m, nil
+}
+
+// sockets hands out UDP sockets made in the host namespace ahead of need
+// by one goroutine that stays in that namespace, so that a forwarded
+// query costs no switch of namespace (a locked thread and two setns per
+// query otherwise). Each socket serves one query: connect binds it to a
+// fresh random source port, and it is closed after the query.
+type sockets struct {
+	v4, v6 chan int
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+const socketsAhead = 128
+
+func (s *Server) startSockets() {
+	need4 := slices.ContainsFunc(s.cfg.Upstreams, func(u netip.AddrPort) bool { return u.Addr().Unmap().Is4() })
+	need6 := slices.ContainsFunc(s.cfg.Upstreams, func(u netip.AddrPort) bool { return !u.Addr().Unmap().Is4() })
+	ss := &sockets{stop: make(chan struct{}), done: make(chan struct{})}
+	if need4 {
+		ss.v4 = make(chan int, socketsAhead)
+	}
+	if need6 {
+		ss.v6 = make(chan int, socketsAhead)
+	}
+	s.socks = ss
+	go func() {
+		defer close(ss.done)
+		err := s.cfg.NS.Do(func() error {
+			p4, p6 := -1, -1
+			defer func() {
+				for _, fd := range []int{p4, p6} {
+					if fd >= 0 {
+						unix.Close(fd)
+					}
+				}
+			}()
+			for {
+				var err error
+				if ss.v4 != nil && p4 < 0 {
+					p4, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+				}
+				if ss.v6 != nil && p6 < 0 && err == nil {
+					p6, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+				}
+				if err != nil { // out of descriptors, say: try again soon
+					s.log.Debug("dnsd: upstream socket", "err", err)
+					select {
+					case <-ss.stop:
+						return nil
+					case <-time.After(50 * time.Millisecond):
+					}
+					continue
+				}
+				c4, c6 := ss.v4, ss.v6
+				if p4 < 0 {
+					c4 = nil
+				}
+				if p6 < 0 {
+					c6 = nil
+				}
+				select {
+				case c4 <- p4:
+					p4 = -1
+				case c6 <- p6:
+					p6 = -1
+				case <-ss.stop:
+					return nil
+				}
+			}
+		})
+		if err != nil {
+			s.log.Error("dnsd: upstream sockets", "err", err)
+		}
+	}()
+}
+
+// stopSockets stops the goroutine and closes the sockets made ahead.
+func (s *Server) stopSockets() {
+	s.sockMu.Lock()
+	ss := s.socks
+	s.socksStopped = true
+	s.sockMu.Unlock()
+	if ss == nil {
+		return
+	}
+	select {
+	case <-ss.stop:
+		return
+	default:
+	}
+	close(ss.stop)
+	<-ss.done
+	for _, ch := range []chan int{ss.v4, ss.v6} {
+		for len(ch) > 0 {
+			unix.Close(<-ch)
+		}
+	}
+}
+
+// dialUDP returns a UDP socket of the host namespace connected to up.
+func (s *Server) dialUDP(ctx context.Context, up netip.AddrPort) (net.Conn, error) {
+	s.sockMu.Lock()
+	if s.socksStopped {
+		s.sockMu.Unlock()
+		return nil, ErrClosed
+	}
+	if s.socks == nil {
+		s.startSockets()
+	}
+	ss := s.socks
+	s.sockMu.Unlock()
+	ch := ss.v6
+	if up.Addr().Unmap().Is4() {
+		up = netip.AddrPortFrom(up.Addr().Unmap(), up.Port())
+		ch = ss.v4
+	}
+	var fd int
+	select {
+	case fd = <-ch:
+	case <-ss.done:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: up.Addr().As4(), Port: int(up.Port())}
+	if up.Addr().Is6() {
+		a := &unix.SockaddrInet6{Addr: up.Addr().As16(), Port: int(up.Port())}
+		if z := up.Addr().Zone(); z != "" {
+			if ifi, err := net.InterfaceByName(z); err == nil {
+				a.ZoneId = uint32(ifi.Index)
+			}
+		}
+		sa = a
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "dnsd-upstream")
+	c, err := net.FileConn(f)
+	f.Close()
+	return c, err
 }
