@@ -54,6 +54,13 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 		s.send(r, udp, start, send)
 		return
 	}
+	// Packed here, not on the new goroutine, whose stack would grow.
+	wire, qend, err := upstreamQuery(r.req)
+	if err != nil {
+		r.m.Rcode = dns.RcodeServerFailure
+		s.send(r, udp, start, send)
+		return
+	}
 	var key netip.Addr
 	if len(w.addrs) > 0 {
 		key = w.addrs[0]
@@ -66,13 +73,12 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 	}
 	work := func() {
 		defer s.releaseForward(key)
-		if up := s.forward(ctx, r.req); up != nil {
-			up.Id = r.req.Id
-			up.Compress = true
-			r.m = up
-		} else {
-			r.m.Rcode = dns.RcodeServerFailure
+		if out := s.forward(ctx, r.req, wire, qend, udp); out != nil {
+			s.stats.observe(r.req.Question[0].Qtype, int(out[3]&0xf), time.Since(start))
+			send(out)
+			return
 		}
+		r.m.Rcode = dns.RcodeServerFailure
 		s.send(r, udp, start, send)
 	}
 	if spawn == nil {
@@ -107,14 +113,8 @@ func (s *Server) releaseForward(key netip.Addr) {
 // send packs r, truncated to the client's UDP buffer, counts it and sends
 // it.
 func (s *Server) send(r *reply, udp bool, start time.Time, send func([]byte)) {
-	size := dns.MinMsgSize
 	if udp {
-		if req := r.req; req != nil {
-			if o := req.IsEdns0(); o != nil && int(o.UDPSize()) > size {
-				size = int(o.UDPSize())
-			}
-		}
-		if r.m.Len() > size {
+		if size := clientSize(r.req, true); r.m.Len() > size {
 			r.m.Truncate(size)
 			s.stats.truncated.Add(1)
 		}
