@@ -3,9 +3,12 @@ package dnsd_test
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -227,5 +230,113 @@ func TestAnswerHost(t *testing.T) {
 		if got := addrs(r); len(got) != 1 || got[0] != a1 {
 			t.Errorf("a1 from the host over %s: %v, want %v", proto, got, a1)
 		}
+	}
+}
+
+// TestSpoof6 is TestSpoof over IPv6, which has no rp_filter sysctl: a
+// container of network A posing as one of B, a container of an internal
+// network posing as one of a normal network, and a LAN neighbour posing as
+// a container all get a bare REFUSED reflected at their victim, and nothing
+// is forwarded. (nsnet's nftables table drops such packets at the bridge
+// and the uplink before they reach the server; noRPFilter6 lifts that, so
+// that the server shows it tells them apart alone.)
+func TestSpoof6(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	l := newLabOn(t, host, dnsd.Config{Upstreams: []netip.AddrPort{up.addr}})
+	na, gwA := l.network("neta", "fd00:30:1::/64", false)
+	nb, _ := l.network("netb", "fd00:30:2::/64", false)
+	ni, gwI := l.network("neti", "fd00:30:3::/64", true)
+	noRPFilter6(t, host)
+	a1, _ := l.container(na, nil, "a1")
+	a2, addrA2 := l.container(na, nil, "a2")
+	b1, addrB1 := l.container(nb, nil, "b1")
+	i1, _ := l.container(ni, nil, "i1")
+	sa, si := netip.AddrPortFrom(gwA, 53), netip.AddrPortFrom(gwI, 53)
+
+	// The honest way still works, and forwards.
+	mustQuery(t, a1, "udp", sa, "a2.", dns.TypeAAAA, dns.RcodeSuccess)
+	mustQuery(t, a1, "udp", sa, "ext.example.", dns.TypeA, dns.RcodeSuccess)
+	forwarded := up.udp.Load()
+
+	vb := newVictim(t, b1, addrB1)
+	for _, name := range []string{"b1.", "ext.example."} {
+		spoof(t, a1, vb.addr, sa, name)
+		vb.reflected(t, "a container of A as one of B, "+name)
+	}
+
+	va := newVictim(t, a2, addrA2)
+	spoof(t, i1, va.addr, si, "ext.example.")
+	va.reflected(t, "an internal container as one of A")
+
+	// The neighbour and the host share an IPv6 subnet on the uplink, and
+	// the neighbour knows the host as the router to the containers.
+	hostUp, outUp := netip.MustParsePrefix("fd00:198::1/64"), netip.MustParsePrefix("fd00:198::fe/64")
+	for _, e := range []struct {
+		ns   *netns.NS
+		link string
+		addr netip.Prefix
+	}{{host, out.HostLink, hostUp}, {out.NS, "eth0", outUp}} {
+		h, err := e.ns.Netlink()
+		if err != nil {
+			t.Fatal(err)
+		}
+		link, err := h.LinkByName(e.link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipnet.From(e.addr), Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oh, err := out.NS.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := oh.RouteAdd(&netlink.Route{Dst: ipnet.From(netip.MustParsePrefix("fd00:30::/32")), Gw: hostUp.Addr().AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a2.", "ext.example."} {
+		spoof(t, out.NS, va.addr, sa, name)
+		va.reflected(t, "a LAN neighbour as one of A, "+name)
+	}
+
+	if n := up.udp.Load() + up.tcp.Load(); n != forwarded {
+		t.Errorf("%d forged queries forwarded", n-forwarded)
+	}
+}
+
+// noRPFilter6 is noRPFilter for IPv6: it takes out of nsnet's table the
+// rules that drop packets whose source is routed out of another interface
+// than the one they came in on (fib saddr . iif oif missing drop).
+func noRPFilter6(t testing.TB, host *netns.NS) {
+	t.Helper()
+	err := host.NFTables(func(c *nftables.Conn) error {
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return err
+		}
+		for _, ch := range chains {
+			if ch.Table.Name != "nsnet" {
+				continue
+			}
+			rules, err := c.GetRules(ch.Table, ch)
+			if err != nil {
+				return err
+			}
+			for _, r := range rules {
+				if slices.ContainsFunc(r.Exprs, func(e expr.Any) bool { _, ok := e.(*expr.Fib); return ok }) {
+					if err := c.DelRule(r); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
