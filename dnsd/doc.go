@@ -32,8 +32,9 @@
 // NXDOMAIN. A client on no network gets REFUSED, without RA: the server is
 // never an open resolver. (Two containers on one bridge can still forge
 // each other's addresses; nsnet's bridges turn on strict reverse-path
-// filtering, which stops forged addresses of other networks before they
-// reach any listener.)
+// filtering, the rp_filter sysctl for IPv4 and a rule of nsnet's nftables
+// table for IPv6, which stops forged addresses of other networks before
+// they reach any listener.)
 //
 // # Forwarding
 //

@@ -34,7 +34,9 @@ const TableName = "nsnet"
 //	    oifname @bridges drop }                    # no direct access
 //	  chain user {}                                # the user's, never flushed
 //	  chain guard { type filter hook prerouting priority raw
-//	    iifname != "lo" ip daddr 127.0.0.0/8 drop }
+//	    iifname != "lo" ip daddr 127.0.0.0/8 drop
+//	    meta nfproto ipv6 iifname @bridges ip6 saddr != :: \
+//	      fib saddr . iif oif missing drop }         # guard.go
 //	  chain prerouting { type nat hook prerouting priority dstnat; jump ports }
 //	  chain output { type nat hook output priority dstnat; jump ports }
 //	  chain ports { fib daddr type != local return
@@ -178,7 +180,7 @@ func (sc *schema) skeleton(c *nftables.Conn) error {
 	for _, ch := range sc.chains() {
 		c.FlushChain(ch)
 	}
-	for _, cr := range sc.rules() {
+	for _, cr := range append(sc.rules(), chainRules{sc.guard, sc.rpfilter6()}) {
 		for _, r := range cr.rules {
 			c.AddRule(&nftables.Rule{Table: sc.table, Chain: cr.chain, Exprs: r, UserData: []byte("nsnet")})
 		}
