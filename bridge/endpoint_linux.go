@@ -14,6 +14,7 @@ import (
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/names"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/veth"
@@ -173,6 +174,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 			return fail(err)
 		}
 	}
+	if err := nft.GuardPort(ctx, n.host, name, addrs); err != nil { // before the port is up
+		return fail(err)
+	}
 	if err := n.wireHostEnd(pair.Host); err != nil {
 		return fail(err)
 	}
@@ -275,6 +279,9 @@ func (n *Network) Detach(ctx context.Context, id string) error {
 				return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: name, Err: err}
 			}
 		}
+	}
+	if err := nft.UnguardPort(ctx, n.host, name); err != nil { // the port is gone
+		return err
 	}
 	return n.alloc.Release(ctx, n.pool, endpointOwner(n.cfg.Name, id))
 }

@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
@@ -130,3 +132,184 @@ func sockaddrOf(ns *netns.NS, a netip.AddrPort) unix.Sockaddr {
 	}
 	return sa
 }
+
+// TestPortGuard: a container may send from its own addresses only (issue
+// 16): one that forges a neighbour's address on its own network, IPv4,
+// IPv6 or in ARP, reaches neither the neighbours nor the host, while its
+// true addresses and IPv6 link-local ones do. nsnet's bridge table lives
+// while a port is guarded, and Reconcile of the inet table does not lose
+// it.
+func TestPortGuard(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	alloc := newAlloc(t)
+	n := newNet(t, host, alloc, Config{Name: "neta", Subnets: []ipam.SubnetConfig{
+		{Subnet: netip.MustParsePrefix("172.30.6.0/24")}, {Subnet: netip.MustParsePrefix("fd00:33:1::/64")}}})
+	c1, e1 := attach(t, n, "c1", EndpointConfig{})
+	_, e2 := attach(t, n, "c2", EndpointConfig{})
+	c3, e3 := attach(t, n, "c3", EndpointConfig{})
+	v4 := func(e Endpoint) netip.Addr { return e.Addrs[0].Addr() }
+	v6 := func(e Endpoint) netip.Addr { return e.Addrs[1].Addr() }
+	listen := func(ns *netns.NS, a netip.Addr) (net.PacketConn, netip.AddrPort) {
+		pc, err := ns.ListenPacket("udp", netip.AddrPortFrom(a, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		return pc, pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	check := func(what string) {
+		t.Helper()
+		for _, c := range []struct {
+			ns             *netns.NS
+			dst            netip.Addr
+			forged, honest netip.Addr
+		}{
+			{c3, v4(e3), v4(e2), v4(e1)},
+			{c3, v6(e3), v6(e2), v6(e1)},
+			{host, n.Config().Subnets[0].Gateway, v4(e2), v4(e1)},
+			{host, n.Config().Subnets[1].Gateway, v6(e2), v6(e1)},
+		} {
+			pc, dst := listen(c.ns, c.dst)
+			sendFrom(t, c1, netip.AddrPortFrom(c.forged, 4000), dst, "forged")
+			sendFrom(t, c1, netip.AddrPortFrom(c.honest, 4000), dst, "true")
+			expectOnly(t, pc, "true")
+		}
+		// IPv6 link-local, between neighbours.
+		ll3 := linkLocal(t, c3, e3.IfName)
+		pc, err := c3.ListenPacket("udp", "[::]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+		sendFrom(t, c1, netip.AddrPortFrom(linkLocal(t, c1, e1.IfName).WithZone(e1.IfName), 4001),
+			netip.AddrPortFrom(ll3.WithZone(e1.IfName), port), "link-local")
+		expectOnly(t, pc, "link-local")
+		// ARP: a reply that says c2's address is c1's MAC does not reach
+		// c3; c1's true one does.
+		marker := netip.MustParseAddr("172.30.6.250")
+		arps := arpReader(t, c3, e3.IfName)
+		sendARP(t, c1, e1, v4(e2), e3.MAC, marker)
+		sendARP(t, c1, e1, v4(e1), e3.MAC, marker)
+		if got := arps(e1.MAC, marker); got != v4(e1) {
+			t.Errorf("%s: c3 got an ARP reply from c1's MAC with sender %s first, want %s", what, got, v4(e1))
+		}
+	}
+	check("attached")
+	if !guardTable(t, host) {
+		t.Error("no bridge table with guarded ports")
+	}
+
+	// The inet table rebuilt from scratch leaves the guard alone.
+	if err := nft.Delete(t.Context(), host); err != nil {
+		t.Fatal(err)
+	}
+	if err := nft.Reconcile(t.Context(), host, nft.State{Networks: []nft.Network{{Bridge: n.Config().Bridge, ICC: true,
+		Subnets: []netip.Prefix{n.Config().Subnets[0].Subnet, n.Config().Subnets[1].Subnet}}}}); err != nil {
+		t.Fatal(err)
+	}
+	check("after Reconcile")
+
+	// The table goes with the last guarded port.
+	for _, id := range []string{"c1", "c2", "c3"} {
+		if err := n.Detach(t.Context(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if guardTable(t, host) {
+		t.Error("the bridge table outlives the last port")
+	}
+}
+
+// guardTable reports whether nsnet's bridge table exists in ns.
+func guardTable(t testing.TB, ns *netns.NS) bool {
+	t.Helper()
+	found := false
+	err := ns.NFTables(func(c *nftables.Conn) error {
+		ts, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
+		for _, tb := range ts {
+			found = found || tb.Name == nft.TableName
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// sendARP sends from ep (in ns) an ARP reply to the MAC to: "sender is at
+// ep's MAC", for the target address target.
+func sendARP(t testing.TB, ns *netns.NS, ep Endpoint, sender netip.Addr, to net.HardwareAddr, target netip.Addr) {
+	t.Helper()
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(ep.IfName)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		f := append(append(append([]byte{}, to...), ep.MAC...), 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2)
+		f = append(append(f, ep.MAC...), sender.AsSlice()...)
+		f = append(append(f, to...), target.AsSlice()...)
+		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index, Halen: 6}
+		copy(sa.Addr[:], to)
+		return unix.Sendto(fd, f, 0, sa)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// arpReader starts reading the ARP frames that reach link in ns, and
+// returns a function that gives the sender address of the first ARP frame
+// from the MAC from for the target address target.
+func arpReader(t testing.TB, ns *netns.NS, link string) func(from net.HardwareAddr, target netip.Addr) netip.Addr {
+	t.Helper()
+	var fd int
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(link)
+		if err != nil {
+			return err
+		}
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
+		if err != nil {
+			return err
+		}
+		tv := unix.Timeval{Sec: 5}
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(from net.HardwareAddr, target netip.Addr) netip.Addr {
+		defer unix.Close(fd)
+		b := make([]byte, 128)
+		for {
+			n, _, err := unix.Recvfrom(fd, b, 0)
+			if err != nil {
+				t.Errorf("reading ARP: %v", err)
+				return netip.Addr{}
+			}
+			// Ethernet (14), then ARP: sha at 8, spa at 14, tpa at 24.
+			if n < 14+28 || string(b[14+8:14+14]) != string(from) {
+				continue
+			}
+			if tpa, _ := netip.AddrFromSlice(b[14+24 : 14+28]); tpa != target {
+				continue
+			}
+			spa, _ := netip.AddrFromSlice(b[14+14 : 14+18])
+			return spa
+		}
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

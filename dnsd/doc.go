@@ -30,11 +30,13 @@
 // with Config.AnswerHost. A name registered on two networks answers with
 // its address on the asker's network. A name of another network is
 // NXDOMAIN. A client on no network gets REFUSED, without RA: the server is
-// never an open resolver. (Two containers on one bridge can still forge
-// each other's addresses; nsnet's bridges turn on strict reverse-path
-// filtering, the rp_filter sysctl for IPv4 and a rule of nsnet's nftables
-// table for IPv6, which stops forged addresses of other networks before
-// they reach any listener.)
+// never an open resolver. (The kernel stops most forgeries first: nsnet's
+// bridges turn on strict reverse-path filtering, the rp_filter sysctl for
+// IPv4 and a rule of nsnet's nftables table for IPv6, which drops forged
+// addresses of other networks; and a bridge port lets IP and ARP through
+// only from its endpoint's own addresses, and IPv6 link-local ones, so a
+// container cannot forge a neighbour on its own network either, which
+// the server could not tell: TestSpoofNeighbour.)
 //
 // # Forwarding
 //

@@ -1,6 +1,7 @@
 package dnsd_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"slices"
@@ -15,8 +16,10 @@ import (
 
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
+	"github.com/nsnet/nsnet/portmap"
 )
 
 // spoof sends a query for name from ns with the forged source src to dst:
@@ -110,6 +113,21 @@ func noRPFilter(t testing.TB, host *netns.NS, links ...string) {
 	}
 }
 
+// noPortGuard deletes nsnet's bridge table, which lets each container
+// send from its own addresses only (and so stops forged sources at the
+// bridge, before the server sees them), so that the tests show that the
+// server alone tells a forged source.
+func noPortGuard(t testing.TB, host *netns.NS) {
+	t.Helper()
+	err := host.NFTables(func(c *nftables.Conn) error {
+		c.DelTable(&nftables.Table{Name: "nsnet", Family: nftables.TableFamilyBridge})
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSpoof: a client is an interface and a source address, never the
 // source address alone (issue 16). Each attacker sends real packets with a
 // forged source to the server; the victim (the forged source) gets a bare
@@ -136,6 +154,7 @@ func TestSpoof(t *testing.T) {
 	a2, addrA2 := l.container(na, nil, "a2")
 	b1, addrB1 := l.container(nb, nil, "b1")
 	i1, _ := l.container(ni, nil, "i1")
+	noPortGuard(t, host)
 	sa, si := netip.AddrPortFrom(gwA, 53), netip.AddrPortFrom(gwI, 53)
 
 	// The honest way still works, and forwards.
@@ -254,6 +273,7 @@ func TestSpoof6(t *testing.T) {
 	a2, addrA2 := l.container(na, nil, "a2")
 	b1, addrB1 := l.container(nb, nil, "b1")
 	i1, _ := l.container(ni, nil, "i1")
+	noPortGuard(t, host)
 	sa, si := netip.AddrPortFrom(gwA, 53), netip.AddrPortFrom(gwI, 53)
 
 	// The honest way still works, and forwards.
@@ -335,6 +355,118 @@ func noRPFilter6(t testing.TB, host *netns.NS) {
 			}
 		}
 		return c.Flush()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSpoofNeighbour: a container that forges the address of a member of
+// its own network (issue 16: "gets answers reflected at the victim") gets
+// nothing reflected, because nsnet's bridge lets a port send from its
+// endpoint's addresses only; the forged packet reaches nobody, while
+// honest queries, other traffic and hairpin through a published port
+// work. (One UDP reader: the server answers queries in the order they
+// come, so the forged query, sent first, would be answered first.)
+func TestSpoofNeighbour(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	l := newLabOn(t, host, dnsd.Config{Upstreams: []netip.AddrPort{up.addr}, UDPReaders: 1})
+	na, gw := l.network("neta", "172.30.1.0/24", false)
+	a1, addrA1 := l.container(na, nil, "a1")
+	a2, addrA2 := l.container(na, nil, "a2")
+	a3, addrA3 := l.container(na, nil, "a3")
+	server := netip.AddrPortFrom(gw, 53)
+
+	// The victim asks for a2. itself after the attacker asked for a3. in
+	// its name: the first answer it gets must be its own.
+	v := newVictim(t, a2, addrA2)
+	spoof(t, a1, v.addr, server, "a3.")
+	m := new(dns.Msg)
+	m.SetQuestion("a2.", dns.TypeA)
+	b, _ := m.Pack()
+	if _, err := v.pc.WriteTo(b, net.UDPAddrFromAddrPort(server)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1500)
+	v.pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := v.pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(buf[:n]); err != nil || r.Question[0].Name != "a2." {
+		t.Errorf("the victim got an answer for %v (%v) first: the attacker's query was answered", r.Question, err)
+	}
+
+	// Nor does a forged packet reach anyone else: a neighbour, the
+	// outside (routed and masqueraded by the host). The true one does.
+	if err := nat.Masquerade(t.Context(), host, nat.Network{Bridge: na.Config().Bridge, Subnets: []netip.Prefix{netip.MustParsePrefix("172.30.1.0/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	ah, err := a1.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ah.RouteAdd(&netlink.Route{Dst: ipnet.From(netip.PrefixFrom(out.Addr, 32)), Gw: gw.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []struct {
+		ns   *netns.NS
+		addr netip.Addr
+	}{{a3, addrA3}, {out.NS, out.Addr}} {
+		pc, err := dst.ns.ListenPacket("udp", netip.AddrPortFrom(dst.addr, 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		to := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		sendRaw(t, a1, netip.AddrPortFrom(addrA2, 4000), to, "forged")
+		sendRaw(t, a1, netip.AddrPortFrom(addrA1, 4000), to, "true")
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil || string(buf[:n]) != "true" {
+			t.Errorf("%s got %q from %v (%v), want only the true packet", dst.addr, buf[:n], from, err)
+		}
+	}
+
+	// Honest traffic: names, forwarding, and a3's published port from a3
+	// itself (hairpin) and from a1.
+	mustQuery(t, a1, "udp", server, "a3.", dns.TypeA, dns.RcodeSuccess)
+	mustQuery(t, a1, "udp", server, "ext.example.", dns.TypeA, dns.RcodeSuccess)
+	nstest.Serve(t, a3, "udp", "0.0.0.0:80")
+	mp := portmap.New(host, portmap.Config{})
+	t.Cleanup(func() { mp.Close() })
+	pm, err := mp.Add(t.Context(), portmap.Mapping{Proto: "udp", HostPort: 8080, CtrAddr: addrA3, CtrPort: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mp.Remove(context.Background(), pm) })
+	for _, c := range []*netns.NS{a3, a1} {
+		if _, err := nstest.Exchange(t.Context(), c, "udp", netip.AddrPortFrom(gw, 8080).String(), "x"); err != nil {
+			t.Errorf("published port: %v", err)
+		}
+	}
+}
+
+// sendRaw sends msg from ns with the source src, forged or not.
+func sendRaw(t testing.TB, ns *netns.NS, src, dst netip.AddrPort, msg string) {
+	t.Helper()
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TRANSPARENT, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, sockaddr(src)); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, []byte(msg), 0, sockaddr(dst))
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,8 @@
 // Package nft owns nsnet's nftables table: one inet table named "nsnet" per
 // host namespace, with its base chains, sets and constant rules. Per-network
 // data lives in set elements, never in rules, so the rule set is the same
-// whatever the number of networks.
+// whatever the number of networks. A bridge-family table of the same name
+// checks the sources of what containers send (portguard.go).
 package nft
 
 import (
@@ -246,8 +247,12 @@ func addNetwork(c *nftables.Conn, sc *schema, n Network) error {
 // RemoveNetwork takes a bridge out of every set, its masquerade included.
 // A bridge (or a table) that is not there is no error. When nothing of
 // nsnet's is left (no bridge, no mapping), the table goes too, in the same
-// transaction.
+// transaction. Guarded ports whose links are gone are forgotten first
+// (portguard.go).
 func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
+	if err := prunePorts(ctx, host); err != nil {
+		return err
+	}
 	return change(ctx, host, "nft.remove-network", false, func(c *nftables.Conn, sc *schema) (bool, error) {
 		dirty := false
 		for _, s := range []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc} {
