@@ -10,8 +10,11 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns/nstest"
 )
 
@@ -38,6 +41,7 @@ func BenchmarkQuery(b *testing.B) {
 		{"local/names=10000", 10000, "n7777."},
 		{"forwarded/names=100", 100, "ext.example."},
 		{"forwarded/names=10000", 10000, "ext.example."},
+		{"upstream-alone", 100, "ext.example."},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			host := nstest.Host(b)
@@ -54,6 +58,21 @@ func BenchmarkQuery(b *testing.B) {
 				}
 			}
 			server := netip.AddrPortFrom(gw, 53).String()
+			if bc.name == "upstream-alone" {
+				// The clients ask the upstream themselves, through the
+				// host: what the upstream and the path cost without dnsd.
+				ch, err := c1.Netlink()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := ch.RouteAdd(&netlink.Route{Dst: ipnet.From(netip.PrefixFrom(up.addr.Addr(), 32)), Gw: gw.AsSlice()}); err != nil {
+					b.Fatal(err)
+				}
+				if err := nat.Masquerade(b.Context(), host, nat.Network{Bridge: na.Config().Bridge, Subnets: []netip.Prefix{netip.MustParsePrefix("172.30.0.0/16")}}); err != nil {
+					b.Fatal(err)
+				}
+				server = up.addr.String()
+			}
 			q := new(dns.Msg)
 			q.SetQuestion(bc.qname, dns.TypeA)
 			var mu sync.Mutex

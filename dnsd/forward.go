@@ -9,10 +9,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // upstreamQuery is the query to send upstream for req, packed, and the
@@ -306,8 +308,8 @@ var errMismatch = errors.New("dnsd: answer does not match the query")
 // after the query. The goroutine fills the stock again when it is half
 // gone, in one go.
 type sockets struct {
-	free []chan *net.UDPConn // by upstream
-	low  chan struct{}       // the stock of one upstream is half gone
+	free []chan *os.File // by upstream
+	low  chan struct{}   // the stock of one upstream is half gone
 	stop chan struct{}
 	done chan struct{}
 }
@@ -315,10 +317,10 @@ type sockets struct {
 const socketsAhead = 64 // per upstream
 
 func (s *Server) startSockets() {
-	ss := &sockets{free: make([]chan *net.UDPConn, len(s.cfg.Upstreams)),
+	ss := &sockets{free: make([]chan *os.File, len(s.cfg.Upstreams)),
 		low: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	for i := range ss.free {
-		ss.free[i] = make(chan *net.UDPConn, socketsAhead)
+		ss.free[i] = make(chan *os.File, socketsAhead)
 	}
 	s.socks = ss
 	go func() {
@@ -328,7 +330,7 @@ func (s *Server) startSockets() {
 				for i, up := range s.cfg.Upstreams {
 					up = netip.AddrPortFrom(up.Addr().Unmap(), up.Port())
 					for len(ss.free[i]) < cap(ss.free[i]) {
-						c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(up))
+						c, err := dialUDP(up)
 						if err != nil { // out of descriptors, say: try again soon
 							s.log.Debug("dnsd: upstream socket", "upstream", up, "err", err)
 							select {
@@ -352,6 +354,34 @@ func (s *Server) startSockets() {
 			s.log.Error("dnsd: upstream sockets", "err", err)
 		}
 	}()
+}
+
+// dialUDP returns a UDP socket of the calling thread's namespace connected
+// to up: a bare descriptor in the runtime's poller, not a net.Conn, which
+// would cost three more system calls (a socket option, its two
+// addresses).
+func dialUDP(up netip.AddrPort) (*os.File, error) {
+	family := unix.AF_INET
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: up.Addr().As4(), Port: int(up.Port())}
+	if up.Addr().Is6() {
+		family = unix.AF_INET6
+		a := &unix.SockaddrInet6{Addr: up.Addr().As16(), Port: int(up.Port())}
+		if z := up.Addr().Zone(); z != "" {
+			if ifi, err := net.InterfaceByName(z); err == nil {
+				a.ZoneId = uint32(ifi.Index)
+			}
+		}
+		sa = a
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "dnsd-upstream"), nil
 }
 
 // stopSockets stops the goroutine and closes the sockets made ahead.
@@ -379,7 +409,7 @@ func (s *Server) stopSockets() {
 
 // upstreamConn returns a UDP socket of the host namespace connected to
 // upstream i.
-func (s *Server) upstreamConn(ctx context.Context, i int) (*net.UDPConn, error) {
+func (s *Server) upstreamConn(ctx context.Context, i int) (*os.File, error) {
 	s.sockMu.Lock()
 	if s.socksStopped {
 		s.sockMu.Unlock()
@@ -391,7 +421,7 @@ func (s *Server) upstreamConn(ctx context.Context, i int) (*net.UDPConn, error) 
 	ss := s.socks
 	s.sockMu.Unlock()
 	ch := ss.free[i]
-	var c *net.UDPConn
+	var c *os.File
 	select {
 	case c = <-ch:
 	case <-ss.done:
