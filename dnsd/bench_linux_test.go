@@ -26,9 +26,11 @@ import (
 // outside namespace, a miekg/dns server in this process). qps is b.N over
 // the wall time of the run; cpu-µs/q is the CPU time (user and system) of
 // the process (clients, server, upstream, and the kernel's work done on
-// their behalf) per query, which a loaded machine does not change much: on
-// an idle machine of n cores, about n/cpu-µs/q million queries per second
-// is the most the run can reach.
+// their behalf) per query, which the machine's load changes less than
+// qps: on an idle machine of n cores, about n/cpu-µs/q million queries per
+// second is the most the run can reach. upstream-alone is the clients
+// asking the upstream themselves, through the host: what the upstream and
+// the path cost without dnsd.
 //
 //	sudo go test -run '^$' -bench Query -benchtime 3s ./dnsd/
 func BenchmarkQuery(b *testing.B) {

@@ -278,7 +278,8 @@ func TestForward(t *testing.T) {
 }
 
 // TestForwardSpoof: an answer from the upstream's address with the wrong
-// ID is not taken; the real one is.
+// ID or question, or empty, is not taken (nor does it end the wait); the
+// real one is.
 func TestForwardSpoof(t *testing.T) {
 	t.Parallel()
 	host := nstest.Host(t)
@@ -301,8 +302,9 @@ func TestForwardSpoof(t *testing.T) {
 				continue
 			}
 			ids <- q.Id
-			// First a forged answer (wrong ID), then one for another
-			// name, then the real one.
+			// First an empty datagram, a forged answer (wrong ID), then
+			// one for another name, then the real one.
+			pc.WriteTo(nil, from)
 			for i, name := range []string{q.Question[0].Name, "other.example.", q.Question[0].Name} {
 				m := new(dns.Msg)
 				m.SetReply(q)
@@ -342,8 +344,8 @@ func TestForwardSpoof(t *testing.T) {
 	if got[0] == got[1] && got[1] == got[2] {
 		t.Errorf("forwarded IDs %v: not fresh", got)
 	}
-	if st := srv.Stats(); st.Mismatched != 6 {
-		t.Errorf("Stats.Mismatched = %d, want 6", st.Mismatched)
+	if st := srv.Stats(); st.Mismatched != 9 {
+		t.Errorf("Stats.Mismatched = %d, want 9", st.Mismatched)
 	}
 }
 

@@ -251,7 +251,7 @@ func (s *Server) exchangeUDP(ctx context.Context, q []byte, qend int, i int) ([]
 	buf := *bp
 	for {
 		n, err := c.Read(buf)
-		if err != nil {
+		if err != nil && err != io.EOF { // EOF: an empty datagram
 			return nil, err
 		}
 		if matches(q[:qend], buf[:n]) {
