@@ -174,7 +174,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (Endpoint, erro
 			return fail(err)
 		}
 	}
-	if err := nft.GuardPort(ctx, n.host, name, addrs); err != nil { // before the port is up
+	if err := nft.GuardPort(ctx, n.host, pair.Host.Index, addrs); err != nil { // before the port is up
 		return fail(err)
 	}
 	if err := n.wireHostEnd(pair.Host); err != nil {
@@ -278,10 +278,10 @@ func (n *Network) Detach(ctx context.Context, id string) error {
 			if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
 				return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: name, Err: err}
 			}
+			if err := nft.UnguardPort(ctx, n.host, l.Attrs().Index); err != nil { // the port is gone
+				return err
+			}
 		}
-	}
-	if err := nft.UnguardPort(ctx, n.host, name); err != nil { // the port is gone
-		return err
 	}
 	return n.alloc.Release(ctx, n.pool, endpointOwner(n.cfg.Name, id))
 }

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -136,9 +137,9 @@ func sockaddrOf(ns *netns.NS, a netip.AddrPort) unix.Sockaddr {
 // TestPortGuard: a container may send from its own addresses only (issue
 // 16): one that forges a neighbour's address on its own network, IPv4,
 // IPv6 or in ARP, reaches neither the neighbours nor the host, while its
-// true addresses and IPv6 link-local ones do. nsnet's bridge table lives
-// while a port is guarded, and Reconcile of the inet table does not lose
-// it.
+// true addresses and IPv6 link-local ones do. Detach forgets the port,
+// the bridge table goes with the network, and Reconcile of the inet table
+// does not lose it.
 func TestPortGuard(t *testing.T) {
 	t.Parallel()
 	host := nstest.Host(t)
@@ -211,15 +212,64 @@ func TestPortGuard(t *testing.T) {
 	}
 	check("after Reconcile")
 
-	// The table goes with the last guarded port.
-	for _, id := range []string{"c1", "c2", "c3"} {
-		if err := n.Detach(t.Context(), id); err != nil {
+	// Detach forgets the port; the table goes with the network.
+	h, err := host.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []Endpoint{e1, e2, e3} {
+		l, err := h.LinkByName(e.HostVeth)
+		if err != nil {
 			t.Fatal(err)
 		}
+		if !guarded(t, host, l.Attrs().Index) {
+			t.Errorf("%s is not guarded", e.HostVeth)
+		}
+		if err := n.Detach(t.Context(), e.ID); err != nil {
+			t.Fatal(err)
+		}
+		if guarded(t, host, l.Attrs().Index) {
+			t.Errorf("%s is still guarded after Detach", e.HostVeth)
+		}
+	}
+	// Again: nothing to forget is no error.
+	if err := n.Detach(t.Context(), "c1"); err != nil {
+		t.Errorf("Detach again: %v", err)
+	}
+	if err := n.Delete(t.Context(), true); err != nil {
+		t.Fatal(err)
 	}
 	if guardTable(t, host) {
-		t.Error("the bridge table outlives the last port")
+		t.Error("the bridge table outlives the last network")
 	}
+}
+
+// guarded reports whether nsnet's bridge table has an element of the port
+// ifindex.
+func guarded(t testing.TB, ns *netns.NS, ifindex int) bool {
+	t.Helper()
+	found := false
+	err := ns.NFTables(func(c *nftables.Conn) error {
+		tb := &nftables.Table{Name: nft.TableName, Family: nftables.TableFamilyBridge}
+		for _, name := range []string{"ports", "addrs4", "addrs6"} {
+			s, err := c.GetSetByName(tb, name)
+			if err != nil {
+				return err
+			}
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return err
+			}
+			for _, e := range elems {
+				found = found || len(e.Key) >= 4 && binary.NativeEndian.Uint32(e.Key) == uint32(ifindex)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
 }
 
 // guardTable reports whether nsnet's bridge table exists in ns.
