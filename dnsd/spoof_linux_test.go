@@ -16,10 +16,10 @@ import (
 
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/ipnet"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
-	"github.com/nsnet/nsnet/portmap"
 )
 
 // spoof sends a query for name from ns with the forged source src to dst:
@@ -437,13 +437,12 @@ func TestSpoofNeighbour(t *testing.T) {
 	mustQuery(t, a1, "udp", server, "a3.", dns.TypeA, dns.RcodeSuccess)
 	mustQuery(t, a1, "udp", server, "ext.example.", dns.TypeA, dns.RcodeSuccess)
 	nstest.Serve(t, a3, "udp", "0.0.0.0:80")
-	mp := portmap.New(host, portmap.Config{})
-	t.Cleanup(func() { mp.Close() })
-	pm, err := mp.Add(t.Context(), portmap.Mapping{Proto: "udp", HostPort: 8080, CtrAddr: addrA3, CtrPort: 80})
-	if err != nil {
+	// Published as portmap publishes it, in nsnet's table.
+	pm := []nft.Mapping{{Proto: unix.IPPROTO_UDP, HostPort: 8080, CtrAddr: addrA3, CtrPort: 80}}
+	if err := nft.AddMappings(t.Context(), host, pm); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mp.Remove(context.Background(), pm) })
+	t.Cleanup(func() { nft.RemoveMappings(context.Background(), host, pm) })
 	for _, c := range []*netns.NS{a3, a1} {
 		if _, err := nstest.Exchange(t.Context(), c, "udp", netip.AddrPortFrom(gw, 8080).String(), "x"); err != nil {
 			t.Errorf("published port: %v", err)
