@@ -15,6 +15,7 @@ import (
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/linkdel"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -208,6 +209,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if err := step(n.cfg.Name, "mark"); err != nil {
 		return fail(err)
 	}
+	if err := nft.GuardPort(ctx, n.host, pair.Host.Index, addrs); err != nil { // before the port is up
+		return fail(err)
+	}
 	if err := n.wireHostEnd(pair.Host); err != nil {
 		return fail(err)
 	}
@@ -310,6 +314,10 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	if err := n.claimAddrs(l, addrs); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
+	// The port's guard too (a flushed ruleset, a crash before it was set).
+	if err := nft.GuardPort(ctx, n.host, l.Attrs().Index, addrs); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
 	if err := n.wireHostEnd(veth.Link{Index: l.Attrs().Index, Name: l.Attrs().Name}); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
@@ -366,6 +374,9 @@ func (n *Network) detach(ctx context.Context, id string) error {
 			// Both ends go: the container's, and the port of the bridge.
 			if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
 				return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: name, Err: err}
+			}
+			if err := nft.UnguardPort(ctx, n.host, l.Attrs().Index); err != nil { // the port is gone
+				return err
 			}
 		}
 	}

@@ -251,6 +251,13 @@ func (n *Network) setup(ctx context.Context, others []listed) error {
 	if err := n.host.SetSysctl("net/ipv6/conf/"+n.cfg.Bridge+"/accept_ra", "0"); err != nil {
 		return err
 	}
+	// Strict reverse-path filtering: a packet that comes in on the bridge
+	// with a source address the host would not route back out of it (a
+	// container forging another network's or the world's address) is
+	// dropped.
+	if err := n.host.SetSysctl("net/ipv4/conf/"+n.cfg.Bridge+"/rp_filter", "1"); err != nil {
+		return err
+	}
 	var added []netip.Prefix
 	for _, s := range n.cfg.Subnets {
 		p := netip.PrefixFrom(s.Gateway, s.Subnet.Bits())

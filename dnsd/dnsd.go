@@ -22,6 +22,7 @@ const (
 	DefaultTTL          = 600 * time.Second
 	DefaultDomain       = "nsnet.internal."
 	DefaultMaxForwards  = 1024
+	DefaultClientFwds   = 64
 	DefaultMaxTCPConns  = 1024
 	DefaultTimeout      = 2 * time.Second
 	DefaultTCPIdle      = 10 * time.Second
@@ -69,6 +70,12 @@ type Config struct {
 	// MaxForwards bounds forwarded queries in flight; past it a query that
 	// would be forwarded gets SERVFAIL at once. Zero: 1024 (as Docker).
 	MaxForwards int
+	// MaxClientForwards bounds one client's forwarded queries in flight
+	// (a client: a source address, or a container listener's container),
+	// so that one client's slow names cannot take every slot of
+	// MaxForwards from the others; past it that client's query gets
+	// SERVFAIL at once. Zero: 64, or MaxForwards if lower.
+	MaxClientForwards int
 	// MaxTCPConns bounds open TCP connections per listener; a connection
 	// past it is closed at once. Zero: 1024.
 	MaxTCPConns int
@@ -82,6 +89,11 @@ type Config struct {
 	// UDPReaders is the number of goroutines reading each UDP socket.
 	// Zero: 4.
 	UDPReaders int
+	// AnswerHost makes the host namespace of ListenHost listeners a
+	// client: a query from the host itself (one that arrived on loopback)
+	// is answered as from its source address (a gateway's: that network's
+	// names), and forwarded. False: the host gets REFUSED, as any stranger.
+	AnswerHost bool
 	// Logger gets forwarding failures and listener errors. Nil: none.
 	Logger *slog.Logger
 }
@@ -105,8 +117,14 @@ type Server struct {
 	cfg   Config
 	ttl   uint32
 	log   *slog.Logger
-	fwd   chan struct{} // forward slots
+	fwdMu sync.Mutex
+	fwdN  int                // forwarded queries in flight
+	fwdBy map[netip.Addr]int // of them, by client
 	stats counters
+
+	sockMu       sync.Mutex
+	socks        *sockets // upstream sockets made ahead, once forwarding starts
+	socksStopped bool
 
 	mu        sync.RWMutex
 	nets      []*network // in AddNetwork order
@@ -118,6 +136,7 @@ type network struct {
 	name     string
 	subnets  []netip.Prefix
 	internal bool
+	ifaces   []string              // its interfaces in ListenHost listeners' namespaces
 	eps      map[string]Endpoint   // by lower-case name
 	names    map[string]*entry     // lower-case FQDN
 	ptr      map[netip.Addr]string // address -> FQDN of its endpoint
@@ -134,7 +153,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Domain = DefaultDomain
 	}
 	cfg.Domain = strings.ToLower(dns.Fqdn(cfg.Domain))
-	if _, ok := dns.IsDomainName(cfg.Domain); !ok || cfg.Domain == "." {
+	if !validDomain(cfg.Domain) {
 		return nil, &ValidationError{"Config.Domain", fmt.Sprintf("%q is not a domain name", cfg.Domain)}
 	}
 	if cfg.TTL == 0 {
@@ -145,6 +164,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxForwards == 0 {
 		cfg.MaxForwards = DefaultMaxForwards
+	}
+	if cfg.MaxClientForwards == 0 {
+		cfg.MaxClientForwards = min(DefaultClientFwds, cfg.MaxForwards)
 	}
 	if cfg.MaxTCPConns == 0 {
 		cfg.MaxTCPConns = DefaultMaxTCPConns
@@ -158,7 +180,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UDPReaders == 0 {
 		cfg.UDPReaders = 4
 	}
-	if cfg.MaxForwards < 0 || cfg.MaxTCPConns < 0 || cfg.Timeout < 0 || cfg.TCPIdle < 0 || cfg.UDPReaders < 0 {
+	if cfg.MaxForwards < 0 || cfg.MaxClientForwards < 0 || cfg.MaxTCPConns < 0 || cfg.Timeout < 0 || cfg.TCPIdle < 0 || cfg.UDPReaders < 0 {
 		return nil, &ValidationError{"Config", "negative limit"}
 	}
 	if cfg.Upstreams == nil {
@@ -176,6 +198,10 @@ func New(cfg Config) (*Server, error) {
 		if !u.IsValid() || u.Port() == 0 {
 			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "invalid address"}
 		}
+		// 0.0.0.0 and :: are "this host": the server itself, a loop.
+		if u.Addr().IsUnspecified() {
+			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "the unspecified address is the server itself"}
+		}
 	}
 	if len(cfg.Upstreams) > 0 && cfg.NS == nil {
 		return nil, &ValidationError{"Config.NS", "required to forward to upstreams"}
@@ -186,7 +212,7 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ttl := uint32(cfg.TTL / time.Second)
-	return &Server{cfg: cfg, ttl: ttl, log: log, fwd: make(chan struct{}, cfg.MaxForwards), listeners: map[*Listener]struct{}{}}, nil
+	return &Server{cfg: cfg, ttl: ttl, log: log, fwdBy: map[netip.Addr]int{}, listeners: map[*Listener]struct{}{}}, nil
 }
 
 // DefaultUpstreams returns the nameservers of the resolv.conf file at path,
@@ -213,16 +239,32 @@ func (s *Server) Upstreams() []netip.AddrPort { return slices.Clone(s.cfg.Upstre
 func (s *Server) Domain() string { return s.cfg.Domain }
 
 // AddNetwork adds a network: clients whose source address is in one of its
-// subnets get its names. Internal networks get no forwarding. Adding a
-// network that exists with the same settings succeeds; with other settings
-// it fails with ErrExists.
-func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool) error {
+// subnets get its names. Internal networks get no forwarding.
+//
+// ifaces are the network's interfaces in the namespace of ListenHost
+// listeners (a bridge network's bridge, bridge.Config.Bridge): a
+// ListenHost listener answers a source address of the network only when
+// the query arrived on one of them, so that a source address is never
+// taken on trust (RELIABILITY rule 15). A network with none is served to
+// ListenContainer listeners only.
+//
+// Adding a network that exists with the same settings succeeds; with
+// other settings it fails with ErrExists.
+func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool, ifaces ...string) error {
 	if name == "" {
 		return &ValidationError{"name", "empty"}
 	}
 	if len(subnets) == 0 {
 		return &ValidationError{"subnets", "none"}
 	}
+	ifaces = slices.Clone(ifaces)
+	for i, n := range ifaces {
+		if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/: \t\n\x00") {
+			return &ValidationError{fmt.Sprintf("ifaces[%d]", i), fmt.Sprintf("%q is not an interface name", n)}
+		}
+	}
+	slices.Sort(ifaces)
+	ifaces = slices.Compact(ifaces)
 	subs := make([]netip.Prefix, len(subnets))
 	for i, p := range subnets {
 		if !p.IsValid() {
@@ -237,13 +279,13 @@ func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool) 
 	}
 	for _, n := range s.nets {
 		if n.name == name {
-			if n.internal == internal && slices.Equal(n.subnets, subs) {
+			if n.internal == internal && slices.Equal(n.subnets, subs) && slices.Equal(n.ifaces, ifaces) {
 				return nil
 			}
 			return fmt.Errorf("dnsd: network %q: %w with other settings", name, ErrExists)
 		}
 	}
-	s.nets = append(s.nets, &network{name: name, subnets: subs, internal: internal,
+	s.nets = append(s.nets, &network{name: name, subnets: subs, internal: internal, ifaces: ifaces,
 		eps: map[string]Endpoint{}, names: map[string]*entry{}, ptr: map[netip.Addr]string{}})
 	return nil
 }
@@ -269,12 +311,34 @@ func (s *Server) network(name string) (*network, error) {
 	return nil, fmt.Errorf("dnsd: network %q: %w", name, ErrNotFound)
 }
 
+// validLabel reports whether l is a host name label (RFC 1035, 1123): 1
+// to 63 letters, digits and hyphens, neither first nor last a hyphen; and
+// '_', which Docker's container names hold (compose's "app_web_1").
 func validLabel(l string) bool {
-	if l == "" || len(l) > 63 || strings.ContainsAny(l, ". \t\\") {
+	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 		return false
 	}
-	_, ok := dns.IsDomainName(l)
-	return ok
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// validDomain reports whether d, a fully qualified name, is labels that
+// validLabel takes, 255 bytes at most; the root alone is not.
+func validDomain(d string) bool {
+	if d == "." || len(d) > 255 || !strings.HasSuffix(d, ".") {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(d, "."), ".") {
+		if !validLabel(l) {
+			return false
+		}
+	}
+	return true
 }
 
 // Register adds ep to network, replacing an endpoint of the same name.
@@ -393,5 +457,6 @@ func (s *Server) Close() error {
 	for _, l := range ls {
 		errs = append(errs, l.Close())
 	}
+	s.stopSockets()
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package dnsd_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -164,10 +165,22 @@ func TestRefused(t *testing.T) {
 // host namespace; a truncated UDP answer is retried over TCP; a failing
 // upstream is skipped; SERVFAIL when all fail; never for the domain nor
 // for internal networks.
+//
+// Nothing here races a timer against an answer: the upstreams that fail
+// fail at once (an ICMP port unreachable, which the outside is told never
+// to rate-limit, and SERVFAIL), those that answer have a Timeout far above
+// any scheduling delay, and the one timeout path (a silent upstream, which
+// never answers) is checked on its own.
 func TestForward(t *testing.T) {
 	t.Parallel()
 	host := nstest.Host(t)
 	out := nstest.NewOutside(t, host)
+	// ICMP errors are rate-limited per peer and, for the whole machine, by
+	// one global budget that parallel tests share: without a limit, the
+	// closed port below always fails at once.
+	if err := out.NS.SetSysctl("net/ipv4/icmp_ratemask", "0"); err != nil {
+		t.Fatal(err)
+	}
 	good := newUpstream(t, out.NS, out.Addr)
 	silent := newUpstream(t, out.NS, out.Addr)
 	silent.mode.Store("silent")
@@ -176,8 +189,8 @@ func TestForward(t *testing.T) {
 	// A port nobody listens on: ICMP port unreachable.
 	closed := netip.AddrPortFrom(out.Addr, 9)
 
-	l := newLabOn(t, host, dnsd.Config{Timeout: 300 * time.Millisecond,
-		Upstreams: []netip.AddrPort{silent.addr, closed, bad.addr, good.addr}})
+	l := newLabOn(t, host, dnsd.Config{Timeout: 10 * time.Second,
+		Upstreams: []netip.AddrPort{closed, bad.addr, good.addr}})
 	srv := l.srv
 	na, gwA := l.network("neta", "172.30.1.0/24", false)
 	ni, gwI := l.network("neti", "172.30.3.0/24", true)
@@ -189,12 +202,12 @@ func TestForward(t *testing.T) {
 	if got := addrs(r); !slices.Equal(got, []netip.Addr{extAddr}) {
 		t.Fatalf("ext.example.: %v, want %v", got, extAddr)
 	}
-	if silent.udp.Load() != 1 || bad.udp.Load() != 1 || good.udp.Load() != 1 {
-		t.Errorf("upstream queries: silent %d, servfail %d, good %d; want 1 each", silent.udp.Load(), bad.udp.Load(), good.udp.Load())
+	if bad.udp.Load() != 1 || good.udp.Load() != 1 {
+		t.Errorf("upstream queries: servfail %d, good %d; want 1 each", bad.udp.Load(), good.udp.Load())
 	}
 	st := srv.Stats()
-	if st.Forwarded != 1 || st.UpstreamErrors != 3 {
-		t.Errorf("Stats: Forwarded %d UpstreamErrors %d, want 1 and 3", st.Forwarded, st.UpstreamErrors)
+	if st.Forwarded != 1 || st.UpstreamErrors != 2 {
+		t.Errorf("Stats: Forwarded %d UpstreamErrors %d, want 1 and 2", st.Forwarded, st.UpstreamErrors)
 	}
 	mustQuery(t, c1, "udp", sa, "nope.example.", dns.TypeA, dns.RcodeNameError) // upstream's NXDOMAIN
 
@@ -211,25 +224,62 @@ func TestForward(t *testing.T) {
 	}
 
 	// Never forwarded: the domain, single labels, internal networks.
-	before := good.udp.Load() + silent.udp.Load()
+	before := good.udp.Load() + bad.udp.Load()
 	mustQuery(t, c1, "udp", sa, "ext.nsnet.internal.", dns.TypeA, dns.RcodeNameError)
 	mustQuery(t, c1, "udp", sa, "ext.", dns.TypeA, dns.RcodeNameError)
 	mustQuery(t, ci, "udp", si, "ext.example.", dns.TypeA, dns.RcodeRefused)
 	mustQuery(t, ci, "udp", si, "ci.", dns.TypeA, dns.RcodeSuccess) // its names still resolve
-	if after := good.udp.Load() + silent.udp.Load(); after != before {
+	if after := good.udp.Load() + bad.udp.Load(); after != before {
 		t.Errorf("%d queries forwarded that must not be", after-before)
 	}
 
 	// All upstreams fail: SERVFAIL.
-	good.mode.Store("silent")
+	good.mode.Store("servfail")
 	mustQuery(t, c1, "udp", sa, "ext.example.", dns.TypeA, dns.RcodeServerFailure)
 	if st := srv.Stats(); st.ForwardFailed != 1 {
 		t.Errorf("Stats.ForwardFailed = %d, want 1", st.ForwardFailed)
 	}
+
+	// A silent upstream is given up after Timeout and the next one asked;
+	// when every upstream is silent, SERVFAIL. The answering upstream has
+	// the whole Timeout again, far above any delay.
+	good.mode.Store("ok")
+	srv2, err := dnsd.New(dnsd.Config{NS: host, Timeout: 2 * time.Second,
+		Upstreams: []netip.AddrPort{silent.addr, good.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv2.Close()
+	srv2.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, false)
+	ask := func(name string) *dns.Msg {
+		t.Helper()
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		p, _ := q.Pack()
+		r := new(dns.Msg)
+		if err := r.Unpack(srv2.Handle(t.Context(), p, []netip.Addr{netip.MustParseAddr("10.0.0.2")}, true)); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	t0 := time.Now()
+	if r := ask("ext.example."); r.Rcode != dns.RcodeSuccess || !slices.Equal(addrs(r), []netip.Addr{extAddr}) {
+		t.Errorf("past a silent upstream: %s %v", dns.RcodeToString[r.Rcode], addrs(r))
+	}
+	if d := time.Since(t0); d < 2*time.Second {
+		t.Errorf("the silent upstream was given up after %v, before Timeout", d)
+	}
+	if silent.udp.Load() != 1 {
+		t.Errorf("the silent upstream saw %d queries, want 1", silent.udp.Load())
+	}
+	if st := srv2.Stats(); st.Forwarded != 1 || st.UpstreamErrors != 1 {
+		t.Errorf("Stats: Forwarded %d UpstreamErrors %d, want 1 and 1", st.Forwarded, st.UpstreamErrors)
+	}
 }
 
 // TestForwardSpoof: an answer from the upstream's address with the wrong
-// ID is not taken; the real one is.
+// ID or question, or empty, is not taken (nor does it end the wait); the
+// real one is.
 func TestForwardSpoof(t *testing.T) {
 	t.Parallel()
 	host := nstest.Host(t)
@@ -252,8 +302,9 @@ func TestForwardSpoof(t *testing.T) {
 				continue
 			}
 			ids <- q.Id
-			// First a forged answer (wrong ID), then one for another
-			// name, then the real one.
+			// First an empty datagram, a forged answer (wrong ID), then
+			// one for another name, then the real one.
+			pc.WriteTo(nil, from)
 			for i, name := range []string{q.Question[0].Name, "other.example.", q.Question[0].Name} {
 				m := new(dns.Msg)
 				m.SetReply(q)
@@ -293,8 +344,8 @@ func TestForwardSpoof(t *testing.T) {
 	if got[0] == got[1] && got[1] == got[2] {
 		t.Errorf("forwarded IDs %v: not fresh", got)
 	}
-	if st := srv.Stats(); st.Mismatched != 6 {
-		t.Errorf("Stats.Mismatched = %d, want 6", st.Mismatched)
+	if st := srv.Stats(); st.Mismatched != 9 {
+		t.Errorf("Stats.Mismatched = %d, want 9", st.Mismatched)
 	}
 }
 
@@ -346,12 +397,32 @@ func TestPortTaken(t *testing.T) {
 	na, gw := l.bridge("neta", "172.30.1.0/24", false)
 	c1, _ := l.container(na, nil, "c1")
 	_, a2 := l.container(na, nil, "c2")
-	// The squatter: a UDP and a TCP socket on gw:53 that never answer.
+	// The squatter: a UDP socket on gw:53 that answers everything NOTIMP,
+	// and a TCP one that never answers. After the listener is gone, the
+	// squatter's answer shows that the redirect went with it, at once and
+	// without waiting out a timeout.
 	pc, err := l.host.ListenPacket("udp", netip.AddrPortFrom(gw, 53).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			q := new(dns.Msg)
+			if q.Unpack(b[:n]) != nil {
+				continue
+			}
+			m := new(dns.Msg)
+			m.SetRcode(q, dns.RcodeNotImplemented)
+			p, _ := m.Pack()
+			pc.WriteTo(p, from)
+		}
+	}()
 	tl, err := l.host.Listen("tcp", netip.AddrPortFrom(gw, 53).String())
 	if err != nil {
 		t.Fatal(err)
@@ -379,9 +450,7 @@ func TestPortTaken(t *testing.T) {
 	}
 	// The redirect went with the listener (the host's leak check also
 	// finds a table left behind): port 53 is the squatter's again.
-	if r, err := query(c1, "udp", s, "c2.", dns.TypeA); err == nil {
-		t.Errorf("an answer via a redirect that should be gone: %v", r)
-	}
+	mustQuery(t, c1, "udp", s, "c2.", dns.TypeA, dns.RcodeNotImplemented)
 }
 
 // TestTCPLimits: idle, silent and half-closed TCP clients are dropped
@@ -658,5 +727,101 @@ func TestForward_noStall(t *testing.T) {
 	r, err := co.ReadMsg()
 	if err != nil || !slices.Equal(addrs(r), []netip.Addr{a1}) {
 		t.Fatalf("a local name while forwards wait: %v %v", r, err)
+	}
+}
+
+// TestListen_validation: a cancelled context and a listener that an
+// upstream is (the server would forward to itself) are refused before any
+// socket or rule is made.
+func TestListen_validation(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	gw := netip.MustParseAddr("127.0.0.1")
+	srv, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{netip.AddrPortFrom(gw, 53)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if ln, err := srv.ListenHost(ctx, host, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 0)); !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenHost with a cancelled context: %v, want context.Canceled", err)
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	ctr := nstest.Container(t, host)
+	if ln, err := srv.ListenContainer(ctx, ctr, []netip.Addr{netip.MustParseAddr("10.0.0.2")}); !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenContainer with a cancelled context: %v, want context.Canceled", err)
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	// The upstream's own address, on its port or on another (redirected
+	// from 53): a loop.
+	for _, p := range []uint16{53, 0} {
+		var ve *dnsd.ValidationError
+		if ln, err := srv.ListenHost(t.Context(), host, netip.AddrPortFrom(gw, p)); !errors.As(err, &ve) {
+			t.Errorf("ListenHost on the upstream %s port %d: %v, want a *ValidationError", gw, p, err)
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	// In another namespace the same address is another host: no loop.
+	ln, err := srv.ListenContainer(t.Context(), ctr, []netip.Addr{netip.MustParseAddr("10.0.0.2")})
+	if err != nil {
+		t.Fatalf("ListenContainer: %v", err)
+	}
+	ln.Close()
+}
+
+// TestMaxClientForwards: one client's slow names take only its own share
+// of the forward slots (MaxClientForwards); another client's names are
+// still forwarded. With one cap for all, the second client would get
+// SERVFAIL at once.
+func TestMaxClientForwards(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	l := newLabOn(t, host, dnsd.Config{MaxForwards: 3, MaxClientForwards: 2, Timeout: 10 * time.Second,
+		Upstreams: []netip.AddrPort{up.addr}})
+	na, gw := l.network("neta", "172.30.1.0/24", false)
+	x, _ := l.container(na, nil, "x")
+	y, _ := l.container(na, nil, "y")
+	s := netip.AddrPortFrom(gw, 53)
+	// x asks three slow names: two wait on the upstream, the third is
+	// over x's share.
+	var conns []*dns.Conn
+	for i := range 3 {
+		c, err := x.Dial(t.Context(), nil, "udp", s.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		co := &dns.Conn{Conn: c}
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("slow%d.example.", i), dns.TypeA)
+		if err := co.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, co)
+		if i < 2 {
+			for up.slow.Load() < int64(i+1) { // in flight
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+	conns[2].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if r, err := conns[2].ReadMsg(); err != nil || r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("x's third slow name: %v %v, want SERVFAIL at once", r, err)
+	}
+	// y's names are forwarded meanwhile.
+	if got := addrs(mustQuery(t, y, "udp", s, "ext.example.", dns.TypeA, dns.RcodeSuccess)); !slices.Equal(got, []netip.Addr{extAddr}) {
+		t.Errorf("y's name while x's wait: %v", got)
+	}
+	if st := l.srv.Stats(); st.ForwardBusy != 1 || up.slow.Load() != 2 {
+		t.Errorf("ForwardBusy %d, slow queries upstream %d; want 1 and 2", st.ForwardBusy, up.slow.Load())
 	}
 }

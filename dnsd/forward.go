@@ -9,135 +9,431 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"strings"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
-// forward sends req to the upstreams in turn and returns the first answer,
-// or nil when none answered.
-func (s *Server) forward(ctx context.Context, req *dns.Msg) *dns.Msg {
+// upstreamQuery is the query to send upstream for req, packed, and the
+// end of its question. Upstreams see no client options (ECS, cookies) of
+// ours.
+func upstreamQuery(req *dns.Msg) ([]byte, int, error) {
+	edns := req.IsEdns0()
+	q := &dns.Msg{MsgHdr: req.MsgHdr, Question: req.Question}
+	q.SetEdns0(dns.DefaultMsgSize, edns != nil && edns.Do())
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, 0, err
+	}
+	qend, ok := questionEnd(wire)
+	if !ok {
+		return nil, 0, errMismatch
+	}
+	return wire, qend, nil
+}
+
+// forward sends the query wire (from upstreamQuery) for req to the
+// upstreams in turn and returns the first answer, in wire format with
+// req's ID, ready for the client (over UDP when udp: no larger than its
+// buffer), or nil when none answered.
+//
+// The query is packed once; each attempt only writes a fresh ID into it.
+// An answer is relayed as the upstream sent it: only its header and
+// question are read to match it, and it is unpacked only when it must be
+// truncated for the client or its OPT record taken out (not last).
+func (s *Server) forward(ctx context.Context, req *dns.Msg, wire []byte, qend int, udp bool) []byte {
 	if len(s.cfg.Upstreams) == 0 {
 		s.stats.forwardFailed.Add(1)
 		return nil
 	}
 	s.stats.forwarded.Add(1)
-	q := req.Copy()
-	// Upstreams see no client options (ECS, cookies) of ours.
-	q.Extra = nil
-	q.SetEdns0(dns.DefaultMsgSize, req.IsEdns0() != nil && req.IsEdns0().Do())
-	for _, up := range s.cfg.Upstreams {
-		m, err := s.exchange(ctx, q, up)
-		if err == nil && m.Rcode != dns.RcodeServerFailure && m.Rcode != dns.RcodeRefused {
-			if req.IsEdns0() == nil {
-				stripOPT(m)
+	for i, up := range s.cfg.Upstreams {
+		b, err := s.exchange(ctx, wire, qend, i)
+		if err == nil {
+			if rc := b[3] & 0xf; rc == dns.RcodeServerFailure || rc == dns.RcodeRefused {
+				err = fmt.Errorf("rcode %s", dns.RcodeToString[int(rc)])
 			}
-			return m
 		}
 		if err == nil {
-			err = fmt.Errorf("rcode %s", dns.RcodeToString[m.Rcode])
+			if b, err = s.relay(b, req, udp); err == nil {
+				return b
+			}
 		}
 		s.stats.upstreamErrors.Add(1)
-		s.log.Debug("dnsd: upstream failed", "upstream", up, "name", q.Question[0].Name, "err", err)
+		s.log.Debug("dnsd: upstream failed", "upstream", up, "name", req.Question[0].Name, "err", err)
 	}
 	s.stats.forwardFailed.Add(1)
 	return nil
 }
 
-func stripOPT(m *dns.Msg) {
-	out := m.Extra[:0]
-	for _, rr := range m.Extra {
-		if rr.Header().Rrtype != dns.TypeOPT {
-			out = append(out, rr)
+// relay makes an upstream's answer b the client's: req's ID, no OPT record
+// if req had none, truncated to the client's UDP buffer.
+func (s *Server) relay(b []byte, req *dns.Msg, udp bool) ([]byte, error) {
+	binary.BigEndian.PutUint16(b, req.Id)
+	size := clientSize(req, udp)
+	if req.IsEdns0() == nil {
+		var ok bool
+		if b, ok = cutLastOPT(b); !ok {
+			return s.relaySlow(b, req, size)
 		}
 	}
-	m.Extra = out
-}
-
-// exchange asks one upstream over UDP, then over TCP if the answer was
-// truncated. Each attempt has a fresh random ID and a new socket (a fresh
-// source port), opened in the host namespace and connected to the
-// upstream, so only the upstream can answer; an answer counts only with
-// the same ID and question.
-func (s *Server) exchange(ctx context.Context, q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
-	m, err := s.exchangeOne(ctx, q, up, "udp")
-	if err == nil && m.Truncated {
-		s.stats.forwardTCP.Add(1)
-		m, err = s.exchangeOne(ctx, q, up, "tcp")
+	if len(b) > size {
+		return s.relaySlow(b, req, size)
 	}
-	return m, err
+	return b, nil
 }
 
-func (s *Server) exchangeOne(ctx context.Context, q *dns.Msg, up netip.AddrPort, network string) (*dns.Msg, error) {
+// relaySlow is relay by unpacking and packing again.
+func (s *Server) relaySlow(b []byte, req *dns.Msg, size int) ([]byte, error) {
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		return nil, err
+	}
+	if req.IsEdns0() == nil {
+		out := m.Extra[:0]
+		for _, rr := range m.Extra {
+			if rr.Header().Rrtype != dns.TypeOPT {
+				out = append(out, rr)
+			}
+		}
+		m.Extra = out
+	}
+	m.Compress = true
+	if m.Len() > size {
+		m.Truncate(size)
+		s.stats.truncated.Add(1)
+	}
+	return m.Pack()
+}
+
+// clientSize is the largest answer the client takes: over UDP 512 bytes,
+// or its EDNS size.
+func clientSize(req *dns.Msg, udp bool) int {
+	if !udp {
+		return dns.MaxMsgSize
+	}
+	size := dns.MinMsgSize
+	if req != nil {
+		if o := req.IsEdns0(); o != nil && int(o.UDPSize()) > size {
+			size = int(o.UDPSize())
+		}
+	}
+	return size
+}
+
+// skipName returns the offset after the (possibly compressed) name at off
+// in b.
+func skipName(b []byte, off int) (int, bool) {
+	for off < len(b) {
+		switch l := int(b[off]); {
+		case l == 0:
+			return off + 1, true
+		case l&0xc0 == 0xc0:
+			return off + 2, off+2 <= len(b)
+		case l&0xc0 != 0:
+			return 0, false
+		default:
+			off += 1 + l
+		}
+	}
+	return 0, false
+}
+
+// questionEnd returns the end of the one question of the message b.
+func questionEnd(b []byte) (int, bool) {
+	if len(b) < 12 || binary.BigEndian.Uint16(b[4:]) != 1 {
+		return 0, false
+	}
+	off, ok := skipName(b, 12)
+	if !ok || off+4 > len(b) {
+		return 0, false
+	}
+	return off + 4, true
+}
+
+// cutLastOPT removes the OPT record of the message b when it is the last
+// record (nothing after it can point into it). It reports false when b has
+// an OPT record elsewhere, or cannot be read.
+func cutLastOPT(b []byte) ([]byte, bool) {
+	if len(b) < 12 {
+		return b, false
+	}
+	qd := int(binary.BigEndian.Uint16(b[4:]))
+	rrs := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:])) + int(binary.BigEndian.Uint16(b[10:]))
+	off := 12
+	var ok bool
+	for range qd {
+		if off, ok = skipName(b, off); !ok || off+4 > len(b) {
+			return b, false
+		}
+		off += 4
+	}
+	for i := range rrs {
+		start := off
+		if off, ok = skipName(b, off); !ok || off+10 > len(b) {
+			return b, false
+		}
+		typ := binary.BigEndian.Uint16(b[off:])
+		off += 10 + int(binary.BigEndian.Uint16(b[off+8:]))
+		if off > len(b) {
+			return b, false
+		}
+		if typ == dns.TypeOPT {
+			if i != rrs-1 || off != len(b) {
+				return b, false
+			}
+			binary.BigEndian.PutUint16(b[10:], binary.BigEndian.Uint16(b[10:])-1)
+			return b[:start], true
+		}
+	}
+	return b, off == len(b)
+}
+
+// matches reports whether b answers the query q (its header and question,
+// as sent): a response with q's ID and the same question (the name's
+// letters in any case).
+func matches(q, b []byte) bool {
+	if len(b) < len(q) || b[2]&0x80 == 0 || b[0] != q[0] || b[1] != q[1] || b[4] != 0 || b[5] != 1 {
+		return false
+	}
+	name := len(q) - 4
+	for i := 12; i < len(q); i++ {
+		x, y := q[i], b[i]
+		if x != y && (i >= name || lower(x) != lower(y)) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// exchange asks upstream i over UDP, then over TCP if the answer was
+// truncated. q is the packed query, its question ending at qend. Each
+// attempt has a fresh random ID and its own socket (a fresh source port),
+// of the host namespace and connected to the upstream, so only the
+// upstream can answer; an answer counts only with the same ID and
+// question. It returns the answer.
+func (s *Server) exchange(ctx context.Context, q []byte, qend int, i int) ([]byte, error) {
+	b, err := s.exchangeUDP(ctx, q, qend, i)
+	if err == nil && b[2]&0x02 != 0 { // TC
+		s.stats.forwardTCP.Add(1)
+		b, err = s.exchangeTCP(ctx, q, qend, s.cfg.Upstreams[i])
+	}
+	return b, err
+}
+
+func (s *Server) exchangeUDP(ctx context.Context, q []byte, qend int, i int) ([]byte, error) {
+	c, err := s.upstreamConn(ctx, i)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(s.cfg.Timeout))
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+		defer stop()
+	}
+	binary.BigEndian.PutUint16(q, uint16(rand.Uint32()))
+	if _, err := c.Write(q); err != nil {
+		return nil, err
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := c.Read(buf)
+		if err != nil && err != io.EOF { // EOF: an empty datagram
+			return nil, err
+		}
+		if matches(q[:qend], buf[:n]) {
+			return append([]byte(nil), buf[:n]...), nil
+		}
+		s.stats.mismatched.Add(1) // spoofed or stale: keep waiting
+	}
+}
+
+func (s *Server) exchangeTCP(ctx context.Context, q []byte, qend int, up netip.AddrPort) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	deadline, _ := ctx.Deadline()
-	c, err := s.cfg.NS.Dial(ctx, &net.Dialer{}, network, up.String())
+	c, err := s.cfg.NS.Dial(ctx, &net.Dialer{}, "tcp", up.String())
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
+	deadline, _ := ctx.Deadline()
 	c.SetDeadline(deadline)
-	id := uint16(rand.Uint32())
-	q = q.Copy()
-	q.Id = id
-	out, err := q.Pack()
-	if err != nil {
+	buf := make([]byte, 2+len(q))
+	binary.BigEndian.PutUint16(buf, uint16(len(q)))
+	copy(buf[2:], q)
+	binary.BigEndian.PutUint16(buf[2:], uint16(rand.Uint32()))
+	if _, err := c.Write(buf); err != nil {
 		return nil, err
 	}
-	if network == "tcp" {
-		buf := make([]byte, 2+len(out))
-		binary.BigEndian.PutUint16(buf, uint16(len(out)))
-		copy(buf[2:], out)
-		if _, err := c.Write(buf); err != nil {
-			return nil, err
-		}
-		var l [2]byte
-		if _, err := io.ReadFull(c, l[:]); err != nil {
-			return nil, err
-		}
-		b := make([]byte, binary.BigEndian.Uint16(l[:]))
-		if _, err := io.ReadFull(c, b); err != nil {
-			return nil, err
-		}
-		return match(q, b)
-	}
-	if _, err := c.Write(out); err != nil {
+	var l [2]byte
+	if _, err := io.ReadFull(c, l[:]); err != nil {
 		return nil, err
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	b := *bp
-	for {
-		n, err := c.Read(b)
-		if err != nil {
-			return nil, err
-		}
-		m, err := match(q, b[:n])
-		if err == nil {
-			return m, nil
-		}
-		s.stats.mismatched.Add(1) // spoofed or stale: keep waiting
+	b := make([]byte, binary.BigEndian.Uint16(l[:]))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return nil, err
 	}
+	if !matches(buf[2:2+qend], b) {
+		s.stats.mismatched.Add(1)
+		return nil, errMismatch
+	}
+	return b, nil
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); return &b }}
 
 var errMismatch = errors.New("dnsd: answer does not match the query")
 
-func match(q *dns.Msg, b []byte) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	if err := m.Unpack(b); err != nil {
+// sockets hands out UDP sockets made in the host namespace ahead of need,
+// each connected to one upstream, by one goroutine that stays in that
+// namespace, so that a forwarded query costs no switch of namespace (a
+// locked thread and two setns per query otherwise) and no system call
+// but its write, read and close. Each socket serves one query: it was
+// bound to a fresh random source port when connected, and it is closed
+// after the query. The goroutine fills the stock again when it is half
+// gone, in one go.
+type sockets struct {
+	free []chan *os.File // by upstream
+	low  chan struct{}   // the stock of one upstream is half gone
+	stop chan struct{}
+	done chan struct{}
+}
+
+const socketsAhead = 64 // per upstream
+
+func (s *Server) startSockets() {
+	ss := &sockets{free: make([]chan *os.File, len(s.cfg.Upstreams)),
+		low: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	for i := range ss.free {
+		ss.free[i] = make(chan *os.File, socketsAhead)
+	}
+	s.socks = ss
+	go func() {
+		defer close(ss.done)
+		err := s.cfg.NS.Do(func() error {
+			for {
+				for i, up := range s.cfg.Upstreams {
+					up = netip.AddrPortFrom(up.Addr().Unmap(), up.Port())
+					for len(ss.free[i]) < cap(ss.free[i]) {
+						c, err := dialUDP(up)
+						if err != nil { // out of descriptors, say: try again soon
+							s.log.Debug("dnsd: upstream socket", "upstream", up, "err", err)
+							select {
+							case <-ss.stop:
+								return nil
+							case <-time.After(50 * time.Millisecond):
+							}
+							continue
+						}
+						ss.free[i] <- c // only this goroutine sends: never blocks
+					}
+				}
+				select {
+				case <-ss.low:
+				case <-ss.stop:
+					return nil
+				}
+			}
+		})
+		if err != nil {
+			s.log.Error("dnsd: upstream sockets", "err", err)
+		}
+	}()
+}
+
+// dialUDP returns a UDP socket of the calling thread's namespace connected
+// to up: a bare descriptor in the runtime's poller, not a net.Conn, which
+// would cost three more system calls (a socket option, its two
+// addresses).
+func dialUDP(up netip.AddrPort) (*os.File, error) {
+	family := unix.AF_INET
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: up.Addr().As4(), Port: int(up.Port())}
+	if up.Addr().Is6() {
+		family = unix.AF_INET6
+		a := &unix.SockaddrInet6{Addr: up.Addr().As16(), Port: int(up.Port())}
+		if z := up.Addr().Zone(); z != "" {
+			if ifi, err := net.InterfaceByName(z); err == nil {
+				a.ZoneId = uint32(ifi.Index)
+			}
+		}
+		sa = a
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
 		return nil, err
 	}
-	if !m.Response || m.Id != q.Id || len(m.Question) != 1 ||
-		m.Question[0].Qtype != q.Question[0].Qtype || m.Question[0].Qclass != q.Question[0].Qclass ||
-		!strings.EqualFold(m.Question[0].Name, q.Question[0].Name) {
-		return nil, errMismatch
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, err
 	}
-	return m, nil
+	return os.NewFile(uintptr(fd), "dnsd-upstream"), nil
+}
+
+// stopSockets stops the goroutine and closes the sockets made ahead.
+func (s *Server) stopSockets() {
+	s.sockMu.Lock()
+	ss := s.socks
+	s.socksStopped = true
+	s.sockMu.Unlock()
+	if ss == nil {
+		return
+	}
+	select {
+	case <-ss.stop:
+		return
+	default:
+	}
+	close(ss.stop)
+	<-ss.done
+	for _, ch := range ss.free {
+		for len(ch) > 0 {
+			(<-ch).Close()
+		}
+	}
+}
+
+// upstreamConn returns a UDP socket of the host namespace connected to
+// upstream i.
+func (s *Server) upstreamConn(ctx context.Context, i int) (*os.File, error) {
+	s.sockMu.Lock()
+	if s.socksStopped {
+		s.sockMu.Unlock()
+		return nil, ErrClosed
+	}
+	if s.socks == nil {
+		s.startSockets()
+	}
+	ss := s.socks
+	s.sockMu.Unlock()
+	ch := ss.free[i]
+	var c *os.File
+	select {
+	case c = <-ch:
+	case <-ss.done:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if len(ch) <= cap(ch)/2 {
+		select {
+		case ss.low <- struct{}{}:
+		default:
+		}
+	}
+	return c, nil
 }

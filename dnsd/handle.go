@@ -17,19 +17,35 @@ import (
 // (a message too short to carry an ID, or a response). Handle never
 // panics on malformed input; it is exported for embedders with their own
 // sockets and for fuzzing.
+//
+// The caller vouches for clients: Handle does not know the interface a
+// query came in on, and answers as for a client on every network whose
+// subnets hold one of the addresses.
 func (s *Server) Handle(ctx context.Context, query []byte, clients []netip.Addr, udp bool) []byte {
 	var out []byte
-	s.serve(ctx, query, clients, udp, func(b []byte) { out = b }, nil)
+	s.serve(ctx, query, who{addrs: clients}, udp, func(b []byte) { out = b }, nil)
 	return out
+}
+
+// who is a client as a listener knows it: its addresses and, for a client
+// of a ListenHost listener, the interface its query arrived on.
+type who struct {
+	addrs []netip.Addr // the source address, or a container's addresses
+	iface string       // the interface the query arrived on, if check
+	// check: the client belongs only to networks on iface (a query from
+	// nobody, such as a container listener's over another interface than
+	// loopback, has check set and no iface: it belongs to no network).
+	check bool
 }
 
 // serve answers query through send (not called when nothing is to be
 // sent). A query to forward runs in a function given to spawn (inline when
 // spawn is nil), so that slow upstreams do not hold up local answers; at
-// most MaxForwards run at once, past that the answer is SERVFAIL at once.
-func (s *Server) serve(ctx context.Context, query []byte, clients []netip.Addr, udp bool, send func([]byte), spawn func(func())) {
+// most MaxForwards run at once and MaxClientForwards of one client, past
+// that the answer is SERVFAIL at once.
+func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send func([]byte), spawn func(func())) {
 	start := time.Now()
-	r := s.handle(query, clients)
+	r := s.handle(query, w)
 	if r == nil {
 		s.stats.dropped.Add(1)
 		return
@@ -38,23 +54,31 @@ func (s *Server) serve(ctx context.Context, query []byte, clients []netip.Addr, 
 		s.send(r, udp, start, send)
 		return
 	}
-	select {
-	case s.fwd <- struct{}{}:
-	default:
+	// Packed here, not on the new goroutine, whose stack would grow.
+	wire, qend, err := upstreamQuery(r.req)
+	if err != nil {
+		r.m.Rcode = dns.RcodeServerFailure
+		s.send(r, udp, start, send)
+		return
+	}
+	var key netip.Addr
+	if len(w.addrs) > 0 {
+		key = w.addrs[0]
+	}
+	if !s.takeForward(key) {
 		s.stats.forwardBusy.Add(1)
 		r.m.Rcode = dns.RcodeServerFailure
 		s.send(r, udp, start, send)
 		return
 	}
 	work := func() {
-		defer func() { <-s.fwd }()
-		if up := s.forward(ctx, r.req); up != nil {
-			up.Id = r.req.Id
-			up.Compress = true
-			r.m = up
-		} else {
-			r.m.Rcode = dns.RcodeServerFailure
+		defer s.releaseForward(key)
+		if out := s.forward(ctx, r.req, wire, qend, udp); out != nil {
+			s.stats.observe(r.req.Question[0].Qtype, int(out[3]&0xf), time.Since(start))
+			send(out)
+			return
 		}
+		r.m.Rcode = dns.RcodeServerFailure
 		s.send(r, udp, start, send)
 	}
 	if spawn == nil {
@@ -64,17 +88,33 @@ func (s *Server) serve(ctx context.Context, query []byte, clients []netip.Addr, 
 	}
 }
 
+// takeForward takes a forward slot for the client key: one of
+// MaxForwards, and of the client's MaxClientForwards.
+func (s *Server) takeForward(key netip.Addr) bool {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	if s.fwdN >= s.cfg.MaxForwards || s.fwdBy[key] >= s.cfg.MaxClientForwards {
+		return false
+	}
+	s.fwdN++
+	s.fwdBy[key]++
+	return true
+}
+
+func (s *Server) releaseForward(key netip.Addr) {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	s.fwdN--
+	if s.fwdBy[key]--; s.fwdBy[key] <= 0 {
+		delete(s.fwdBy, key)
+	}
+}
+
 // send packs r, truncated to the client's UDP buffer, counts it and sends
 // it.
 func (s *Server) send(r *reply, udp bool, start time.Time, send func([]byte)) {
-	size := dns.MinMsgSize
 	if udp {
-		if req := r.req; req != nil {
-			if o := req.IsEdns0(); o != nil && int(o.UDPSize()) > size {
-				size = int(o.UDPSize())
-			}
-		}
-		if r.m.Len() > size {
+		if size := clientSize(r.req, true); r.m.Len() > size {
 			r.m.Truncate(size)
 			s.stats.truncated.Add(1)
 		}
@@ -105,7 +145,7 @@ type reply struct {
 }
 
 // handle answers a query from the name tables, or says it is to forward.
-func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
+func (s *Server) handle(query []byte, w who) *reply {
 	req := new(dns.Msg)
 	if err := req.Unpack(query); err != nil {
 		s.stats.malformed.Add(1)
@@ -123,7 +163,6 @@ func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
 	}
 	r := &reply{req: req, m: new(dns.Msg)}
 	r.m.SetReply(req)
-	r.m.RecursionAvailable = true
 	r.m.Compress = true
 	if o := req.IsEdns0(); o != nil {
 		r.m.SetEdns0(dns.DefaultMsgSize, false)
@@ -144,7 +183,7 @@ func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
 	name := strings.ToLower(q.Name)
 
 	s.mu.RLock()
-	nets := s.clientNets(clients)
+	nets := s.clientNets(w)
 	if len(nets) == 0 {
 		s.mu.RUnlock()
 		r.m.Rcode = dns.RcodeRefused // never an open resolver
@@ -156,6 +195,9 @@ func (s *Server) handle(query []byte, clients []netip.Addr) *reply {
 			forward = true
 		}
 	}
+	// Recursion is available only to clients whose queries may be
+	// forwarded.
+	r.m.RecursionAvailable = forward
 	local := s.isLocal(name)
 	found := false
 	if a, ok := ptrAddr(name); ok && q.Qtype == dns.TypePTR {
@@ -229,12 +271,16 @@ func (s *Server) hdr(name string, t uint16) dns.RR_Header {
 }
 
 // clientNets returns the networks one of whose subnets holds a client
-// address. s.mu is held.
-func (s *Server) clientNets(clients []netip.Addr) []*network {
+// address, and, when w.check, that are on the interface the query came in
+// on. s.mu is held.
+func (s *Server) clientNets(w who) []*network {
 	var out []*network
 	for _, n := range s.nets {
+		if w.check && (w.iface == "" || !slices.Contains(n.ifaces, w.iface)) {
+			continue
+		}
 		if slices.ContainsFunc(n.subnets, func(p netip.Prefix) bool {
-			return slices.ContainsFunc(clients, func(a netip.Addr) bool { return p.Contains(a.Unmap()) })
+			return slices.ContainsFunc(w.addrs, func(a netip.Addr) bool { return p.Contains(a.Unmap()) })
 		}) {
 			out = append(out, n)
 		}

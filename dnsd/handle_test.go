@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -156,4 +157,81 @@ func FuzzHandle(f *testing.F) {
 			t.Fatalf("answer is no response to the query: %v", m)
 		}
 	})
+}
+
+// TestNames_validation: names and domains are host name labels; anything
+// a zone file, a hosts file or a resolver would read otherwise is refused
+// with a *ValidationError before the server changes.
+func TestNames_validation(t *testing.T) {
+	t.Parallel()
+	srv := handler(t)
+	for _, name := range []string{"*", "a,b", "a\nb", "a\x00b", "a b", "a.b", "-a", "a-", "a/b", "a\\b", "é", strings.Repeat("a", 64)} {
+		var ve *dnsd.ValidationError
+		if err := srv.Register("n", dnsd.Endpoint{Name: name}); !errors.As(err, &ve) {
+			t.Errorf("Register(%q): %v, want a *ValidationError", name, err)
+		}
+		if err := srv.Register("n", dnsd.Endpoint{Name: "ok", Aliases: []string{name}}); !errors.As(err, &ve) {
+			t.Errorf("Register(alias %q): %v, want a *ValidationError", name, err)
+		}
+	}
+	for _, name := range []string{"web", "Web-2", "app_web_1", "0", strings.Repeat("a", 63)} {
+		if err := srv.Register("n", dnsd.Endpoint{Name: name}); err != nil {
+			t.Errorf("Register(%q): %v", name, err)
+		}
+	}
+	for _, d := range []string{"my domain.", "a,b.", "*.x.", "x\n.", "a\x00.", "."} {
+		var ve *dnsd.ValidationError
+		if _, err := dnsd.New(dnsd.Config{Domain: d, Upstreams: []netip.AddrPort{}}); !errors.As(err, &ve) {
+			t.Errorf("New(Domain %q): %v, want a *ValidationError", d, err)
+		}
+	}
+	if _, err := dnsd.New(dnsd.Config{Domain: "corp.example", Upstreams: []netip.AddrPort{}}); err != nil {
+		t.Errorf("New(Domain corp.example): %v", err)
+	}
+}
+
+// TestUpstreams_self: an upstream that is the server itself (the
+// unspecified address) is refused by New.
+func TestUpstreams_self(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"0.0.0.0:53", "[::]:53"} {
+		var ve *dnsd.ValidationError
+		if _, err := dnsd.New(dnsd.Config{Upstreams: []netip.AddrPort{netip.MustParseAddrPort(u)}}); !errors.As(err, &ve) || ve.Field != "Config.Upstreams[0]" {
+			t.Errorf("New(Upstreams %s): %v, want a *ValidationError", u, err)
+		}
+	}
+}
+
+// TestRefused_noRA: REFUSED says no recursion is available (RA clear), to
+// strangers and to clients on internal networks; a client that may
+// forward is told RA.
+func TestRefused_noRA(t *testing.T) {
+	t.Parallel()
+	srv := handler(t)
+	srv.AddNetwork("i", []netip.Prefix{netip.MustParsePrefix("172.30.2.0/24")}, true)
+	ask := func(name string, from string) *dns.Msg {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		b, _ := q.Pack()
+		m := new(dns.Msg)
+		if err := m.Unpack(srv.Handle(context.Background(), b, []netip.Addr{netip.MustParseAddr(from)}, true)); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name, from string
+		rcode      int
+		ra         bool
+	}{
+		{"web.", "10.9.9.9", dns.RcodeRefused, false},         // a stranger
+		{"x.example.", "172.30.2.5", dns.RcodeRefused, false}, // internal: nothing forwarded
+		{"web.", "172.30.2.5", dns.RcodeNameError, false},     // internal: no recursion at all
+		{"web.", "172.30.1.5", dns.RcodeSuccess, true},
+	} {
+		m := ask(c.name, c.from)
+		if m.Rcode != c.rcode || m.RecursionAvailable != c.ra {
+			t.Errorf("%s from %s: %s RA %v, want %s RA %v", c.name, c.from, dns.RcodeToString[m.Rcode], m.RecursionAvailable, dns.RcodeToString[c.rcode], c.ra)
+		}
+	}
 }

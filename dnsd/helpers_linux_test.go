@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,7 +78,7 @@ func (l *lab) bridge(name, subnet string, internal bool) (*bridge.Network, netip
 	}
 	t.Cleanup(func() { n.Delete(context.Background(), true) })
 	sub := n.Config().Subnets[0]
-	if err := l.srv.AddNetwork(name, []netip.Prefix{sub.Subnet}, internal); err != nil {
+	if err := l.srv.AddNetwork(name, []netip.Prefix{sub.Subnet}, internal, n.Config().Bridge); err != nil {
 		t.Fatal(err)
 	}
 	return n, sub.Gateway
@@ -165,13 +166,15 @@ func addrs(m *dns.Msg) []netip.Addr {
 type upstream struct {
 	addr     netip.AddrPort
 	udp, tcp atomic.Int64 // queries seen
+	slow     atomic.Int64 // of them, for slow* names (never answered)
 	mode     atomic.Value // "ok", "servfail", "silent"
 }
 
 var extAddr = netip.MustParseAddr("203.0.113.7")
 
 // newUpstream serves, on ns at addr (port 0: any), ext.example. (one A
-// record, 203.0.113.7) and big.example. (100 A records, truncated over UDP
+// record, 203.0.113.7), never answers names that begin with "slow", and
+// big.example. (100 A records, truncated over UDP
 // as a real server would: TC set, no answers); everything else NXDOMAIN.
 func newUpstream(t testing.TB, ns *netns.NS, addr netip.Addr) *upstream {
 	t.Helper()
@@ -193,6 +196,10 @@ func newUpstream(t testing.TB, ns *netns.NS, addr netip.Addr) *upstream {
 			u.tcp.Add(1)
 		} else {
 			u.udp.Add(1)
+		}
+		if strings.HasPrefix(r.Question[0].Name, "slow") {
+			u.slow.Add(1)
+			return // never answered
 		}
 		switch u.mode.Load() {
 		case "silent":

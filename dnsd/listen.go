@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,6 +34,17 @@ type Listener struct {
 	conns   chan struct{}
 	once    sync.Once
 	err     error
+
+	// Interface names by index and the namespace's own addresses, in ns,
+	// read by the UDP readers without a lock; updated under mu.
+	ifnames atomic.Pointer[map[int]string]
+	locals  atomic.Pointer[localAddrs]
+	mu      sync.Mutex
+}
+
+type localAddrs struct {
+	at    time.Time
+	addrs map[netip.Addr]bool
 }
 
 // Addr returns the address and port the listener's sockets are bound to.
@@ -45,11 +58,17 @@ func (l *Listener) Addr() netip.AddrPort { return l.addr }
 // clients still use addr:53. ctx bounds the setup; the listener serves
 // until Close (its own or the Server's).
 func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.AddrPort) (*Listener, error) {
+	if ctx == nil {
+		return nil, &ValidationError{"ctx", "nil context"}
+	}
 	if host == nil {
 		return nil, &ValidationError{"host", "nil namespace"}
 	}
-	if !addr.Addr().IsValid() {
+	if !addr.Addr().IsValid() || addr.Addr().IsUnspecified() {
 		return nil, &ValidationError{"addr", "invalid address"}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("dnsd: listen %s: %w", addr, err)
 	}
 	return s.listen(ctx, host, addr, nil)
 }
@@ -62,11 +81,22 @@ func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.Addr
 // in ctr, the server listens on a free port and redirects 127.0.0.11:53 to
 // it in ctr.
 func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []netip.Addr) (*Listener, error) {
+	if ctx == nil {
+		return nil, &ValidationError{"ctx", "nil context"}
+	}
 	if ctr == nil {
 		return nil, &ValidationError{"ctr", "nil namespace"}
 	}
 	if len(addrs) == 0 {
 		return nil, &ValidationError{"addrs", "the container has no address"}
+	}
+	for i, a := range addrs {
+		if !a.IsValid() {
+			return nil, &ValidationError{fmt.Sprintf("addrs[%d]", i), "invalid address"}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("dnsd: listen in %s: %w", ctr, err)
 	}
 	a := netip.MustParseAddr(DefaultContainerDNS)
 	l, err := s.listen(ctx, ctr, netip.AddrPortFrom(a, 53), addrs)
@@ -77,6 +107,9 @@ func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []net
 }
 
 func (s *Server) listen(ctx context.Context, ns *netns.NS, addr netip.AddrPort, clients []netip.Addr) (_ *Listener, err error) {
+	if err := s.checkLoop(ns, addr); err != nil {
+		return nil, err
+	}
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
@@ -98,6 +131,11 @@ func (s *Server) listen(ctx context.Context, ns *netns.NS, addr netip.AddrPort, 
 		l.udp = pc.(*net.UDPConn)
 		bound := l.udp.LocalAddr().(*net.UDPAddr).AddrPort()
 		l.addr = netip.AddrPortFrom(addr.Addr(), bound.Port())
+		if err := setPktinfo(l.udp, l.addr.Addr().Is4()); err != nil {
+			l.udp.Close()
+			l.udp = nil
+			return nil, fmt.Errorf("dnsd: listen udp %s: %w", addr, err)
+		}
 		l.tcp, err = ns.Listen("tcp", l.addr.String())
 		if err == nil {
 			break
@@ -135,6 +173,22 @@ func (s *Server) listen(ctx context.Context, ns *netns.NS, addr netip.AddrPort, 
 	return l, nil
 }
 
+// checkLoop refuses a listener that an upstream is: forwarded queries
+// leave from the server's host namespace, so a listener there on an
+// upstream's address, on the upstream's port or on 53 (which a redirect
+// may send to it), would forward to itself in a loop.
+func (s *Server) checkLoop(ns *netns.NS, addr netip.AddrPort) error {
+	if s.cfg.NS == nil || !ns.Equal(s.cfg.NS) {
+		return nil
+	}
+	for i, u := range s.cfg.Upstreams {
+		if u.Addr().Unmap() == addr.Addr().Unmap() && (u.Port() == 53 || u.Port() == addr.Port()) {
+			return &ValidationError{"addr", fmt.Sprintf("%s is Config.Upstreams[%d]: the server would forward to itself", addr.Addr(), i)}
+		}
+	}
+	return nil
+}
+
 // Close stops the listener, waits for its goroutines and removes its
 // redirect. It may be called more than once.
 func (l *Listener) Close() error {
@@ -164,22 +218,113 @@ func (l *Listener) Close() error {
 func (l *Listener) serveUDP() {
 	defer l.wg.Done()
 	buf := make([]byte, 65535)
+	oob := make([]byte, 128)
 	var one [1]netip.Addr
 	for {
-		n, from, err := l.udp.ReadFromUDPAddrPort(buf)
+		n, oobn, _, from, err := l.udp.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		clients := l.clients
-		if clients == nil {
-			one[0] = from.Addr().Unmap()
-			clients = one[:]
-		}
-		l.s.serve(l.ctx, buf[:n], clients, true, func(out []byte) { l.udp.WriteToUDPAddrPort(out, from) }, l.spawn)
+		one[0] = from.Addr().Unmap()
+		w := l.who(one[:], pktinfoIfindex(oob[:oobn]))
+		l.s.serve(l.ctx, buf[:n], w, true, func(out []byte) { l.udp.WriteToUDPAddrPort(out, from) }, l.spawn)
 	}
+}
+
+// loopback is the index of lo in every namespace.
+const loopback = 1
+
+// who says who a query from src that arrived on the interface ifindex is.
+// A container listener's client is the container, whose queries arrive
+// over loopback; a ListenHost listener's is its source address on the
+// networks of the interface (the host itself, over loopback, only with
+// Config.AnswerHost).
+func (l *Listener) who(src []netip.Addr, ifindex int) who {
+	switch {
+	case l.clients != nil && ifindex == loopback:
+		return who{addrs: l.clients}
+	case l.clients != nil:
+		return who{check: true} // nobody
+	case ifindex <= 0:
+		return who{check: true}
+	case l.isLocal(src[0]):
+		// The host itself: only it can send from its own addresses (the
+		// kernel drops such packets from outside as martians). Its
+		// queries come in "on" the interface of the address they are
+		// sent to, so only the source tells.
+		if l.s.cfg.AnswerHost {
+			return who{addrs: src}
+		}
+		return who{check: true}
+	}
+	return who{addrs: src, iface: l.ifname(ifindex), check: true}
+}
+
+// isLocal reports whether a is an address of the listener's namespace.
+// The addresses are read again when a second has passed since the last
+// read.
+func (l *Listener) isLocal(a netip.Addr) bool {
+	if la := l.locals.Load(); la != nil && time.Since(la.at) < time.Second {
+		return la.addrs[a]
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	la := l.locals.Load()
+	if la == nil || time.Since(la.at) >= time.Second {
+		la = &localAddrs{at: time.Now(), addrs: map[netip.Addr]bool{}}
+		addrs, err := l.ns.Addrs(nil, unix.AF_UNSPEC)
+		if err != nil {
+			l.s.log.Debug("dnsd: local addresses", "err", err)
+		}
+		for _, na := range addrs {
+			if a, ok := netip.AddrFromSlice(na.IP); ok {
+				la.addrs[a.Unmap()] = true
+			}
+		}
+		l.locals.Store(la)
+	}
+	return la.addrs[a] || a.IsLoopback()
+}
+
+// ifname returns the name of the interface ifindex in the listener's
+// namespace, "" if there is none. Names are looked up once per index (the
+// kernel does not hand an index out again soon: it allocates them
+// cyclically).
+func (l *Listener) ifname(ifindex int) string {
+	if m := l.ifnames.Load(); m != nil {
+		if name, ok := (*m)[ifindex]; ok {
+			return name
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := map[int]string{}
+	if m := l.ifnames.Load(); m != nil {
+		old = *m
+	}
+	if name, ok := old[ifindex]; ok {
+		return name
+	}
+	var name string
+	err := l.ns.Do(func() error {
+		ifi, err := net.InterfaceByIndex(ifindex)
+		if err == nil {
+			name = ifi.Name
+		}
+		return err
+	})
+	if err != nil {
+		l.s.log.Debug("dnsd: interface of a query", "ifindex", ifindex, "err", err)
+		return ""
+	}
+	m := make(map[int]string, len(old)+1)
+	maps.Copy(m, old)
+	m[ifindex] = name
+	l.ifnames.Store(&m)
+	return name
 }
 
 // spawn runs f on a goroutine that Close waits for.
@@ -225,14 +370,11 @@ func (l *Listener) serveConn(c net.Conn) {
 	defer c.Close()
 	stop := context.AfterFunc(l.ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	var clients []netip.Addr
-	if l.clients != nil {
-		clients = l.clients
-	} else if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		clients = []netip.Addr{ap.Addr().Unmap()}
-	} else {
+	ra, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
 		return
 	}
+	w := l.who([]netip.Addr{ra.AddrPort().Addr().Unmap()}, connIfindex(c, l.addr.Addr().Is4()))
 	var hdr [2]byte
 	for {
 		c.SetDeadline(time.Now().Add(l.s.cfg.TCPIdle))
@@ -247,7 +389,8 @@ func (l *Listener) serveConn(c net.Conn) {
 		if _, err := io.ReadFull(c, b); err != nil {
 			return
 		}
-		out := l.s.Handle(l.ctx, b, clients, false)
+		var out []byte
+		l.s.serve(l.ctx, b, w, false, func(b []byte) { out = b }, nil)
 		if out == nil {
 			return
 		}

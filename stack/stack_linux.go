@@ -129,7 +129,7 @@ func (s *Stack) serveDNS(ctx context.Context, nw *bridge.Network, internal bool)
 	for _, sc := range cfg.Subnets {
 		subnets = append(subnets, sc.Subnet)
 	}
-	if err := s.dns.AddNetwork(cfg.Name, subnets, internal); err != nil {
+	if err := s.dns.AddNetwork(cfg.Name, subnets, internal, cfg.Bridge); err != nil {
 		return err
 	}
 	for _, sc := range cfg.Subnets {

@@ -3,7 +3,8 @@
 // Package nft owns nsnet's nftables table: one inet table named "nsnet" per
 // host namespace, with its base chains, sets and constant rules. Per-network
 // data lives in set elements, never in rules, so the rule set is the same
-// whatever the number of networks.
+// whatever the number of networks. A bridge-family table of the same name
+// checks the sources of what containers send (portguard.go).
 package nft
 
 import (
@@ -37,7 +38,9 @@ const TableName = "nsnet"
 //	    oifname @bridges drop }                    # no direct access
 //	  chain user {}                                # the user's, never flushed
 //	  chain guard { type filter hook prerouting priority raw
-//	    iifname != "lo" ip daddr 127.0.0.0/8 drop }
+//	    iifname != "lo" ip daddr 127.0.0.0/8 drop
+//	    meta nfproto ipv6 iifname @bridges ip6 saddr != :: \
+//	      fib saddr . iif oif missing drop }         # guard.go
 //	  chain prerouting { type nat hook prerouting priority dstnat; jump ports }
 //	  chain output { type nat hook output priority dstnat; jump ports }
 //	  chain ports { fib daddr type != local return
@@ -211,7 +214,7 @@ func (sc *schema) skeleton(c *nftables.Conn) error {
 	for _, ch := range sc.chains() {
 		c.FlushChain(ch)
 	}
-	for _, cr := range sc.rules() {
+	for _, cr := range append(sc.rules(), chainRules{sc.guard, sc.rpfilter6()}) {
 		for _, r := range cr.rules {
 			c.AddRule(&nftables.Rule{Table: sc.table, Chain: cr.chain, Exprs: r, UserData: []byte("nsnet")})
 		}
@@ -277,8 +280,12 @@ func addNetwork(c *nftables.Conn, sc *schema, n Network) error {
 // RemoveNetwork takes a bridge out of every set, its masquerade included.
 // A bridge (or a table) that is not there is no error. When nothing of
 // nsnet's is left (no bridge, no mapping), the table goes too, in the same
-// transaction.
+// transaction. Guarded ports whose links are gone are forgotten first
+// (portguard.go).
 func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
+	if err := prunePorts(ctx, host); err != nil {
+		return err
+	}
 	return change(ctx, host, "nft.remove-network", false, func(c *nftables.Conn, sc *schema) (bool, error) {
 		dirty := false
 		for _, s := range []*nftables.Set{sc.bridges, sc.internal, sc.same, sc.noicc} {

@@ -329,7 +329,7 @@ func (d *daemon) bridgeDNS(ctx context.Context, conf *cniconf.NetConf, nw *bridg
 			gw = sc.Gateway
 		}
 	}
-	if err := s.AddNetwork(conf.Name, subs, c.Internal); err != nil {
+	if err := s.AddNetwork(conf.Name, subs, c.Internal, c.Bridge); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
