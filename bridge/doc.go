@@ -92,7 +92,8 @@
 // endpoints may run at once (the tests attach 200 containers concurrently).
 // New, Delete, Attach and Detach are serialised where they must be, across
 // goroutines and processes, by lock files (flock) under /run/nsnet/locks
-// (or a temporary directory the user may write): a host's lock (shared;
+// (or a temporary directory the user may write; $NSNET_LOCK_DIR chooses
+// another, and nstest points it at a directory of the test run): a host's lock (shared;
 // GC's is exclusive), a network's (exclusive for New and Delete, shared
 // for Attach and Detach) and an endpoint's, each held from the check to
 // the act. Two processes creating one network both get it; a Delete that

@@ -25,9 +25,18 @@ var (
 	dirErr  error
 )
 
+// DirEnv names the environment variable that, when set, gives the lock
+// directory instead of dirs: nstest sets it to a directory of the test
+// binary's own, so that tests leave no lock files on the machine.
+const DirEnv = "NSNET_LOCK_DIR"
+
 func lockDir() (string, error) {
 	dirOnce.Do(func() {
-		for _, d := range dirs {
+		ds := dirs
+		if d := os.Getenv(DirEnv); d != "" {
+			ds = []string{d}
+		}
+		for _, d := range ds {
 			if dirErr = os.MkdirAll(d, 0o700); dirErr == nil {
 				if dirErr = unix.Access(d, unix.W_OK); dirErr == nil {
 					dir = d

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/netns"
 	"golang.org/x/sys/unix"
 )
@@ -296,6 +297,16 @@ func (before machine) check(t testing.TB, strict bool) {
 //	func TestMain(m *testing.M) { nstest.Main(m) }
 func Main(m *testing.M) {
 	skipExamples()
+	// nsnet's lock files go to a directory of this run's, which goes with
+	// it, not to the machine's /run/nsnet/locks; child processes the tests
+	// start inherit it.
+	var lockDir string
+	if os.Getenv(keylock.DirEnv) == "" {
+		if d, err := os.MkdirTemp("", "nsnet-locks-"); err == nil {
+			os.Setenv(keylock.DirEnv, d)
+			lockDir = d
+		}
+	}
 	// Start the runtime's poller before counting, so that its descriptors
 	// are part of the baseline.
 	if r, w, err := os.Pipe(); err == nil {
@@ -314,6 +325,9 @@ func Main(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "nstest.Main: "+msg)
 			code = 1
 		}
+	}
+	if lockDir != "" {
+		os.RemoveAll(lockDir)
 	}
 	os.Exit(code)
 }

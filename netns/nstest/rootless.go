@@ -9,8 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/nsnet/nsnet/internal/keylock"
 )
 
 // rootlessEnv marks the child that Rootless starts, so that it runs the
@@ -55,7 +59,10 @@ func Rootless(t *testing.T, run string) {
 	}
 	cmd := exec.CommandContext(t.Context(), bin, "-test.run", run, "-test.count", "1", "-test.v")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), rootlessEnv+"=1", "HOME="+dir, "TMPDIR="+dir)
+	// The child makes its own lock directory under TMPDIR: this run's is
+	// root's.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, keylock.DirEnv+"=") })
+	cmd.Env = append(env, rootlessEnv+"=1", "HOME="+dir, "TMPDIR="+dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: RootlessUID, Size: 1}},
