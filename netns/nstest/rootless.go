@@ -62,7 +62,14 @@ func Rootless(t *testing.T, run string) {
 	// The child makes its own lock directory under TMPDIR: this run's is
 	// root's.
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, keylock.DirEnv+"=") })
-	cmd.Env = append(env, rootlessEnv+"=1", "HOME="+dir, "TMPDIR="+dir)
+	tmp := filepath.Join(dir, "tmp") // the user's own, for its temporary files
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(tmp, RootlessUID, RootlessUID); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(env, rootlessEnv+"=1", "HOME="+tmp, "TMPDIR="+tmp)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: RootlessUID, Size: 1}},
