@@ -27,6 +27,9 @@ type ValidationError struct {
 }
 
 func (e *ValidationError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("%s: %s: %s", e.Pkg, e.Field, e.Reason)
+	}
 	return fmt.Sprintf("%s: %s %q: %s", e.Pkg, e.Field, e.Value, e.Reason)
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/nsnet/nsnet"
 	"github.com/nsnet/nsnet/netns"
 )
 
@@ -36,17 +37,22 @@ var (
 	ErrNotFound = os.ErrNotExist
 	// ErrExists: a network of that name with other settings.
 	ErrExists = os.ErrExist
+	// ErrInUse: the module-wide in-use sentinel, nsnet.ErrInUse.
+	ErrInUse = nsnet.ErrInUse
 	// ErrClosed: the server was closed.
 	ErrClosed = errors.New("dnsd: server closed")
 )
 
-// A ValidationError says which argument is wrong and why.
-type ValidationError struct {
-	Field  string
-	Reason string
-}
+// A ValidationError says which argument is wrong and why:
+// nsnet.ValidationError, the one type every nsnet package returns for bad
+// input.
+type ValidationError = nsnet.ValidationError
 
-func (e *ValidationError) Error() string { return "dnsd: " + e.Field + ": " + e.Reason }
+// invalid is dnsd's *ValidationError; the reason quotes the value where it
+// matters.
+func invalid(field, reason string) *ValidationError {
+	return &ValidationError{Pkg: "dnsd", Field: field, Reason: reason}
+}
 
 // Config configures a Server. The zero value (with NS set) is usable.
 type Config struct {
@@ -154,13 +160,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Domain = strings.ToLower(dns.Fqdn(cfg.Domain))
 	if !validDomain(cfg.Domain) {
-		return nil, &ValidationError{"Config.Domain", fmt.Sprintf("%q is not a domain name", cfg.Domain)}
+		return nil, invalid("Config.Domain", fmt.Sprintf("%q is not a domain name", cfg.Domain))
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = DefaultTTL
 	}
 	if cfg.TTL < 0 {
-		return nil, &ValidationError{"Config.TTL", "negative"}
+		return nil, invalid("Config.TTL", "negative")
 	}
 	if cfg.MaxForwards == 0 {
 		cfg.MaxForwards = DefaultMaxForwards
@@ -181,7 +187,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.UDPReaders = 4
 	}
 	if cfg.MaxForwards < 0 || cfg.MaxClientForwards < 0 || cfg.MaxTCPConns < 0 || cfg.Timeout < 0 || cfg.TCPIdle < 0 || cfg.UDPReaders < 0 {
-		return nil, &ValidationError{"Config", "negative limit"}
+		return nil, invalid("Config", "negative limit")
 	}
 	if cfg.Upstreams == nil {
 		path := cfg.ResolvConf
@@ -196,15 +202,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	for i, u := range cfg.Upstreams {
 		if !u.IsValid() || u.Port() == 0 {
-			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "invalid address"}
+			return nil, invalid(fmt.Sprintf("Config.Upstreams[%d]", i), "invalid address")
 		}
 		// 0.0.0.0 and :: are "this host": the server itself, a loop.
 		if u.Addr().IsUnspecified() {
-			return nil, &ValidationError{fmt.Sprintf("Config.Upstreams[%d]", i), "the unspecified address is the server itself"}
+			return nil, invalid(fmt.Sprintf("Config.Upstreams[%d]", i), "the unspecified address is the server itself")
 		}
 	}
 	if len(cfg.Upstreams) > 0 && cfg.NS == nil {
-		return nil, &ValidationError{"Config.NS", "required to forward to upstreams"}
+		return nil, invalid("Config.NS", "required to forward to upstreams")
 	}
 	cfg.Upstreams = slices.Clone(cfg.Upstreams)
 	log := cfg.Logger
@@ -252,15 +258,15 @@ func (s *Server) Domain() string { return s.cfg.Domain }
 // other settings it fails with ErrExists.
 func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool, ifaces ...string) error {
 	if name == "" {
-		return &ValidationError{"name", "empty"}
+		return invalid("name", "empty")
 	}
 	if len(subnets) == 0 {
-		return &ValidationError{"subnets", "none"}
+		return invalid("subnets", "none")
 	}
 	ifaces = slices.Clone(ifaces)
 	for i, n := range ifaces {
 		if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/: \t\n\x00") {
-			return &ValidationError{fmt.Sprintf("ifaces[%d]", i), fmt.Sprintf("%q is not an interface name", n)}
+			return invalid(fmt.Sprintf("ifaces[%d]", i), fmt.Sprintf("%q is not an interface name", n))
 		}
 	}
 	slices.Sort(ifaces)
@@ -268,7 +274,7 @@ func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool, 
 	subs := make([]netip.Prefix, len(subnets))
 	for i, p := range subnets {
 		if !p.IsValid() {
-			return &ValidationError{fmt.Sprintf("subnets[%d]", i), "invalid prefix"}
+			return invalid(fmt.Sprintf("subnets[%d]", i), "invalid prefix")
 		}
 		subs[i] = p.Masked()
 	}
@@ -344,18 +350,18 @@ func validDomain(d string) bool {
 // Register adds ep to network, replacing an endpoint of the same name.
 func (s *Server) Register(network string, ep Endpoint) error {
 	if !validLabel(ep.Name) {
-		return &ValidationError{"Endpoint.Name", fmt.Sprintf("%q is not a DNS label", ep.Name)}
+		return invalid("Endpoint.Name", fmt.Sprintf("%q is not a DNS label", ep.Name))
 	}
 	for i, a := range ep.Aliases {
 		if !validLabel(a) {
-			return &ValidationError{fmt.Sprintf("Endpoint.Aliases[%d]", i), fmt.Sprintf("%q is not a DNS label", a)}
+			return invalid(fmt.Sprintf("Endpoint.Aliases[%d]", i), fmt.Sprintf("%q is not a DNS label", a))
 		}
 	}
 	ep.Aliases = slices.Clone(ep.Aliases)
 	ep.Addrs = slices.Clone(ep.Addrs)
 	for i, a := range ep.Addrs {
 		if !a.IsValid() {
-			return &ValidationError{fmt.Sprintf("Endpoint.Addrs[%d]", i), "invalid address"}
+			return invalid(fmt.Sprintf("Endpoint.Addrs[%d]", i), "invalid address")
 		}
 		ep.Addrs[i] = a.Unmap()
 	}

@@ -78,7 +78,7 @@ func (rc ResolvConf) Bytes() []byte {
 func WriteResolvConf(dir string, rc ResolvConf) error {
 	for _, s := range append(append([]string{}, rc.Search...), rc.Options...) {
 		if s == "" || strings.ContainsAny(s, " \t\r\n#;") {
-			return &ValidationError{"ResolvConf", fmt.Sprintf("bad search domain or option %q", s)}
+			return invalid("ResolvConf", fmt.Sprintf("bad search domain or option %q", s))
 		}
 	}
 	return writeAtomic(dir, "resolv.conf", rc.Bytes())
@@ -128,16 +128,16 @@ func WriteHosts(dir string, h Hosts) error {
 	bad := func(s string) bool { return s == "" || strings.ContainsAny(s, " \t\r\n#") }
 	for _, n := range []string{h.Name, h.ID} {
 		if n != "" && bad(n) {
-			return &ValidationError{"Hosts", fmt.Sprintf("bad name %q", n)}
+			return invalid("Hosts", fmt.Sprintf("bad name %q", n))
 		}
 	}
 	for _, e := range h.Extra {
 		if !e.Addr.IsValid() || len(e.Names) == 0 {
-			return &ValidationError{"Hosts.Extra", "an entry needs an address and a name"}
+			return invalid("Hosts.Extra", "an entry needs an address and a name")
 		}
 		for _, n := range e.Names {
 			if bad(n) {
-				return &ValidationError{"Hosts.Extra", fmt.Sprintf("bad name %q", n)}
+				return invalid("Hosts.Extra", fmt.Sprintf("bad name %q", n))
 			}
 		}
 	}

@@ -59,13 +59,13 @@ func (l *Listener) Addr() netip.AddrPort { return l.addr }
 // until Close (its own or the Server's).
 func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.AddrPort) (*Listener, error) {
 	if ctx == nil {
-		return nil, &ValidationError{"ctx", "nil context"}
+		return nil, invalid("ctx", "nil context")
 	}
 	if host == nil {
-		return nil, &ValidationError{"host", "nil namespace"}
+		return nil, invalid("host", "nil namespace")
 	}
 	if !addr.Addr().IsValid() || addr.Addr().IsUnspecified() {
-		return nil, &ValidationError{"addr", "invalid address"}
+		return nil, invalid("addr", "invalid address")
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("dnsd: listen %s: %w", addr, err)
@@ -82,17 +82,17 @@ func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.Addr
 // it in ctr.
 func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []netip.Addr) (*Listener, error) {
 	if ctx == nil {
-		return nil, &ValidationError{"ctx", "nil context"}
+		return nil, invalid("ctx", "nil context")
 	}
 	if ctr == nil {
-		return nil, &ValidationError{"ctr", "nil namespace"}
+		return nil, invalid("ctr", "nil namespace")
 	}
 	if len(addrs) == 0 {
-		return nil, &ValidationError{"addrs", "the container has no address"}
+		return nil, invalid("addrs", "the container has no address")
 	}
 	for i, a := range addrs {
 		if !a.IsValid() {
-			return nil, &ValidationError{fmt.Sprintf("addrs[%d]", i), "invalid address"}
+			return nil, invalid(fmt.Sprintf("addrs[%d]", i), "invalid address")
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -183,7 +183,7 @@ func (s *Server) checkLoop(ns *netns.NS, addr netip.AddrPort) error {
 	}
 	for i, u := range s.cfg.Upstreams {
 		if u.Addr().Unmap() == addr.Addr().Unmap() && (u.Port() == 53 || u.Port() == addr.Port()) {
-			return &ValidationError{"addr", fmt.Sprintf("%s is Config.Upstreams[%d]: the server would forward to itself", addr.Addr(), i)}
+			return invalid("addr", fmt.Sprintf("%s is Config.Upstreams[%d]: the server would forward to itself", addr.Addr(), i))
 		}
 	}
 	return nil
