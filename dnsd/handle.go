@@ -333,3 +333,36 @@ func ptrAddr(name string) (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
+
+// upstreamQuery is the query to send upstream for req, packed, and the
+// end of its question. Upstreams see no client options (ECS, cookies) of
+// ours.
+func upstreamQuery(req *dns.Msg) ([]byte, int, error) {
+	edns := req.IsEdns0()
+	q := &dns.Msg{MsgHdr: req.MsgHdr, Question: req.Question}
+	q.SetEdns0(dns.DefaultMsgSize, edns != nil && edns.Do())
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, 0, err
+	}
+	qend, ok := questionEnd(wire)
+	if !ok {
+		return nil, 0, errMismatch
+	}
+	return wire, qend, nil
+}
+
+// clientSize is the largest answer the client takes: over UDP 512 bytes,
+// or its EDNS size.
+func clientSize(req *dns.Msg, udp bool) int {
+	if !udp {
+		return dns.MaxMsgSize
+	}
+	size := dns.MinMsgSize
+	if req != nil {
+		if o := req.IsEdns0(); o != nil && int(o.UDPSize()) > size {
+			size = int(o.UDPSize())
+		}
+	}
+	return size
+}

@@ -17,11 +17,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/examples/check"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/macvlan"
 	"github.com/nsnet/nsnet/nat"
@@ -162,7 +162,7 @@ func route(ns *netns.NS, name string, dst netip.Prefix) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet.From(dst), Scope: netlink.SCOPE_LINK, Priority: 500}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}, Scope: netlink.SCOPE_LINK, Priority: 500}
 	if err := h.RouteAdd(r); err != nil {
 		return nil, fmt.Errorf("ip route add %s dev %s: %w", dst, name, err)
 	}

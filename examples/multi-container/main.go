@@ -28,7 +28,6 @@ import (
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/examples/check"
-	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/nat"
 	"github.com/nsnet/nsnet/netns"
@@ -153,7 +152,7 @@ func run(ctx context.Context, env check.Env) error {
 	if err != nil {
 		return err
 	}
-	if err := oh.RouteAdd(&netlink.Route{Dst: ipnet.From(subnet), Gw: out.Uplink.AsSlice()}); err != nil {
+	if err := oh.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: subnet.Addr().AsSlice(), Mask: net.CIDRMask(subnet.Bits(), subnet.Addr().BitLen())}, Gw: out.Uplink.AsSlice()}); err != nil {
 		return err
 	}
 	probe, cancel := context.WithTimeout(ctx, 2*time.Second)
