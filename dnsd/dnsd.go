@@ -239,10 +239,28 @@ func DefaultUpstreams(path string) ([]netip.AddrPort, error) {
 }
 
 // Upstreams returns the resolvers the server forwards to.
-func (s *Server) Upstreams() []netip.AddrPort { return slices.Clone(s.cfg.Upstreams) }
+func (s *Server) Upstreams() []netip.AddrPort {
+	if s.usable() != nil {
+		return nil
+	}
+	return slices.Clone(s.cfg.Upstreams)
+}
+
+// usable returns a *ValidationError for a nil Server or one not made by New.
+func (s *Server) usable() error {
+	if s == nil || s.listeners == nil {
+		return invalid("Server", "nil, or not made by New")
+	}
+	return nil
+}
 
 // Domain returns the networks' domain, e.g. "nsnet.internal.".
-func (s *Server) Domain() string { return s.cfg.Domain }
+func (s *Server) Domain() string {
+	if s.usable() != nil {
+		return ""
+	}
+	return s.cfg.Domain
+}
 
 // AddNetwork adds a network: clients whose source address is in one of its
 // subnets get its names. Internal networks get no forwarding.
@@ -257,6 +275,9 @@ func (s *Server) Domain() string { return s.cfg.Domain }
 // Adding a network that exists with the same settings succeeds; with
 // other settings it fails with ErrExists.
 func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool, ifaces ...string) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	if name == "" {
 		return invalid("name", "empty")
 	}
@@ -299,6 +320,9 @@ func (s *Server) AddNetwork(name string, subnets []netip.Prefix, internal bool, 
 // RemoveNetwork removes a network and its names. Removing one that is not
 // there succeeds.
 func (s *Server) RemoveNetwork(name string) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nets = slices.DeleteFunc(s.nets, func(n *network) bool { return n.name == name })
@@ -349,6 +373,9 @@ func validDomain(d string) bool {
 
 // Register adds ep to network, replacing an endpoint of the same name.
 func (s *Server) Register(network string, ep Endpoint) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	if !validLabel(ep.Name) {
 		return invalid("Endpoint.Name", fmt.Sprintf("%q is not a DNS label", ep.Name))
 	}
@@ -402,6 +429,9 @@ func (s *Server) keys(label string) [2]string {
 // Unregister removes the endpoint named name from network. Removing one
 // that is not there, or from a network that is gone, succeeds.
 func (s *Server) Unregister(network, name string) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, err := s.network(network)
@@ -452,6 +482,9 @@ func (s *Server) unregister(n *network, ep Endpoint) {
 // Close closes every listener and makes further calls fail with ErrClosed.
 // It may be called more than once.
 func (s *Server) Close() error {
+	if s.usable() != nil {
+		return nil
+	}
 	s.mu.Lock()
 	s.closed = true
 	ls := make([]*Listener, 0, len(s.listeners))

@@ -22,6 +22,9 @@ import (
 // query came in on, and answers as for a client on every network whose
 // subnets hold one of the addresses.
 func (s *Server) Handle(ctx context.Context, query []byte, clients []netip.Addr, udp bool) []byte {
+	if s.usable() != nil {
+		return nil
+	}
 	var out []byte
 	s.serve(ctx, query, who{addrs: clients}, udp, func(b []byte) { out = b }, nil)
 	return out

@@ -48,7 +48,12 @@ type localAddrs struct {
 }
 
 // Addr returns the address and port the listener's sockets are bound to.
-func (l *Listener) Addr() netip.AddrPort { return l.addr }
+func (l *Listener) Addr() netip.AddrPort {
+	if l == nil {
+		return netip.AddrPort{}
+	}
+	return l.addr
+}
 
 // ListenHost serves DNS on addr (a network's gateway address) in the host
 // namespace host, over UDP and TCP, as Podman's aardvark-dns does; clients
@@ -58,6 +63,9 @@ func (l *Listener) Addr() netip.AddrPort { return l.addr }
 // clients still use addr:53. ctx bounds the setup; the listener serves
 // until Close (its own or the Server's).
 func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.AddrPort) (*Listener, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
 	if ctx == nil {
 		return nil, invalid("ctx", "nil context")
 	}
@@ -81,6 +89,9 @@ func (s *Server) ListenHost(ctx context.Context, host *netns.NS, addr netip.Addr
 // in ctr, the server listens on a free port and redirects 127.0.0.11:53 to
 // it in ctr.
 func (s *Server) ListenContainer(ctx context.Context, ctr *netns.NS, addrs []netip.Addr) (*Listener, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
 	if ctx == nil {
 		return nil, invalid("ctx", "nil context")
 	}
@@ -192,6 +203,9 @@ func (s *Server) checkLoop(ns *netns.NS, addr netip.AddrPort) error {
 // Close stops the listener, waits for its goroutines and removes its
 // redirect. It may be called more than once.
 func (l *Listener) Close() error {
+	if l == nil || l.s == nil {
+		return nil
+	}
 	l.once.Do(func() {
 		if l.cancel != nil {
 			l.cancel()

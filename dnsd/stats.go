@@ -62,6 +62,9 @@ func (c *counters) observe(qtype uint16, rcode int, d time.Duration) {
 
 // Stats returns a copy of the counters.
 func (s *Server) Stats() Stats {
+	if s.usable() != nil {
+		return Stats{}
+	}
 	c := &s.stats
 	st := Stats{ByType: map[string]uint64{}, ByRcode: map[string]uint64{},
 		Forwarded: c.forwarded.Load(), ForwardTCP: c.forwardTCP.Load(), UpstreamErrors: c.upstreamErrors.Load(),
