@@ -124,7 +124,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if err := ctx.Err(); err != nil {
 		return Endpoint{}, err
 	}
-	unlock, err := lockEndpointFile(n.host, n.cfg.Name, ep.ID)
+	unlock, err := locks.Endpoint(n.host, n.cfg.Name, ep.ID)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -348,7 +348,7 @@ func (n *Network) Detach(ctx context.Context, id string) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	unlock, err := lockEndpointFile(n.host, n.cfg.Name, id)
+	unlock, err := locks.Endpoint(n.host, n.cfg.Name, id)
 	if err != nil {
 		return err
 	}

@@ -196,13 +196,13 @@ func TestHalfMade(t *testing.T) {
 // blocked reports whether a call waits for network's lock (/proc/locks
 // lists the waiters of each lock file by its inode).
 func blocked(t testing.TB, host *netns.NS, network string) bool {
-	l, err := keylock.File(hostKey(host)+".bridge."+network+".probe", true)
+	l, err := keylock.File(locks.Prefix(host)+"."+network+".probe", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Unlock(true)
 	var st unix.Stat_t
-	if err := unix.Stat(filepath.Join(filepath.Dir(l.Path()), hostKey(host)+".bridge."+network), &st); err != nil {
+	if err := unix.Stat(filepath.Join(filepath.Dir(l.Path()), locks.Prefix(host)+"."+network), &st); err != nil {
 		return false
 	}
 	b, err := os.ReadFile("/proc/locks")

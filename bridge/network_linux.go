@@ -57,7 +57,7 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 	if cfg.Bridge == "" {
 		cfg.Bridge = BridgeName(cfg.Name)
 	}
-	unlock, err := lockNetwork(host, cfg.Name, true)
+	unlock, err := locks.Network(host, cfg.Name, true)
 	if err != nil {
 		return nil, err
 	}
@@ -530,7 +530,7 @@ func (n *Network) Delete(ctx context.Context, force bool) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	unlock, err := lockNetwork(n.host, n.cfg.Name, true)
+	unlock, err := locks.Network(n.host, n.cfg.Name, true)
 	if err != nil {
 		return err
 	}

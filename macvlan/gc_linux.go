@@ -8,10 +8,14 @@ import (
 
 	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/keylock"
+	"github.com/nsnet/nsnet/internal/netlock"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 )
+
+// locks are the macvlan networks' and endpoints' (see netlock).
+var locks = netlock.Kind("macvlan")
 
 // GC is the one recovery call per host (like CNI GC): given what is live,
 // it removes every object of the macvlan driver whose owner is gone, and
@@ -35,14 +39,14 @@ func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (
 	if err := ctx.Err(); err != nil {
 		return out, err
 	}
-	unlock, err := lockHost(host)
+	unlock, err := locks.Host(host)
 	if err != nil {
 		return out, err
 	}
 	defer unlock(false)
 	// No call of this host holds or waits for a network's or endpoint's
 	// lock now: their files go (they are made again when needed).
-	defer keylock.RemoveUnder(hostKey(host) + ".macvlan")
+	defer keylock.RemoveUnder(locks.Prefix(host))
 	liveNet := func(name string) bool { return live.Networks == nil || slices.Contains(live.Networks, name) }
 	liveEP := func(network, id string) bool {
 		return slices.ContainsFunc(live.Endpoints, func(e LiveEndpoint) bool { return e.Network == network && e.ID == id })

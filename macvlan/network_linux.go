@@ -156,7 +156,7 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 		return nil, bad("Config.MTU", fmt.Sprint(cfg.MTU), fmt.Sprintf("more than the MTU of parent %s, %d", cfg.Parent, pa.MTU))
 	}
 
-	unlock, err := lockNetwork(host, cfg.Name, true)
+	unlock, err := locks.Network(host, cfg.Name, true)
 	if err != nil {
 		return nil, err
 	}
@@ -533,7 +533,7 @@ func (n *Network) Delete(ctx context.Context, force bool) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	unlock, err := lockNetwork(n.host, n.cfg.Name, true)
+	unlock, err := locks.Network(n.host, n.cfg.Name, true)
 	if err != nil {
 		return err
 	}

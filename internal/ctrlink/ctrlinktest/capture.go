@@ -7,27 +7,18 @@ package ctrlinktest
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nsnet/nsnet/netns"
+	"github.com/nsnet/nsnet/netns/nstest"
 	"golang.org/x/sys/unix"
 )
 
 // Capture records the ARP and ICMPv6 neighbour advertisements that
-// arrive on one interface: an AF_PACKET socket in its namespace.
-type Capture struct {
-	fd     int
-	closed atomic.Bool
-	done   chan struct{}
-
-	mu    sync.Mutex
-	heard []Announcement
-}
+// arrive on one interface (nstest.Sniff).
+type Capture struct{ *nstest.Capture }
 
 // Announcement is an address and the MAC a neighbour was told it is at.
 type Announcement struct {
@@ -37,53 +28,11 @@ type Announcement struct {
 
 // Listen starts capturing on interface link of ns.
 func Listen(ns *netns.NS, link string) (*Capture, error) {
-	const ethAll = 0x0300 // htons(ETH_P_ALL)
-	c := &Capture{fd: -1, done: make(chan struct{})}
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(link)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, ethAll)
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: ethAll, Ifindex: ifi.Index})
-	})
-	if err == nil {
-		err = unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 50_000})
-	}
+	c, err := nstest.Sniff(ns, link)
 	if err != nil {
-		if c.fd >= 0 {
-			unix.Close(c.fd)
-		}
 		return nil, err
 	}
-	go c.read()
-	return c, nil
-}
-
-func (c *Capture) read() {
-	defer close(c.done)
-	buf := make([]byte, 2048)
-	for {
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if c.closed.Load() {
-			return
-		}
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return
-		}
-		if a, ok := parse(buf[:n]); ok {
-			c.mu.Lock()
-			c.heard = append(c.heard, a)
-			c.mu.Unlock()
-		}
-	}
+	return &Capture{c}, nil
 }
 
 // parse reads a gratuitous ARP (sender address = target address) or an
@@ -118,28 +67,10 @@ func parse(f []byte) (Announcement, bool) {
 // up to two seconds for it.
 func (c *Capture) Heard(addr netip.Addr, mac net.HardwareAddr) bool {
 	want := Announcement{addr, mac.String()}
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		c.mu.Lock()
-		for _, a := range c.heard {
-			if a == want {
-				c.mu.Unlock()
-				return true
-			}
-		}
-		c.mu.Unlock()
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// Close stops the capture.
-func (c *Capture) Close() {
-	if !c.closed.Swap(true) {
-		<-c.done
-		unix.Close(c.fd)
-	}
+	return c.Seen(2*time.Second, func(f []byte) bool {
+		a, ok := parse(f)
+		return ok && a == want
+	})
 }
 
 // NeighMAC returns the MAC that ns's neighbour table holds for addr, or
