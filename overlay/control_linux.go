@@ -211,7 +211,7 @@ func (h *Host) program() {
 	}
 
 	want := map[entry]bool{}
-	wantNames := map[string]map[string][]netip.Addr{}
+	wantNames := map[string]map[string]epRecord{}
 	for k, v := range h.view {
 		rest, ok := strings.CutPrefix(k, epPrefix)
 		if !ok {
@@ -225,9 +225,9 @@ func (h *Host) program() {
 		}
 		if parts := strings.SplitN(rest, "/", 3); len(parts) == 3 {
 			if wantNames[network] == nil {
-				wantNames[network] = map[string][]netip.Addr{}
+				wantNames[network] = map[string]epRecord{}
 			}
-			wantNames[network][parts[2]] = r.Addrs
+			wantNames[network][parts[2]] = r
 		}
 		if r.Host == h.cfg.Name {
 			continue
@@ -407,7 +407,7 @@ func (h *Host) repair(reap []string, lost map[string][]byte) {
 
 // programNames makes the DNS server hold the names of every local
 // network's endpoints, on every host. h.mu is held.
-func (h *Host) programNames(defs map[string]Config, want map[string]map[string][]netip.Addr) {
+func (h *Host) programNames(defs map[string]Config, want map[string]map[string]epRecord) {
 	dns := h.cfg.DNS
 	for network, names := range h.names {
 		if _, ok := h.local[network]; !ok {
@@ -437,12 +437,12 @@ func (h *Host) programNames(defs map[string]Config, want map[string]map[string][
 			}
 			h.names[network] = map[string]string{}
 		}
-		for name, addrs := range want[network] {
-			key := fmt.Sprint(addrs)
+		for name, r := range want[network] {
+			key := fmt.Sprint(r.Addrs, r.Aliases)
 			if h.names[network][name] == key {
 				continue
 			}
-			if err := dns.Register(network, dnsd.Endpoint{Name: name, Addrs: addrs}); err != nil {
+			if err := dns.Register(network, dnsd.Endpoint{Name: name, Aliases: r.Aliases, Addrs: r.Addrs}); err != nil {
 				h.cfg.Logger.Error("overlay: dns", "network", network, "name", name, "err", err)
 				continue
 			}

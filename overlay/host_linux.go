@@ -710,6 +710,11 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if ec.NS.Equal(h.cfg.NS) {
 		return Endpoint{}, invalid("NS", ec.NS.String(), "the host's own namespace, not a container's")
 	}
+	for _, a := range ec.Aliases {
+		if r := names.Check(a, 63); r != "" || strings.ContainsRune(a, '.') {
+			return Endpoint{}, invalid("Aliases", a, "not a DNS label")
+		}
+	}
 	if ec.IfName == "" {
 		ec.IfName = "eth0"
 	}
@@ -762,7 +767,7 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 		mtu = min(mtu, n.cfg.MTU)
 	}
 	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: mac, MTU: mtu}
-	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: mac.String()}
+	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: mac.String(), Aliases: ec.Aliases}
 	for _, l := range alloc.Leases() {
 		ep.Addrs = append(ep.Addrs, l.Addr)
 		rec.Addrs = append(rec.Addrs, l.Addr.Addr())

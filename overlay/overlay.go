@@ -128,6 +128,8 @@ type epRecord struct {
 	VTEP  netip.Addr   `json:"vtep"`
 	MAC   string       `json:"mac"`
 	Addrs []netip.Addr `json:"addrs"`
+	// Aliases are the endpoint's other names on the network.
+	Aliases []string `json:"aliases,omitempty"`
 }
 
 func (r epRecord) mac() net.HardwareAddr {
@@ -206,6 +208,9 @@ type EndpointConfig struct {
 	ID string
 	// NS is the container's namespace.
 	NS *netns.NS
+	// Aliases are other names the endpoint answers to on the network, on
+	// every host (`--network-alias`), besides its ID: DNS labels.
+	Aliases []string
 	// IfName in the container; "" is eth0.
 	IfName string
 	// MAC of the container's interface; nil: random.

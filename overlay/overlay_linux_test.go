@@ -708,8 +708,9 @@ func (s *resumingStore) Watch(ctx context.Context, prefix string, after int64) <
 	return out
 }
 
-// TestNames: each host's DNS server answers the names of the overlay's
-// containers on every host, and drops a name when its endpoint goes.
+// TestNames: each host's DNS server answers the names (and aliases) of the
+// overlay's containers on every host, and drops a name when its endpoint
+// goes.
 func TestNames(t *testing.T) {
 	t.Parallel()
 	store := ipam.NewMemoryStore()
@@ -743,6 +744,28 @@ func TestNames(t *testing.T) {
 		}
 		return nil
 	})
+	// An alias (--network-alias) is served on every host too.
+	n2, err := c.hosts[1].Network(t.Context(), "ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep2, err := n2.Attach(t.Context(), overlay.EndpointConfig{ID: "c2", NS: nstest.Container(t, c.topo.Hosts[1].NS), Aliases: []string{"db"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "c1 on host1 resolves c2's alias db on host2", func() error {
+		got, err := resolver.LookupNetIP(t.Context(), "ip4", "db")
+		if err != nil || len(got) != 1 || got[0] != ep2.Addrs[0].Addr() {
+			return fmt.Errorf("%v, %v; want %s", got, err, ep2.Addrs[0].Addr())
+		}
+		return nil
+	})
+	if _, err := n2.Attach(t.Context(), overlay.EndpointConfig{ID: "c9", NS: nstest.Container(t, c.topo.Hosts[1].NS), Aliases: []string{"a.b"}}); err == nil {
+		t.Error("an alias that is not a DNS label was taken")
+	}
+	if err := n2.Detach(t.Context(), "c2"); err != nil {
+		t.Fatal(err)
+	}
 	n3, err := c.hosts[2].Network(t.Context(), "ov")
 	if err != nil {
 		t.Fatal(err)

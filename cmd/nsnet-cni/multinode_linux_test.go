@@ -121,7 +121,7 @@ func TestOverlay(t *testing.T) {
 			"store": "etcd", "etcd": map[string]any{"endpoints": []string{endpoint}},
 			"dnsServer": true, "dnsUpstreams": []string{}})
 		name := []string{"alpha", "beta"}[i]
-		c := n.container("ov-"+name, map[string]any{"aliases": []string{name}})
+		c := n.container("ov-"+name, map[string]any{"aliases": []string{name, name + "-svc"}})
 		r := n.add(list, c)
 		if len(r.DNS.Nameservers) != 1 || r.DNS.Nameservers[0] != "127.0.0.11" {
 			t.Errorf("result DNS %+v", r.DNS)
@@ -150,6 +150,15 @@ func TestOverlay(t *testing.T) {
 	}
 	if err != nil || len(got) != 1 || got[0] != addrs[1] {
 		t.Errorf("alpha resolves beta across the nodes: %v %v, want %s", got, err, addrs[1])
+	}
+	// Its second alias too: every name of the container is served on every node.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got, err = lookup(ctx, ctrs[0].ns, lo, "beta-svc"); err == nil {
+			break
+		}
+	}
+	if err != nil || len(got) != 1 || got[0] != addrs[1] {
+		t.Errorf("alpha resolves beta's alias beta-svc across the nodes: %v %v, want %s", got, err, addrs[1])
 	}
 	if err := checkAttachment(nodes[0], lists[0], ctrs[0]); err != nil {
 		t.Errorf("CHECK: %v", err)

@@ -139,6 +139,15 @@ func (d *daemon) overlayID(ctx context.Context, st ipam.Store, conf *cniconf.Net
 	return id, err
 }
 
+// overlayAliases are the names after the first (the endpoint's ID, see
+// overlayID): every host of the overlay serves them too.
+func overlayAliases(conf *cniconf.NetConf, names []string) []string {
+	if !conf.DNSServer || len(names) < 2 {
+		return nil
+	}
+	return names[1:]
+}
+
 func claimKey(network, id string) string { return "cni/claims/" + network + "/" + id }
 
 func (d *daemon) releaseClaim(ctx context.Context, st ipam.Store, conf *cniconf.NetConf, rec *record) error {
@@ -178,7 +187,7 @@ func (d *daemon) addOverlay(ctx context.Context, conf *cniconf.NetConf, rec *rec
 		return attached{}, err
 	}
 	rec.EndpointID = id
-	ep, err := n.Attach(ctx, overlay.EndpointConfig{ID: id, NS: ctr, IfName: rec.IfName, MAC: ar.MAC})
+	ep, err := n.Attach(ctx, overlay.EndpointConfig{ID: id, NS: ctr, IfName: rec.IfName, MAC: ar.MAC, Aliases: overlayAliases(conf, ar.Names)})
 	if err != nil {
 		d.releaseClaim(context.WithoutCancel(ctx), st, conf, rec)
 		return attached{}, fmt.Errorf("nsnet-cni: attach %s %s to %q: %w", rec.ContainerID, rec.IfName, conf.Name, err)
