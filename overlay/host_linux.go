@@ -830,9 +830,11 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 			return fail(err)
 		}
 		gid := gatewayID(n.cfg.Name, ec.ID)
-		if _, err := gw.Attach(ctx, bridge.EndpointConfig{ID: gid, NS: ec.NS, DefaultRoute: true}); err != nil {
+		gep, err := gw.Attach(ctx, bridge.EndpointConfig{ID: gid, NS: ec.NS, DefaultRoute: true})
+		if err != nil {
 			return fail(fmt.Errorf("overlay: attach %s to the gateway bridge: %w", ec.ID, err))
 		}
+		ep.Egress = &Egress{Endpoint: gep, Subnets: gw.Config().Subnets}
 	}
 	return ep, nil
 }

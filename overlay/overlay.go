@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/dnsd"
 	"github.com/nsnet/nsnet/internal/errs"
 	"github.com/nsnet/nsnet/internal/names"
@@ -224,4 +225,15 @@ type Endpoint struct {
 	MAC    net.HardwareAddr
 	Addrs  []netip.Prefix
 	MTU    int
+	// Egress is the container's interface on the host's gateway bridge,
+	// which gives it the default route out (Docker's docker_gwbridge); nil
+	// for an internal network.
+	Egress *Egress
+}
+
+// Egress is an endpoint's interface on the host's gateway bridge.
+type Egress struct {
+	bridge.Endpoint
+	// Subnets are the gateway bridge's, with their gateways.
+	Subnets []ipam.SubnetConfig
 }

@@ -126,6 +126,19 @@ func TestOverlay(t *testing.T) {
 		if len(r.DNS.Nameservers) != 1 || r.DNS.Nameservers[0] != "127.0.0.11" {
 			t.Errorf("result DNS %+v", r.DNS)
 		}
+		// The result names every interface the plugin made: the overlay's
+		// and the egress one on the node's gateway bridge, which has the
+		// default route.
+		var inCtr []string
+		for _, itf := range r.Interfaces {
+			if itf.Sandbox != "" {
+				inCtr = append(inCtr, itf.Name)
+			}
+		}
+		links := nstest.LinkNames(t, c.ns)
+		if len(inCtr) != 2 || len(links) != 3 || len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" {
+			t.Errorf("result interfaces in the container %v (the container has %v), routes %v", inCtr, links, r.Routes)
+		}
 		ctrs, nodes, lists, addrs = append(ctrs, c), append(nodes, n), append(lists, list), append(addrs, addrOf(t, r))
 	}
 	if err := nodes[0].cni.GetStatusNetworkList(ctx, lists[0]); err != nil {

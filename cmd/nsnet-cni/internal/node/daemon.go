@@ -10,7 +10,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -22,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/nsnet/nsnet/bridge"

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
+	"github.com/nsnet/nsnet/overlay"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -36,7 +38,10 @@ type attached struct {
 	subnets  []ipam.SubnetConfig
 	defRoute bool
 	dnsAddr  netip.Addr // the nameserver the container gets, if any
-	undo     func()     // detach again
+	// egress is a second interface of the container (an overlay's, on
+	// the node's gateway bridge), with the default route, if any.
+	egress *overlay.Egress
+	undo   func() // detach again
 }
 
 func (d *daemon) add(ctx context.Context, conf *cniconf.NetConf, req cniconf.Request) (json.RawMessage, error) {
@@ -196,6 +201,25 @@ func buildResult(conf *cniconf.NetConf, rec *record, at attached, ar cniconf.Att
 			}
 		}
 		res.IPs = append(res.IPs, ipc)
+	}
+	if e := at.egress; e != nil {
+		res.Interfaces = append(res.Interfaces, &current.Interface{Name: e.HostVeth})
+		res.Interfaces = append(res.Interfaces, &current.Interface{Name: e.IfName, Mac: e.MAC.String(), Sandbox: rec.Netns})
+		idx := len(res.Interfaces) - 1
+		for _, a := range e.Addrs {
+			ipc := &current.IPConfig{Interface: current.Int(idx), Address: net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}}
+			for _, s := range e.Subnets {
+				if s.Subnet.Contains(a.Addr()) && s.Gateway.IsValid() {
+					ipc.Gateway = s.Gateway.AsSlice()
+					dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+					if a.Addr().Is6() {
+						dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+					}
+					res.Routes = append(res.Routes, &types.Route{Dst: net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(0, dst.Addr().BitLen())}, GW: s.Gateway.AsSlice()})
+				}
+			}
+			res.IPs = append(res.IPs, ipc)
+		}
 	}
 	if at.dnsAddr.IsValid() {
 		res.DNS.Nameservers = []string{at.dnsAddr.String()}

@@ -6,10 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/nsnet/nsnet/cmd/nsnet-cni/internal/cniconf"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/nsnet/nsnet/dnsd"
@@ -192,7 +193,7 @@ func (d *daemon) addOverlay(ctx context.Context, conf *cniconf.NetConf, rec *rec
 		d.releaseClaim(context.WithoutCancel(ctx), st, conf, rec)
 		return attached{}, fmt.Errorf("nsnet-cni: attach %s %s to %q: %w", rec.ContainerID, rec.IfName, conf.Name, err)
 	}
-	at := attached{id: id, mac: ep.MAC.String(), addrs: ep.Addrs, subnets: n.Config().Subnets}
+	at := attached{id: id, mac: ep.MAC.String(), addrs: ep.Addrs, subnets: n.Config().Subnets, egress: ep.Egress}
 	at.undo = func() {
 		n.Detach(context.WithoutCancel(ctx), id)
 		d.releaseClaim(context.WithoutCancel(ctx), st, conf, rec)
