@@ -107,9 +107,22 @@ func (e Env) close() {
 func Main(run func(ctx context.Context, env Env) error) {
 	dir := flag.String("netns-dir", netns.DefaultDir, "directory for the example's named namespaces")
 	flag.Parse()
+	// The example's host is a sandbox namespace that goes with it: so do
+	// the lock files nsnet keeps for it (by default under /run/nsnet).
+	lockDir := ""
+	if os.Getenv("NSNET_LOCK_DIR") == "" {
+		if d, err := os.MkdirTemp("", "nsnet-example-locks-"); err == nil {
+			os.Setenv("NSNET_LOCK_DIR", d)
+			lockDir = d
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := Run(ctx, netns.Dir(*dir), os.Stdout, run); err != nil {
+	err := Run(ctx, netns.Dir(*dir), os.Stdout, run)
+	cancel()
+	if lockDir != "" {
+		os.RemoveAll(lockDir)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		if errors.Is(err, os.ErrPermission) {
 			fmt.Fprintln(os.Stderr, "nsnet examples need root: sudo go run ./examples/...")
