@@ -698,7 +698,6 @@ func TestForward_noStall(t *testing.T) {
 	na, gw := l.network("neta", "172.30.1.0/24", false)
 	c1, a1 := l.container(na, nil, "c1")
 	s := netip.AddrPortFrom(gw, 53)
-	var conns []net.Conn
 	for range 6 {
 		c, err := c1.Dial(t.Context(), nil, "udp", s.String())
 		if err != nil {
@@ -708,7 +707,6 @@ func TestForward_noStall(t *testing.T) {
 		m := new(dns.Msg)
 		m.SetQuestion("slow.example.", dns.TypeA)
 		(&dns.Conn{Conn: c}).WriteMsg(m)
-		conns = append(conns, c)
 	}
 	for up.udp.Load() < 6 {
 		time.Sleep(5 * time.Millisecond)

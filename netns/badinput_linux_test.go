@@ -58,7 +58,8 @@ func TestBadInput(t *testing.T) {
 
 	host := nstest.Host(t)
 	var ve *nsnet.ValidationError
-	if _, err := host.Dial(nil, nil, "tcp", "127.0.0.1:1"); !errors.As(err, &ve) {
+	var noCtx context.Context // a nil context is the bad input
+	if _, err := host.Dial(noCtx, nil, "tcp", "127.0.0.1:1"); !errors.As(err, &ve) {
 		t.Errorf("Dial with a nil context: %v", err)
 	}
 	if err := host.Do(nil); !errors.As(err, &ve) {
