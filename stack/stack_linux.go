@@ -412,7 +412,8 @@ func (s *Stack) teardown(ctx context.Context, id string, c savedContainer) error
 
 // Stop disconnects a container, like the network part of `docker stop`:
 // its ports and names first, then its interfaces. A container the stack
-// does not run is no error.
+// does not run is no error, and whatever a Run of it cut short by a crash
+// left (ports, interfaces) is removed.
 func (s *Stack) Stop(ctx context.Context, id string) error {
 	if s == nil {
 		return ErrClosed
@@ -423,13 +424,27 @@ func (s *Stack) Stop(ctx context.Context, id string) error {
 	defer s.mu.Unlock()
 	c, ok := s.st.Containers[id]
 	if !ok {
-		return nil
+		// Not in the state: a Run cut short (the process killed between
+		// its first step and the save) may still have left its ports and
+		// interfaces, all under id: they go too.
+		return s.sweep(ctx, id)
 	}
 	if err := s.teardown(ctx, id, c); err != nil {
 		return err
 	}
 	delete(s.st.Containers, id)
 	return s.st.save(s.dir)
+}
+
+// sweep removes what a Run of id that never reached the state may have
+// left: its published ports (their owner is id) and its interfaces on the
+// stack's networks. Removing what is not there is no error.
+func (s *Stack) sweep(ctx context.Context, id string) error {
+	errs := []error{s.ports.RemoveOwner(ctx, id)}
+	for _, nw := range s.nets {
+		errs = append(errs, nw.Detach(ctx, id))
+	}
+	return errors.Join(errs...)
 }
 
 // Containers returns the containers the stack runs.

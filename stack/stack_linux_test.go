@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
@@ -254,4 +256,64 @@ func TestBadInput(t *testing.T) {
 	if links := nstest.LinkNames(t, ctr); len(links) != 1 {
 		t.Errorf("the container has %v", links)
 	}
+}
+
+// TestStopAfterCrash: a Run cut short by a crash (here: the interface and a
+// port made, as Run makes them, the state never saved) is cleaned up by
+// Stop of the same ID, as CNI's DEL would.
+func TestStopAfterCrash(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	host := nstest.Host(t)
+	dir := filepath.Join(t.TempDir(), "state")
+	s := open(t, host, dir)
+	nw, err := s.CreateNetwork(ctx, stack.NetworkConfig{Name: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := nstest.Container(t, host)
+	// What Run does before it saves, done behind the Stack's back.
+	alloc, err := ipam.New(mustFileStore(t, filepath.Join(dir, "ipam")), ipam.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bridge.Open(ctx, host, alloc, "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := b.Attach(ctx, bridge.EndpointConfig{ID: "crashed", NS: ctr, DefaultRoute: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp, err := portmap.New(host, portmap.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mp.Add(ctx, portmap.Mapping{HostPort: 9300, CtrAddr: ep.Addrs[0].Addr(), CtrPort: 80, ID: "crashed"}); err != nil {
+		t.Fatal(err)
+	}
+	mp.Close() // the crashed process's reservations go with it
+
+	if err := s.Stop(ctx, "crashed"); err != nil {
+		t.Fatal(err)
+	}
+	if links := nstest.LinkNames(t, ctr); len(links) != 1 {
+		t.Errorf("the container keeps %v", links)
+	}
+	if ms, err := portmap.List(ctx, host); err != nil || len(ms) != 0 {
+		t.Errorf("mappings left: %v, %v", ms, err)
+	}
+	if err := s.DeleteNetwork(ctx, nw.Name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustFileStore(t *testing.T, dir string) *ipam.FileStore {
+	t.Helper()
+	st, err := ipam.OpenFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
