@@ -29,11 +29,36 @@
 //
 // Config.StateDir holds the IPAM file store and stack.json, the networks and
 // containers the stack made (written atomically, mode 0600, in a directory
-// of mode 0700). Open reads it back: it opens the networks, registers the
-// names again, listens on the gateways again, reserves the published ports
-// again, and puts nsnet's nftables table back as the state says
-// (portmap.Reconcile). Call Reconcile after a firewall reload (`nft flush
-// ruleset`) while the process runs.
+// of mode 0700). Open is the one recovery call of a restarted runtime, after
+// a clean exit or a crash at any point of any call (Open's own included):
+//
+//  1. each network of the state is made whole: made again as it was if its
+//     bridge went (a DeleteNetwork cut short, or someone else deleted it),
+//     and what drifted repaired;
+//  2. everything of nsnet's bridge driver on the host that the state does
+//     not hold goes (bridge.GC): what a CreateNetwork or Run cut short left,
+//     networks, interfaces, pools, allocations;
+//  3. a container one of whose interfaces is gone (its namespace died while
+//     no process watched, or a Stop was cut short) is taken down and dropped
+//     from the state: it does not run, and Run makes it anew;
+//  4. the names are registered, the gateways listened on and the published
+//     ports reserved again, and nsnet's nftables table is made to hold
+//     exactly the state, in one transaction (portmap.Reconcile): rules and
+//     mappings of calls cut short go.
+//
+// A call that was cut short may or may not have taken effect: re-issue it
+// (every call is idempotent). Run of a container that runs checks its
+// interfaces and makes again what drifted (an address, a route, the
+// interface), with the same addresses. Call Reconcile after a firewall
+// reload (`nft flush ruleset`) while the process runs. The host is the
+// stack's: its bridge networks are all the stack's (one Stack per host
+// namespace and state directory).
+//
+// TestCrashRecovery kills a process using a Stack at random moments of
+// CreateNetwork, Run, Stop, DeleteNetwork and Open, 100 times, and checks
+// after each Open that the state is the acknowledged one (or that and the
+// call cut short), that the kernel and the table hold exactly it, and that
+// the running containers pass traffic.
 //
 // A Stack is safe for concurrent use; its calls are serialised.
 package stack

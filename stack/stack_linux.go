@@ -81,34 +81,8 @@ func Open(ctx context.Context, host *netns.NS, cfg Config) (_ *Stack, err error)
 		return nil, err
 	}
 
-	// Back to what the state says: networks with their names and DNS
-	// listeners, then the containers' names and port reservations, then
-	// the rules, all of them in one transaction.
-	for name, sn := range s.st.Networks {
-		nw, err := bridge.Open(ctx, host, s.alloc, name)
-		if err != nil {
-			return nil, fmt.Errorf("stack: network %s of the state: %w", name, err)
-		}
-		if err := s.serveDNS(ctx, nw, sn.Internal); err != nil {
-			return nil, err
-		}
-	}
-	for id, c := range s.st.Containers {
-		for _, ep := range c.Endpoints {
-			if err := s.dns.Register(ep.Network, dnsEndpoint(c.Name, ep)); err != nil {
-				return nil, fmt.Errorf("stack: container %s: %w", id, err)
-			}
-		}
-		for _, m := range c.Ports {
-			if err := s.ports.Reserve(m); err != nil {
-				return nil, fmt.Errorf("stack: container %s: %w", id, err)
-			}
-		}
-	}
-	if len(s.st.Networks) > 0 {
-		if err := s.reconcile(ctx); err != nil {
-			return nil, err
-		}
+	if err := s.recover(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -213,7 +187,7 @@ func (s *Stack) CreateNetwork(ctx context.Context, cfg NetworkConfig) (_ Network
 	if err := s.serveDNS(ctx, nw, cfg.Internal); err != nil {
 		return Network{}, err
 	}
-	s.st.Networks[cfg.Name] = savedNetwork{Internal: cfg.Internal}
+	s.st.Networks[cfg.Name] = savedNetwork{Internal: cfg.Internal, Bridge: &bc}
 	if err := s.st.save(s.dir); err != nil {
 		delete(s.st.Networks, cfg.Name)
 		s.stopDNS(cfg.Name)
@@ -315,6 +289,9 @@ func (s *Stack) Run(ctx context.Context, cfg ContainerConfig) (_ Container, err 
 		cfg.Name = cfg.ID
 	}
 	if c, ok := s.st.Containers[cfg.ID]; ok {
+		if err := s.repair(ctx, cfg, c); err != nil {
+			return Container{}, err
+		}
 		return s.container(cfg.ID, c), nil
 	}
 	var nws []*bridge.Network
@@ -366,6 +343,34 @@ func (s *Stack) Run(ctx context.Context, cfg ContainerConfig) (_ Container, err 
 		return Container{}, err
 	}
 	return s.container(cfg.ID, saved), nil
+}
+
+// repair checks the interfaces of container c, which runs, against the
+// kernel and makes again what drifted (an address, a route, the
+// interface itself), with the addresses and MAC it has: Run of a running
+// container never returns success for an interface that does not work.
+func (s *Stack) repair(ctx context.Context, cfg ContainerConfig, c savedContainer) error {
+	for i, ep := range c.Endpoints {
+		nw, ok := s.nets[ep.Network]
+		if !ok {
+			return fmt.Errorf("stack: network %s: %w", ep.Network, ErrNotFound)
+		}
+		err := nw.CheckEndpoint(ctx, cfg.ID, cfg.NS)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, bridge.ErrDrift) && !errors.Is(err, bridge.ErrNotFound) {
+			return err
+		}
+		var addrs []netip.Addr
+		for _, p := range ep.Addrs {
+			addrs = append(addrs, p.Addr())
+		}
+		if _, err := nw.Attach(ctx, bridge.EndpointConfig{ID: cfg.ID, NS: cfg.NS, IfName: ep.IfName, Addrs: addrs, MAC: ep.MAC, DefaultRoute: i == 0}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func addrOfFamily(addrs []netip.Prefix, v4 bool) netip.Addr {

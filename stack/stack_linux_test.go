@@ -16,9 +16,16 @@ import (
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
 	"github.com/nsnet/nsnet/stack"
+	"github.com/vishvananda/netlink"
 )
 
-func TestMain(m *testing.M) { nstest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashEnv) != "" {
+		crashChild()
+		return
+	}
+	nstest.Main(m)
+}
 
 func open(t *testing.T, host *netns.NS, dir string) *stack.Stack {
 	t.Helper()
@@ -316,4 +323,75 @@ func mustFileStore(t *testing.T, dir string) *ipam.FileStore {
 	}
 	t.Cleanup(func() { st.Close() })
 	return st
+}
+
+// TestRunRepairs: Run of a running container checks its interfaces and
+// makes again what drifted behind the stack's back (an address, the
+// interface itself) with the same address, instead of returning success
+// for an interface that does not work.
+func TestRunRepairs(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	host := nstest.Host(t)
+	s := open(t, host, filepath.Join(t.TempDir(), "state"))
+	if _, err := s.CreateNetwork(ctx, stack.NetworkConfig{Name: "n"}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.DeleteNetwork(ctx, "n")
+	a, b := nstest.Container(t, host), nstest.Container(t, host)
+	cfg := stack.ContainerConfig{ID: "a", NS: a, Networks: []stack.Attachment{{Network: "n"}}}
+	ca, err := s.Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(ctx, "a")
+	if _, err := s.Run(ctx, stack.ContainerConfig{ID: "b", NS: b, Networks: []stack.Attachment{{Network: "n"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(ctx, "b")
+	addr := ca.Endpoints[0].Addrs[0]
+	for _, drift := range []struct {
+		what string
+		do   func() error
+	}{
+		{"its address", func() error {
+			h, err := a.Netlink()
+			if err != nil {
+				return err
+			}
+			l, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return h.AddrDel(l, &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}})
+		}},
+		{"its interface", func() error {
+			h, err := a.Netlink()
+			if err != nil {
+				return err
+			}
+			l, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return h.LinkDel(l)
+		}},
+	} {
+		if err := drift.do(); err != nil {
+			t.Fatalf("%s: %v", drift.what, err)
+		}
+		if err := nstest.Ping(ctx, b, addr.Addr()); err == nil {
+			t.Fatalf("%s gone, b still pings a", drift.what)
+		}
+		again, err := s.Run(ctx, cfg)
+		if err != nil {
+			t.Fatalf("Run after %s went: %v", drift.what, err)
+		}
+		if got := again.Endpoints[0].Addrs[0]; got != addr {
+			t.Errorf("after %s went: address %s, want %s", drift.what, got, addr)
+		}
+		if err := nstest.Ping(ctx, b, addr.Addr()); err != nil {
+			t.Errorf("after %s went and Run: b pings a: %v", drift.what, err)
+		}
+	}
 }

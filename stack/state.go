@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/portmap"
 )
 
@@ -20,6 +21,11 @@ type state struct {
 
 type savedNetwork struct {
 	Internal bool `json:"internal,omitempty"`
+	// Bridge is the network's settings as made (bridge name, subnets with
+	// gateways, MTU, MAC), so that Open can make a network whose bridge
+	// went (a crash in DeleteNetwork, or someone else) again as it was.
+	// Nil in the state of an older release.
+	Bridge *bridge.Config `json:"bridge,omitempty"`
 }
 
 type savedContainer struct {
