@@ -38,6 +38,8 @@ type Mapper struct {
 	ct *ctSocket
 	// ctNoFlush: the kernel has no filtered conntrack flush (before 6.12).
 	ctNoFlush bool
+	// drain reads what reaches the reservation sockets (reserve_linux.go).
+	drain drainer
 }
 
 // portKey is what overlapping mappings share.
@@ -770,7 +772,7 @@ func (mp *Mapper) Close() error {
 		delete(mp.reserved, k)
 	}
 	mp.ctClose()
-	return nil
+	return mp.drain.close()
 }
 
 // reserve holds a socket on each host port of m that is not held yet and
@@ -806,7 +808,7 @@ func (mp *Mapper) reserveAll(ms []Mapping) ([]resKey, int, error) {
 	bad := -1
 	err := mp.host.Do(func() error {
 		for j, w := range ws {
-			c, err := openReservation(w.k)
+			c, err := mp.openReservation(w.k)
 			if err != nil {
 				bad = j
 				return err
@@ -833,7 +835,6 @@ func (mp *Mapper) reserveAll(ms []Mapping) ([]resKey, int, error) {
 	var took []resKey
 	for j, c := range opened {
 		if c != nil {
-			serve(c)
 			mp.reserved[ws[j].k] = c
 			took = append(took, ws[j].k)
 		}
@@ -848,87 +849,6 @@ func (mp *Mapper) releaseKeys(keys []resKey) {
 			delete(mp.reserved, k)
 		}
 	}
-}
-
-// openReservation opens the reservation socket of k on a thread in the
-// host namespace; nil for an SCTP port on a kernel without SCTP.
-func openReservation(k resKey) (io.Closer, error) {
-	addr := k.addr
-	if !addr.IsValid() {
-		addr = netip.IPv4Unspecified()
-		if k.v6 {
-			addr = netip.IPv6Unspecified()
-		}
-	}
-	ap := netip.AddrPortFrom(addr, uint16(k.port)).String()
-	suffix := "4"
-	if k.v6 {
-		suffix = "6"
-	}
-	switch k.proto {
-	case unix.IPPROTO_TCP:
-		return net.Listen("tcp"+suffix, ap)
-	case unix.IPPROTO_UDP:
-		return net.ListenPacket("udp"+suffix, ap)
-	default:
-		return openSCTP(addr, k.port)
-	}
-}
-
-// serve drains a reservation socket: connections that get to a TCP one
-// went around the DNAT and are closed; datagrams are dropped.
-func serve(c io.Closer) {
-	switch c := c.(type) {
-	case net.Listener:
-		go func() {
-			for {
-				conn, err := c.Accept()
-				if err != nil {
-					return
-				}
-				conn.Close()
-			}
-		}()
-	case net.PacketConn:
-		go func() {
-			buf := make([]byte, 1)
-			for {
-				if _, _, err := c.ReadFrom(buf); err != nil && errors.Is(err, net.ErrClosed) {
-					return
-				}
-			}
-		}()
-	}
-}
-
-type fdCloser int
-
-func (f fdCloser) Close() error { return unix.Close(int(f)) }
-
-func openSCTP(addr netip.Addr, port int) (io.Closer, error) {
-	dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
-	if addr.Is6() {
-		dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
-	}
-	fd, err := unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
-		return nil, nil // no SCTP in this kernel: nothing can take the port
-	}
-	if err != nil {
-		return nil, err
-	}
-	if addr.Is6() {
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return fdCloser(fd), nil
 }
 
 // hostHas checks that the host has addr (the zero Addr: yes).
