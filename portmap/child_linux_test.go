@@ -141,12 +141,28 @@ func (c *child) line() string {
 	return strings.TrimSpace(l)
 }
 
-// kill SIGKILLs the child and reaps it; what it said after the last line
-// read is lost with it.
+// kill SIGKILLs the child, reaps it and returns what it said that was
+// not read yet.
 func (c *child) kill() {
-	if c.cmd.ProcessState == nil {
-		c.cmd.Process.Kill()
-		c.in.Close()
-		c.cmd.Wait()
+	c.rest()
+}
+
+func (c *child) rest() []string {
+	if c.cmd.ProcessState != nil {
+		return nil
 	}
+	c.cmd.Process.Kill()
+	c.in.Close()
+	var lines []string
+	for {
+		l, err := c.out.ReadString('\n')
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+		if err != nil {
+			break
+		}
+	}
+	c.cmd.Wait()
+	return lines
 }
