@@ -20,8 +20,8 @@ import (
 // to 45 (see BenchmarkAddAll1000First).
 type drainer struct {
 	mu   sync.Mutex
-	ep   *os.File     // the epoll instance, in Go's poller; nil: not made yet
-	fds  map[int]bool // the sockets it watches
+	ep   *os.File    // the epoll instance, in Go's poller; nil: not made yet
+	fds  map[int]int // the sockets it watches, and their types
 	done chan struct{}
 }
 
@@ -93,14 +93,14 @@ func (mp *Mapper) openReservation(k resKey) (io.Closer, error) {
 			return fail("listen", err)
 		}
 	}
-	if err := mp.drain.watch(fd); err != nil {
+	if err := mp.drain.watch(fd, typ); err != nil {
 		return fail("epoll_ctl", err)
 	}
 	return reservation{&mp.drain, fd}, nil
 }
 
 // watch adds fd to the drainer, starting it on first use.
-func (d *drainer) watch(fd int) error {
+func (d *drainer) watch(fd, typ int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ep == nil {
@@ -112,18 +112,22 @@ func (d *drainer) watch(fd int) error {
 			unix.Close(ep)
 			return err
 		}
-		d.ep, d.fds, d.done = os.NewFile(uintptr(ep), "portmap-reservations"), map[int]bool{}, make(chan struct{})
+		d.ep, d.fds, d.done = os.NewFile(uintptr(ep), "portmap-reservations"), map[int]int{}, make(chan struct{})
 		go d.run(d.ep, d.done)
 	}
 	if err := unix.EpollCtl(int(d.ep.Fd()), unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		return err
 	}
-	d.fds[fd] = true
+	d.fds[fd] = typ
 	return nil
 }
 
 // run waits, in Go's poller, for the epoll instance to have events, and
-// drains the sockets they name, until the instance is closed.
+// drains the sockets they name, until the instance is closed. It reads
+// until the instance has nothing left (Go's poller tells of new events
+// only), a bounded number from a socket at a time, and lets go of the
+// lock between rounds, so that a flood on one port holds up neither the
+// others nor the Mapper.
 func (d *drainer) run(ep *os.File, done chan struct{}) {
 	defer close(done)
 	rc, err := ep.SyscallConn()
@@ -133,30 +137,35 @@ func (d *drainer) run(ep *os.File, done chan struct{}) {
 	events := make([]unix.EpollEvent, 64)
 	buf := make([]byte, 1)
 	rc.Read(func(epfd uintptr) bool {
-		n, err := unix.EpollWait(int(epfd), events, 0)
-		if err != nil || n <= 0 {
-			return false // nothing yet: wait for the poller
-		}
-		d.mu.Lock()
-		for _, ev := range events[:n] {
-			fd := int(ev.Fd)
-			if !d.fds[fd] {
-				continue // closed meanwhile
+		for {
+			n, err := unix.EpollWait(int(epfd), events, 0)
+			if errors.Is(err, unix.EINTR) {
+				continue
 			}
-			for range 64 { // a bounded number each time: the others wait
-				if nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC); err == nil {
-					unix.Close(nfd) // a connection that went around the DNAT
-				} else if errors.Is(err, unix.ENOTSOCK) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
-					if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT); err != nil && !errors.Is(err, unix.EMSGSIZE) {
+			if err != nil || n <= 0 {
+				return false // nothing left: wait for the poller
+			}
+			d.mu.Lock()
+			for _, ev := range events[:n] {
+				fd := int(ev.Fd)
+				typ, ok := d.fds[fd]
+				if !ok {
+					continue // closed meanwhile
+				}
+				for range 64 {
+					if typ == unix.SOCK_DGRAM {
+						if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT); err != nil {
+							break
+						}
+					} else if nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC); err == nil {
+						unix.Close(nfd) // a connection that went around the DNAT
+					} else {
 						break
 					}
-				} else {
-					break
 				}
 			}
+			d.mu.Unlock()
 		}
-		d.mu.Unlock()
-		return false
 	})
 }
 

@@ -1,12 +1,17 @@
 package portmap_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest"
 	"github.com/nsnet/nsnet/portmap"
 )
@@ -57,6 +62,16 @@ func TestReservationDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The datagrams are read: the socket's queue empties.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		q := rxQueue(t, host, 9300)
+		if q == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the UDP reservation's receive queue holds %d bytes, want it read", q)
+		}
+	}
 	if err := mp.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,4 +94,31 @@ func TestReservationDrains(t *testing.T) {
 			t.Errorf("%s port 9300 after Close: %v, want it free", proto, err)
 		}
 	}
+}
+
+// rxQueue returns the receive queue of the UDP socket of host on port, from
+// /proc/net/udp as the host namespace shows it.
+func rxQueue(t *testing.T, host *netns.NS, port int) int64 {
+	t.Helper()
+	var q int64 = -1
+	err := host.Do(func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/udp")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 5 || !strings.HasSuffix(f[1], fmt.Sprintf(":%04X", port)) {
+				continue
+			}
+			_, rx, _ := strings.Cut(f[4], ":")
+			q, err = strconv.ParseInt(rx, 16, 64)
+			return err
+		}
+		return fmt.Errorf("no UDP socket on port %d", port)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
