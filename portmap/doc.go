@@ -13,7 +13,8 @@
 // container's ports, a host's restart), all or nothing: one nftables
 // transaction, one reservation pass, one conntrack pass; a *BatchError
 // names the mapping that failed a batch. RemoveOwner removes the mappings
-// of one ID (a container's).
+// of one ID (a container's); GC those of every ID that is not live, after
+// a crash (see Recovery).
 //
 // Every mapping is one element of a DNAT map (one per port of a range), so
 // the rules are the same for 10 mappings and for 10,000, on the control
