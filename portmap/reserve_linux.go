@@ -146,6 +146,10 @@ func (d *drainer) run(ep *os.File, done chan struct{}) {
 				return false // nothing left: wait for the poller
 			}
 			d.mu.Lock()
+			if d.ep != ep {
+				d.mu.Unlock()
+				return true // closed: stop even if events keep coming
+			}
 			for _, ev := range events[:n] {
 				fd := int(ev.Fd)
 				typ, ok := d.fds[fd]
