@@ -53,7 +53,6 @@ func TestGCAcrossProcesses(t *testing.T) {
 	if _, err := (*portmap.Mapper)(nil).GC(t.Context(), nil); !errors.Is(err, portmap.ErrNoMapper) {
 		t.Errorf("GC of a nil Mapper: %v, want ErrNoMapper", err)
 	}
-	//lint:ignore SA1012 a nil context is the bad input under test
 	var nilCtx context.Context
 	if _, err := mp.GC(nilCtx, nil); err == nil {
 		t.Error("GC with a nil context: no error")
