@@ -63,6 +63,14 @@ func TestBadInputTable(t *testing.T) {
 		}, portmap.ErrConflict},
 		{"RemoveOwner empty", func() error { return w.mp.RemoveOwner(ctx, "") }, nil},
 		{"nil Mapper", func() error { var mp *portmap.Mapper; _, err := mp.Add(ctx, portmap.Mapping{}); return err }, nil},
+		{"GC nil Mapper", func() error { var mp *portmap.Mapper; _, err := mp.GC(ctx, nil); return err }, portmap.ErrNoMapper},
+		{"GC zero Mapper", func() error { _, err := (&portmap.Mapper{}).GC(ctx, nil); return err }, portmap.ErrNoMapper},
+		{"GC nil context", func() error {
+			var nilCtx context.Context
+			_, err := w.mp.GC(nilCtx, []string{"c"})
+			return err
+		}, nil},
+		{"GC cancelled", func() error { _, err := w.mp.GC(cancelled, nil); return err }, context.Canceled},
 		{"Reconcile nil host", func() error { return portmap.Reconcile(ctx, nil, portmap.State{}) }, nil},
 		{"Reconcile zero host", func() error { return portmap.Reconcile(ctx, &netns.NS{}, portmap.State{}) }, nil},
 		{"Reconcile bad bridge", func() error {

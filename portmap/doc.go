@@ -13,7 +13,8 @@
 // container's ports, a host's restart), all or nothing: one nftables
 // transaction, one reservation pass, one conntrack pass; a *BatchError
 // names the mapping that failed a batch. RemoveOwner removes the mappings
-// of one ID (a container's).
+// of one ID (a container's); GC those of every ID that is not live, after
+// a crash (see Recovery).
 //
 // Every mapping is one element of a DNAT map (one per port of a range), so
 // the rules are the same for 10 mappings and for 10,000, on the control
@@ -47,11 +48,17 @@
 //   - Remove of a UDP or SCTP mapping deletes the mapping's elements, then
 //     its conntrack entries, so a running UDP stream stops reaching the
 //     container at once. Add deletes the entries of a UDP port it
-//     publishes, so that a client that sent to the port before does not
+//     publishes, once its elements are in (a datagram that came before
+//     them, even one that came while Add ran, made an entry without the
+//     DNAT), so that a client that sent to the port before does not
 //     keep missing the container. Both match exactly: the protocol, the
 //     host's own address (the mapping's, or each local address of its
 //     family) and the port; a container's traffic to the same port of
 //     another machine keeps its entries. See Conntrack for TCP.
+//   - route_localnet is turned on only once the table records the
+//     interface (and so has its guard): a process killed in between leaves
+//     a record that GC or Remove clears, never route_localnet on without
+//     the drop rule.
 //   - When an nftables transaction is reported as failed, Add reads the
 //     table back and acts on what is there: the kernel may have applied it.
 //   - Take the rules away before the links: Remove a container's mappings
@@ -106,6 +113,47 @@
 // finds with List. A kernel without SCTP has no SCTP sockets to reserve
 // against, so SCTP mappings need none there.
 //
+// The sockets are made with plain system calls, not net.Listen: one epoll
+// instance per Mapper, in Go's poller, tells one goroutine which of them
+// has something, and it closes the connections that reach one (they went
+// around the DNAT) and drops the datagrams. A socket costs a quarter of a
+// net.Listen with a goroutine of its own, which made a host's first batch
+// of 1,000 mappings 30 ms (see Performance).
+//
+// # Recovery
+//
+// A process killed in Add, AddAll, Remove or RemoveAll leaves nothing that
+// a later process cannot find: the mappings are elements of nsnet's table,
+// named by their ID, and route_localnet is on only for interfaces the
+// table records. The recovery of a restarted orchestrator, once per host,
+// with the owners (container IDs) it still has:
+//
+//	mp, err := portmap.New(host, portmap.Config{})
+//	// 1. The removals that were in flight, again: they are idempotent, and
+//	//    delete the UDP conntrack entries even of elements already gone.
+//	err = mp.RemoveAll(ctx, inFlight)
+//	// 2. Every mapping whose owner is not live goes (with its conntrack
+//	//    entries); route_localnet is made what the rest need; an empty
+//	//    table goes.
+//	_, err = mp.GC(ctx, live)
+//	// 3. The reservations of what is left.
+//	ms, err := mp.List(ctx)
+//	for _, m := range ms {
+//		err = mp.Reserve(m)
+//	}
+//
+// An Add that was not acknowledged (the process died in it) is not live:
+// its owner is left out of live, and the call re-issued after the
+// recovery if still wanted. A mapping without an ID survives GC (no owner
+// can be judged): give every mapping one. After a firewall reload, it is
+// Reconcile that puts the table back (see below). The tests kill a child
+// process at every step of Add, AddAll, Remove and RemoveAll (reservation,
+// forwarding sysctl, table creation, nftables transaction, route_localnet,
+// conntrack cleanup, release) and at random instants, over 100 kills, and
+// check after this recipe that the table, route_localnet, its record and
+// the conntrack entries of the ports equal a model of the acknowledged
+// calls, and that traffic goes through a published port.
+//
 // # Firewall reloads and other rulesets
 //
 // A firewall reload or `nft flush ruleset` deletes nsnet's table with the
@@ -125,41 +173,78 @@
 // # Performance
 //
 // Measured on the project's 2-core machine, as root, while other test
-// suites ran on it (load average 15 to 25: the figures are upper bounds):
+// suites ran on it (load average 10 to 13: the figures are upper bounds),
+// three runs each (-count 3), the range of their medians:
 //
-//	go test -run '^$' -bench 'Publish|UDP|All1000' -benchmem -benchtime 200x ./portmap/
+//	go test -run '^$' -bench 'Publish|UDP|All1000' -benchmem -benchtime 200x -count 3 ./portmap/
 //
-//	host's mappings before          10       1,000    10,000
-//	publish (tcp, median)           0.15 ms  0.16 ms  0.16 ms
-//	unpublish (tcp, median)         0.17 ms  0.19 ms  0.17 ms
-//	allocations per publish+unpublish: 125 KB, 931
+//	host's mappings before          10            1,000         10,000
+//	publish (tcp, median)           0.11-0.18 ms  0.12-0.20 ms  0.14-0.20 ms
+//	unpublish (tcp, median)         0.14-0.20 ms  0.16-0.20 ms  0.16-0.23 ms
+//	allocations per publish+unpublish: 127 KB, 952
 //
-//	host's conntrack entries        10       10,000
-//	publish (udp, median)           0.66 ms  2.4 ms   (was 5.7, 59)
-//	unpublish (udp, median)         0.61 ms  2.2 ms   (was 4.6, 48)
-//	allocations per publish+unpublish: 113 KB, 1,049
+//	host's conntrack entries        10            10,000
+//	publish (udp, median)           0.56-0.59 ms  2.3-3.8 ms
+//	unpublish (udp, median)         0.64-0.68 ms  2.3-3.9 ms
+//	allocations per publish+unpublish: 115 KB, 1,067
 //
-//	1,000 mappings (half UDP, to 10 containers) on a host with 10:
-//	  AddAll (-bench AddAll1000, median)        34 ms
-//	  RemoveAll (-bench RemoveAll1000, median)  30 ms
-//	  allocations per AddAll+RemoveAll: 3.9 MB, 31,135
+//	1,000 mappings to 10 containers, on a host with 10:  all TCP     half UDP
+//	  AddAll, a host's first (-bench AddAll1000First)    15-18 ms    23-26 ms
+//	  AddAll, again (-bench AddAll1000)                  11-15 ms    25-28 ms
+//	  RemoveAll (-bench RemoveAll1000)                   9.5-10 ms   16-20 ms
+//	  allocations per AddAll+RemoveAll (TCP): 2.9 MB, 18,038
 //
 //	masquerade + remove of a network (-bench Masquerade):
 //	  the host's first: 0.34-0.42 ms; its 100th: 1.1 ms
 //
+// On a quieter machine (load 1 to 2) a host's first AddAll of 1,000 took
+// 10.5 ms (all TCP) and 16 ms (half UDP), where it took 30 and 39 ms
+// before the reservations were plain sockets: 1,000 net.Listen calls, each
+// with a goroutine blocked in Accept, cost 15 to 45 ms to open (the first
+// time in a process the most) and 14 to 25 ms to close; the plain sockets
+// with the drainer cost 5 to 7 ms and 4 ms. The rest of the batch is one
+// nftables transaction of 1,000 elements (4 to 6 ms), the route lookups
+// for route_localnet, and for UDP the conntrack dump (about 6 ms).
+//
 // Publishing and unpublishing a TCP port cost the same at 10,000 mappings
 // as at 10: conflicts are checked against the Mapper's index, the kernel
 // adds or deletes one map element, and there is no conntrack work (see
-// Conntrack). A UDP port's conntrack cleanup is one filtered flush: one
-// kernel walk of the conntrack hash table, which is the whole machine's
-// (262,144 buckets here), nothing copied out: 0.3 ms with few entries, and
-// about 0.17 µs per entry beyond, 2 ms at 10,000. That walk is the floor:
-// the kernel finds an entry without it only by its full tuple, which for
-// a client of the port nobody knows, so 1 ms at 10,000 entries is out of
-// reach. A filtered dump costs more (about 6 ms even with no entries: it
-// locks every bucket, where a flush skips the empty ones), so AddAll and
-// RemoveAll take one per family only when they have more than 16 filters;
-// in their 34 and 30 ms go that dump, 1,000 reservation sockets opened or
-// closed, and one transaction of 1,000 elements. Removing a network's masquerade reads which subnets are its,
-// one element per masqueraded subnet of the host.
+// Conntrack).
+//
+// A UDP port's conntrack cleanup is one filtered flush: one kernel walk
+// of the conntrack hash table, which is the whole machine's (262,144
+// buckets here), nothing copied out. Measured one flush at a time, in a
+// namespace with no entries at all 0.02-0.1 ms (the kernel skips the walk
+// for a namespace without entries), with 10 entries 0.4-0.8 ms (the
+// buckets), with 10,000 entries 2.0-4.2 ms, about 0.2 µs an entry. That
+// walk is the floor of a cleanup by filter, and 1 ms at 10,000 entries is
+// out of its reach. Finding the entries without it needs their full
+// tuples, and the client's address and port are in no request: the
+// kernel's only index is the hash of the full tuple (and zone). What else
+// was weighed, and why it is not done:
+//
+//   - Deleting by exact tuple needs the tuples: a dump walks as the flush
+//     does (and costs more, about 6 ms even without entries: it locks every
+//     bucket); a record of the clients kept by the packet path (a dynamic
+//     set refreshed on every packet) has timeouts of its own that nothing
+//     ties to the entries' (sysctls, per-entry timeouts set through
+//     ctnetlink), and an entry it misses is the stale entry this cleanup
+//     exists to delete. A ct mark or zone per mapping only changes what the
+//     walk compares.
+//   - A conntrack zone per container target (set in the raw hooks for the
+//     mapping's host port, in the original direction only, with the DNAT
+//     chosen by zone) would make publish need no cleanup at all: the entries
+//     from before are in another zone and never looked up again. But
+//     Remove would leave the mapping's entries in place: the container
+//     would keep sending to its clients as the host's port, and a client
+//     that reaches the same container through another host port from the
+//     same source port would be dropped (its reply tuple clashes with the
+//     old entry's, which zones in one direction do not separate) for up to
+//     the UDP stream timeout (120 s). It would also cost two raw chains
+//     that every UDP packet to the host passes, a zone allocator shared by
+//     processes, and a conntrack walk on Reconcile. Unpublish stays at the
+//     flush; publish could reach about 0.2 ms that way, at that price.
+//
+// Removing a network's masquerade reads which subnets are its, one
+// element per masqueraded subnet of the host.
 package portmap

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -38,6 +37,10 @@ type Mapper struct {
 	ct *ctSocket
 	// ctNoFlush: the kernel has no filtered conntrack flush (before 6.12).
 	ctNoFlush bool
+	// drain reads what reaches the reservation sockets (reserve_linux.go).
+	drain drainer
+	// stepHook is a test's: called at each step of a call (see step).
+	stepHook nft.StepFunc
 }
 
 // portKey is what overlapping mappings share.
@@ -312,9 +315,21 @@ func (mp *Mapper) pick(m Mapping) (Mapping, error) {
 	return m, ErrExhausted
 }
 
-// publish deletes stale conntrack entries and adds the elements of ms;
-// after a failed transaction it reads the table back, since the kernel may
-// have applied a batch reported as failed.
+// publish adds the elements of ms, then deletes the conntrack entries
+// that would still send packets for them elsewhere; after a failed
+// transaction it reads the table back, since the kernel may have applied a
+// batch reported as failed. The order is what a crash or a packet in
+// between needs:
+//
+//   - the elements before the conntrack cleanup: a packet that comes
+//     between them makes an entry with the DNAT (with the cleanup first, it
+//     would make a stale one again);
+//   - the table's record of the interfaces that get route_localnet (and
+//     with it the table's guard) before route_localnet is turned on, so
+//     that it is never on without the guard, even if the process dies in
+//     between.
+//
+// A failure after the transaction takes the elements out again.
 func (mp *Mapper) publish(ctx context.Context, ms []Mapping) error {
 	var elems, udp []nft.Mapping
 	v4, v6 := false, false
@@ -333,13 +348,7 @@ func (mp *Mapper) publish(ctx context.Context, ms []Mapping) error {
 			loopback = append(loopback, m.CtrAddr)
 		}
 	}
-	lnets, err := mp.localnet(loopback)
-	if err != nil {
-		return err
-	}
-	if err := mp.forget(udp, false); err != nil {
-		return err
-	}
+	mp.step("reserve")
 	for _, f := range []struct{ on, v6 bool }{{v4, false}, {v6, true}} {
 		if f.on {
 			if err := mp.forwarding(f.v6); err != nil {
@@ -347,15 +356,39 @@ func (mp *Mapper) publish(ctx context.Context, ms []Mapping) error {
 			}
 		}
 	}
-	err = nft.AddMappings(ctx, mp.host, elems, lnets...)
-	if err != nil {
-		have, rerr := nft.Mappings(context.WithoutCancel(ctx), mp.host)
-		if rerr == nil && contains(have, elems) {
-			return nil
-		}
-		return err
+	mp.step("forwarding")
+	lnets := mp.localnetLinks(loopback)
+	nctx := ctx
+	if mp.stepHook != nil {
+		nctx = nft.WithStep(ctx, mp.stepHook)
 	}
+	if err := nft.AddMappings(nctx, mp.host, elems, lnets...); err != nil {
+		have, rerr := nft.Mappings(context.WithoutCancel(ctx), mp.host)
+		if rerr != nil || !contains(have, elems) {
+			return err
+		}
+	}
+	mp.step("nft")
+	undo := func(err error) error {
+		return errors.Join(err, mp.remove(context.WithoutCancel(ctx), elems))
+	}
+	if err := mp.setLocalnet(lnets, true); err != nil {
+		return undo(err)
+	}
+	mp.step("localnet")
+	if err := mp.forget(udp, false); err != nil {
+		return undo(err)
+	}
+	mp.step("conntrack")
 	return nil
+}
+
+// step calls the test's hook, if any, with the step of a call that is
+// done (SetStep in export_linux_test.go).
+func (mp *Mapper) step(name string) {
+	if mp.stepHook != nil {
+		mp.stepHook(name)
+	}
 }
 
 func contains(have, want []nft.Mapping) bool {
@@ -405,13 +438,10 @@ func linkTo(host *netns.NS, ctr netip.Addr) netlink.Link {
 	return l
 }
 
-// localnet lets packets from 127.0.0.1 that are DNATed to the containers
-// ctrs (of mappings that cover 127.0.0.1) leave through the interfaces
-// towards them (route_localnet on those interfaces only), and returns the
-// interfaces' names for the table's record. nsnet's table drops packets
-// for 127.0.0.0/8 that did not come in on lo, which is what makes this
-// safe; the table stays while the record has an interface.
-func (mp *Mapper) localnet(ctrs []netip.Addr) ([]string, error) {
+// localnetLinks returns the interfaces towards the containers ctrs (of
+// mappings that cover 127.0.0.1): those that packets from 127.0.0.1 DNATed
+// to them leave through, and that need route_localnet for it.
+func (mp *Mapper) localnetLinks(ctrs []netip.Addr) []string {
 	var names []string
 	for _, ctr := range ctrs {
 		l := mp.linkTo(ctr)
@@ -419,13 +449,27 @@ func (mp *Mapper) localnet(ctrs []netip.Addr) ([]string, error) {
 			continue // no route to the container (yet): nothing to do
 		}
 		if name := l.Attrs().Name; !slices.Contains(names, name) {
-			if err := mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
-				return nil, err
-			}
 			names = append(names, name)
 		}
 	}
-	return names, nil
+	return names
+}
+
+// setLocalnet turns route_localnet on (or off) for the interfaces names,
+// in the host namespace. nsnet's table drops packets for 127.0.0.0/8 that
+// did not come in on lo, which is what makes it safe: the table records
+// the interfaces first, and stays while the record has one.
+func (mp *Mapper) setLocalnet(names []string, on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	for _, name := range names {
+		if err := mp.host.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unLocalnet returns the interfaces whose route_localnet the removal of
@@ -690,15 +734,22 @@ func (mp *Mapper) remove(ctx context.Context, want []nft.Mapping) error {
 		mp.index = nil
 		return err
 	}
+	mp.step("localnet-off")
 	if err := nft.RemoveMappings(ctx, mp.host, want, lnets...); err != nil {
 		mp.index = nil
 		return err
 	}
+	mp.step("nft")
 	for _, n := range want {
 		mp.releaseKeys([]resKey{{n.Proto, n.HostAddr, n.CtrAddr.Is6(), int(n.HostPort)}})
 	}
+	mp.step("release")
 	// TCP needs no conntrack work (forget skips it): see doc.go, Conntrack.
-	return mp.forget(forget, true)
+	if err := mp.forget(forget, true); err != nil {
+		return err
+	}
+	mp.step("conntrack")
+	return nil
 }
 
 // List reads the mappings back from the table, one per port, ordered by
@@ -719,27 +770,7 @@ func List(ctx context.Context, host *netns.NS) ([]Mapping, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Mapping, 0, len(elems))
-	for _, e := range elems {
-		proto := ""
-		for name, p := range protos {
-			if p == e.Proto {
-				proto = name
-			}
-		}
-		out = append(out, Mapping{Proto: proto, HostAddr: e.HostAddr, HostPort: int(e.HostPort),
-			CtrAddr: e.CtrAddr, CtrPort: int(e.CtrPort), ID: e.ID})
-	}
-	slices.SortFunc(out, func(a, b Mapping) int {
-		if a.Proto != b.Proto {
-			return strings.Compare(a.Proto, b.Proto)
-		}
-		if c := a.HostAddr.Compare(b.HostAddr); c != 0 {
-			return c
-		}
-		return a.HostPort - b.HostPort
-	})
-	return out, nil
+	return toMappings(elems), nil
 }
 
 // Reserve takes the reservations of mappings that exist already, for a
@@ -770,7 +801,7 @@ func (mp *Mapper) Close() error {
 		delete(mp.reserved, k)
 	}
 	mp.ctClose()
-	return nil
+	return mp.drain.close()
 }
 
 // reserve holds a socket on each host port of m that is not held yet and
@@ -806,7 +837,7 @@ func (mp *Mapper) reserveAll(ms []Mapping) ([]resKey, int, error) {
 	bad := -1
 	err := mp.host.Do(func() error {
 		for j, w := range ws {
-			c, err := openReservation(w.k)
+			c, err := mp.openReservation(w.k)
 			if err != nil {
 				bad = j
 				return err
@@ -833,7 +864,6 @@ func (mp *Mapper) reserveAll(ms []Mapping) ([]resKey, int, error) {
 	var took []resKey
 	for j, c := range opened {
 		if c != nil {
-			serve(c)
 			mp.reserved[ws[j].k] = c
 			took = append(took, ws[j].k)
 		}
@@ -848,87 +878,6 @@ func (mp *Mapper) releaseKeys(keys []resKey) {
 			delete(mp.reserved, k)
 		}
 	}
-}
-
-// openReservation opens the reservation socket of k on a thread in the
-// host namespace; nil for an SCTP port on a kernel without SCTP.
-func openReservation(k resKey) (io.Closer, error) {
-	addr := k.addr
-	if !addr.IsValid() {
-		addr = netip.IPv4Unspecified()
-		if k.v6 {
-			addr = netip.IPv6Unspecified()
-		}
-	}
-	ap := netip.AddrPortFrom(addr, uint16(k.port)).String()
-	suffix := "4"
-	if k.v6 {
-		suffix = "6"
-	}
-	switch k.proto {
-	case unix.IPPROTO_TCP:
-		return net.Listen("tcp"+suffix, ap)
-	case unix.IPPROTO_UDP:
-		return net.ListenPacket("udp"+suffix, ap)
-	default:
-		return openSCTP(addr, k.port)
-	}
-}
-
-// serve drains a reservation socket: connections that get to a TCP one
-// went around the DNAT and are closed; datagrams are dropped.
-func serve(c io.Closer) {
-	switch c := c.(type) {
-	case net.Listener:
-		go func() {
-			for {
-				conn, err := c.Accept()
-				if err != nil {
-					return
-				}
-				conn.Close()
-			}
-		}()
-	case net.PacketConn:
-		go func() {
-			buf := make([]byte, 1)
-			for {
-				if _, _, err := c.ReadFrom(buf); err != nil && errors.Is(err, net.ErrClosed) {
-					return
-				}
-			}
-		}()
-	}
-}
-
-type fdCloser int
-
-func (f fdCloser) Close() error { return unix.Close(int(f)) }
-
-func openSCTP(addr netip.Addr, port int) (io.Closer, error) {
-	dom, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: port, Addr: addr.As4()})
-	if addr.Is6() {
-		dom, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: addr.As16()}
-	}
-	fd, err := unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-	if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ESOCKTNOSUPPORT) {
-		return nil, nil // no SCTP in this kernel: nothing can take the port
-	}
-	if err != nil {
-		return nil, err
-	}
-	if addr.Is6() {
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return fdCloser(fd), nil
 }
 
 // hostHas checks that the host has addr (the zero Addr: yes).

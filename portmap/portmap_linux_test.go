@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/nsnet/nsnet/bridge"
@@ -14,7 +15,13 @@ import (
 	"github.com/nsnet/nsnet/portmap"
 )
 
-func TestMain(m *testing.M) { nstest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		portmapChild()
+		os.Exit(0)
+	}
+	nstest.Main(m)
+}
 
 type world struct {
 	host  *netns.NS

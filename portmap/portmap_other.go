@@ -36,3 +36,6 @@ func (mp *Mapper) Remove(ctx context.Context, m Mapping) error       { return er
 func (mp *Mapper) RemoveAll(ctx context.Context, ms []Mapping) error { return errors.ErrUnsupported }
 func (mp *Mapper) RemoveOwner(ctx context.Context, id string) error  { return errors.ErrUnsupported }
 func (mp *Mapper) Reserve(m Mapping) error                           { return errors.ErrUnsupported }
+func (mp *Mapper) GC(ctx context.Context, live []string) ([]Mapping, error) {
+	return nil, errors.ErrUnsupported
+}

@@ -318,19 +318,60 @@ func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
 // stops at the first element that stays, so a host with networks pays for
 // one read of the bridges.
 func dropIfEmpty(c *nftables.Conn, sc *schema, gone func(*nftables.Set, nftables.SetElement) bool) error {
+	empty, err := isEmpty(c, sc, gone)
+	if empty {
+		c.DelTable(sc.table)
+	}
+	return err
+}
+
+// isEmpty is dropIfEmpty's question: would nothing of nsnet's be left?
+func isEmpty(c *nftables.Conn, sc *schema, gone func(*nftables.Set, nftables.SetElement) bool) (bool, error) {
 	for _, s := range []*nftables.Set{sc.bridges, sc.masqnets4, sc.masqnets6, sc.dnat4, sc.dnat4any, sc.dnat6, sc.dnat6any, sc.vxnets, sc.localnet} {
 		elems, err := c.GetSetElements(s)
 		if err != nil {
-			return err
+			return false, err
 		}
 		for _, e := range elems {
 			if !gone(s, e) {
-				return nil
+				return false, nil
 			}
 		}
 	}
-	c.DelTable(sc.table)
-	return nil
+	return true, nil
+}
+
+// DropIfEmpty deletes host's table if nothing of nsnet's is in it: no
+// bridge, masquerade, mapping, VXLAN network or route_localnet record (a
+// table that a process killed after making it left empty). A table that
+// is not there is no error.
+func DropIfEmpty(ctx context.Context, host *netns.NS) error {
+	return change(ctx, host, "nft.drop-if-empty", false, func(c *nftables.Conn, sc *schema) (bool, error) {
+		empty, err := isEmpty(c, sc, func(*nftables.Set, nftables.SetElement) bool { return false })
+		if empty {
+			c.DelTable(sc.table)
+		}
+		return empty, err
+	})
+}
+
+// StepFunc is a test's hook into a change, called with the name of each
+// step as it is done (see WithStep).
+type StepFunc func(step string)
+
+type stepKey struct{}
+
+// WithStep returns ctx with a hook that change calls at its steps: "table"
+// once it has made the table, before the change itself. Tests use it to
+// stop (or kill) a process there.
+func WithStep(ctx context.Context, f StepFunc) context.Context {
+	return context.WithValue(ctx, stepKey{}, f)
+}
+
+func step(ctx context.Context, name string) {
+	if f, ok := ctx.Value(stepKey{}).(StepFunc); ok && f != nil {
+		f(name)
+	}
 }
 
 // bridgeGone is dropIfEmpty's gone for a bridge whose elements go: with
@@ -371,6 +412,7 @@ func change(ctx context.Context, host *netns.NS, op string, create bool, fn func
 			if err := flush(host, c, op); err != nil {
 				return err
 			}
+			step(ctx, "table")
 		}
 		dirty, err := fn(c, sc)
 		if err != nil {

@@ -15,6 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// DNSRedirectID is the ID of dnsd's redirects to its listeners (they are
+// elements of the DNAT maps too): no portmap owner, so portmap's GC keeps them.
+const DNSRedirectID = "nsnet-dns"
+
 // Mapping is one published port: one element of a DNAT map. A port range
 // is one Mapping per port.
 type Mapping struct {
