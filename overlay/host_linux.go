@@ -840,7 +840,7 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if err := ctx.Err(); err != nil {
 		return Endpoint{}, err
 	}
-	unlock, err := locks.Endpoint(h.cfg.NS, n.cfg.Name, ec.ID)
+	unlock, err := lockEndpoint(h.cfg.NS, n.cfg.Name, ec.ID)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -1161,11 +1161,16 @@ func (h *Host) detachKey(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	unlock, err := locks.Endpoint(h.cfg.NS, network, id)
+	unlock, err := lockEndpoint(h.cfg.NS, network, id)
 	if err != nil {
 		return err
 	}
 	defer unlock(false)
+	return h.detach(ctx, key, network, id)
+}
+
+// detach is detachKey with the endpoint's lock held.
+func (h *Host) detach(ctx context.Context, key, network, id string) error {
 	h.mu.Lock()
 	delete(h.mine, key)
 	h.mu.Unlock()

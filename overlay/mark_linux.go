@@ -7,7 +7,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/netlock"
+	"github.com/nsnet/nsnet/netns"
 )
 
 // Every link the overlay driver makes is its own from the moment it
@@ -76,10 +78,25 @@ func decodeEPMark(alias string) (epMark, bool) {
 	return m, true
 }
 
-// locks are the overlay's endpoints' on a host: Attach and Detach hold an
-// endpoint's (and the host's, shared), GC the host's, exclusive, so that it
-// never sees an attach or detach of this host half way.
+// The overlay's locks on a host (lock files, see keylock.File): Attach
+// and Detach hold an endpoint's, and the overlay's host lock shared; GC
+// holds that exclusive, so that it never sees an attach or detach of this
+// host half way. The host lock is the overlay's own, not netlock's, which
+// bridge takes: GC detaches endpoints from the gateway bridge (a bridge
+// network) while it holds its lock.
 var locks = netlock.Kind("overlay")
+
+func hostLock(ns *netns.NS, exclusive bool) keylock.Key {
+	return keylock.Key{Name: netlock.HostKey(ns) + ".overlay-host", Exclusive: exclusive}
+}
+
+// lockEndpoint takes the locks of an Attach or Detach.
+func lockEndpoint(ns *netns.NS, network, id string) (func(remove bool), error) {
+	return keylock.Nested(hostLock(ns, false), keylock.Key{Name: locks.Prefix(ns) + "." + network + ".ep." + id, Exclusive: true})
+}
+
+// lockHost takes GC's lock.
+func lockHost(ns *netns.NS) (func(remove bool), error) { return keylock.Nested(hostLock(ns, true)) }
 
 // stepHooks holds, by network name, a func(step string) error that a test
 // set: Create, Attach, Detach and Delete call it at their steps (named),

@@ -37,7 +37,7 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 }
 func (n *Network) Config() Config                              { return Config{} }
 func (n *Network) Detach(ctx context.Context, id string) error { return errors.ErrUnsupported }
-func (n *Network) Check(ctx context.Context) error { return errors.ErrUnsupported }
+func (n *Network) Check(ctx context.Context) error             { return errors.ErrUnsupported }
 func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) error {
 	return errors.ErrUnsupported
 }
