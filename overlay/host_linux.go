@@ -725,8 +725,8 @@ func (h *Host) Stats(ctx context.Context) (Stats, error) {
 }
 
 // Delete removes a network from every host, like `docker network rm`: its
-// definition and address pool go from the store, and each host removes its
-// devices when it sees that. A network with endpoints on any host is
+// definition and address pool go from the store; this host's devices go
+// at once, and each other host removes its own when it sees that. A network with endpoints on any host is
 // refused with ErrInUse; one that is gone is no error.
 func (h *Host) Delete(ctx context.Context, name string) error {
 	if err := h.check(false); err != nil {
@@ -761,6 +761,13 @@ func (h *Host) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	step(name, "define")
+	// This host's devices go now; the others' when they see it.
+	h.mu.Lock()
+	delete(h.view, netPrefix+name)
+	if vni, ok := h.local[name]; ok {
+		h.removeLocal(name, vni)
+	}
+	h.mu.Unlock()
 	if err := h.cfg.Alloc.DeletePool(ctx, poolName(name)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
 	}
