@@ -811,7 +811,8 @@ func hostVeth(network, id string) string {
 // Attach connects a container to the overlay: a veth pair whose container
 // end (eth0) has an address of each subnet, allocated cluster-wide, and the
 // overlay's MTU; then the endpoint is published for the other hosts.
-// Attaching an endpoint again returns it. Bad input (the host's own
+// Attaching an endpoint again returns it, repaired (see "Crashes, drift
+// and recovery" in the package doc). Bad input (the host's own
 // namespace among it) is refused with a *ValidationError before the store
 // or the kernel is touched; a network deleted meanwhile with ErrNotFound.
 // A failure half way leaves nothing, and leaves an endpoint attached
