@@ -189,4 +189,23 @@
 //	etcd    0.60-1.43   4.5-33 ms      0.27-1.38   5.7-45 ms
 //
 // The load drowns any difference.
+//
+// Attach and Detach of one endpoint of an internal overlay on one host,
+// with the crash safety of issue 15 (Attach writes a claim before it
+// allocates, Detach turns the record into a claim before it removes: one
+// more store write each; the endpoint's lock files; the mark; the checks
+// that repair what exists), side by side with the commit before it, two
+// runs each, interleaved, while other test suites loaded the machine (load
+// average 14 to 17 on 2 cores):
+//
+//	go test -run '^$' -bench 'Attach$' -benchtime 200x ./overlay/
+//
+//	                 with the claim                 before it
+//	memory  attach   2.5-4.8 ms  71 KB  536 allocs  3.1-3.9 ms  40 KB  305 allocs
+//	        detach   2.0-4.7 ms  17 KB  190 allocs  2.2-2.5 ms  14 KB  112 allocs
+//	etcd    attach   13.9-16.8 ms 124 KB 1315 allocs 8.1-11.6 ms 76 KB  831 allocs
+//	        detach   14.9-15.8 ms 64 KB  878 allocs  9.9-12.8 ms 41 KB  525 allocs
+//
+// On etcd each store write is a consensus round with an fsync (3-5 ms
+// here): the claim costs one of them per call.
 package overlay
