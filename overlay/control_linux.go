@@ -200,7 +200,10 @@ func (h *Host) program() {
 		h.defined[name] = true
 	}
 	for _, cfg := range defs {
-		if err := h.ensureLocal(cfg); err != nil {
+		if _, ok := h.local[cfg.Name]; ok {
+			continue // checked by Host.Network (Create, Attach): not at every event
+		}
+		if _, err := h.ensureLocal(cfg); err != nil {
 			h.cfg.Logger.Error("overlay: network devices", "network", cfg.Name, "err", err)
 		}
 	}
@@ -220,7 +223,7 @@ func (h *Host) program() {
 		network, _, _ := strings.Cut(rest, "/")
 		vni, ok := h.local[network]
 		var r epRecord
-		if !ok || json.Unmarshal(v, &r) != nil || !alive[r.Host] {
+		if !ok || json.Unmarshal(v, &r) != nil || !alive[r.Host] || r.Pending {
 			continue
 		}
 		if parts := strings.SplitN(rest, "/", 3); len(parts) == 3 {

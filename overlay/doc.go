@@ -67,6 +67,87 @@
 // After someone flushes the table, the next heartbeat of the host (a
 // third of the lease) programs the filter again.
 //
+// # Crashes, drift and recovery
+//
+// Every link the package makes is the overlay driver's from the moment it
+// exists: the request that creates a network's bridge ("ovbr" and the VNI)
+// and VXLAN device ("ovvx" and the VNI), or an endpoint's veth pair, gives
+// it the driver's device group (IFLA_GROUP, `ip link show group N`: tag
+// 0x6f in the high byte, a hash of the VNI or of the network and endpoint
+// below), which is not bridge's or macvlan's, so that their GC leaves the
+// overlay's links alone and this package's GC leaves theirs. An endpoint's
+// host veth then gets its mark, an interface alias naming the network, the
+// endpoint, its interface and MAC.
+//
+// The store is shared by the hosts, so what a host writes says whose it
+// is: an endpoint's record is under its host's name, and Attach writes it
+// first, as a claim (pending: the other hosts program nothing for it),
+// before it allocates; it publishes the record when it has the addresses,
+// then makes the interface. Detach turns the record back into a claim (the
+// others drop the endpoint), removes the veth and the egress, releases the
+// addresses, and deletes the claim last. So a process killed at any point
+// of Attach or Detach leaves a record of its host by which that host's GC,
+// or a Detach or Attach again, finds what to finish or undo. A Create
+// makes the pool, then the definition; a Delete removes the definition,
+// then the pool: a Create or Delete killed half way is completed by the
+// same call again (Delete of a network without a definition removes its
+// pool).
+//
+// Create and Host.Network check what exists on this host and repair it:
+// the bridge and VXLAN device made again if gone, the VXLAN device a port
+// of the bridge, both up, the FDB and neighbour entries that the control
+// plane programmed put in again if they left the kernel, and the ingress
+// filter read back and completed. Attach of an endpoint that exists
+// repairs it: its record (published again), its allocation (taken again
+// with the addresses it had), its host veth (its mark, a port of the
+// bridge, up), the container's interface (up, its addresses, the routes to
+// their subnets) and its egress. [Network.Check] and
+// [Network.CheckEndpoint] report the same without changing anything, as
+// CNI CHECK does: a *DriftError naming each missing record, pool,
+// allocation, bridge, vxlan, port, up, fdb, neighbour, filter, interface,
+// mark, address or route.
+//
+// The recovery of a restarted orchestrator, once per host, with the
+// endpoints it still has there:
+//
+//	// 1. Take part again: the devices of every defined network are made
+//	//    or adopted, stale entries removed.
+//	h, err := overlay.Join(ctx, hostConfig)
+//	// 2. Remove what no live endpoint of this host claims, and what
+//	//    killed calls left.
+//	_, err = h.GC(ctx, overlay.Live{Endpoints: eps})
+//	// 3. Issue again the network calls that got no answer (Create or
+//	//    Delete), then make each live network and endpoint whole
+//	//    (idempotent, repairs drift).
+//	for _, cfg := range networks {
+//		n, err := h.Create(ctx, cfg)
+//		for _, ec := range endpointsOf(cfg.Name) {
+//			_, err = n.Attach(ctx, ec)
+//		}
+//	}
+//
+// An Attach or Detach that got no answer is not live: GC removes what it
+// left; issue it again after the recovery if it is still wanted. GC never
+// removes another host's records, nor an allocation that another host's
+// record claims (or that no record claims at all: a host the others took
+// for dead keeps its addresses); networks are the cluster's, and go only
+// with Host.Delete. If the host's egress uses bridge's GC as well, its
+// Live must name the gateway network "overlay_gwbridge" (or be nil) and
+// its endpoints (ID "NETWORK.ID"), or overlay's GC detaches them alone.
+//
+// The tests kill the process of one of two hosts (SIGKILL, on a real etcd
+// server across the underlay) at every step of Create (pool, define,
+// bridge, filter, vxlan), Attach (claim, allocate, publish, veth, mark,
+// port, address), Detach (unpublish, veth, release) and Delete (vni,
+// define), three rounds, and then at random moments, 100 calls cut half
+// way in all; after this recipe the store, the host's links, FDB and
+// neighbour entries and ingress filter equal the acknowledged calls, and
+// endpoints attached again on both hosts reach each other. They also
+// remove, behind nsnet's back, a container's address and route, a port, an
+// endpoint's record and allocation, an FDB and a neighbour entry, a filter
+// peer, the VXLAN device and the bridge: Check names each, and the
+// idempotent call repairs it, with traffic across the hosts.
+//
 // # Names
 //
 // With HostConfig.DNS set, a host keeps its embedded DNS server (dnsd) in
@@ -108,4 +189,23 @@
 //	etcd    0.60-1.43   4.5-33 ms      0.27-1.38   5.7-45 ms
 //
 // The load drowns any difference.
+//
+// Attach and Detach of one endpoint of an internal overlay on one host,
+// with the crash safety of issue 15 (Attach writes a claim before it
+// allocates, Detach turns the record into a claim before it removes: one
+// more store write each; the endpoint's lock files; the mark; the checks
+// that repair what exists), side by side with the commit before it, two
+// runs each, interleaved, while other test suites loaded the machine (load
+// average 14 to 17 on 2 cores):
+//
+//	go test -run '^$' -bench 'Attach$' -benchtime 200x ./overlay/
+//
+//	                 with the claim                 before it
+//	memory  attach   2.5-4.8 ms  71 KB  536 allocs  3.1-3.9 ms  40 KB  305 allocs
+//	        detach   2.0-4.7 ms  17 KB  190 allocs  2.2-2.5 ms  14 KB  112 allocs
+//	etcd    attach   13.9-16.8 ms 124 KB 1315 allocs 8.1-11.6 ms 76 KB  831 allocs
+//	        detach   14.9-15.8 ms 64 KB  878 allocs  9.9-12.8 ms 41 KB  525 allocs
+//
+// On etcd each store write is a consensus round with an fsync (3-5 ms
+// here): the claim costs one of them per call.
 package overlay

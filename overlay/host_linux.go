@@ -10,11 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nsnet/nsnet/bridge"
+	"github.com/nsnet/nsnet/internal/ctrlink"
 	"github.com/nsnet/nsnet/internal/ifname"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/names"
@@ -75,8 +78,12 @@ type Host struct {
 	done   chan struct{}
 }
 
-// gatewayName is the host's gateway bridge network, for egress.
-const gatewayName = "overlay_gwbridge"
+// gatewayName is the host's gateway bridge network, for egress, and
+// gatewayBridge its bridge.
+const (
+	gatewayName   = "overlay_gwbridge"
+	gatewayBridge = "ovgwbridge"
+)
 
 // gateway returns the host's gateway bridge network, creating it (with
 // its masquerade) at the first call.
@@ -94,7 +101,7 @@ func (h *Host) gateway(ctx context.Context) (*bridge.Network, error) {
 		}
 		h.cfg.GatewayAlloc = alloc
 	}
-	gw, err := bridge.New(ctx, h.cfg.NS, alloc, bridge.Config{Name: gatewayName, Bridge: "ovgwbridge"})
+	gw, err := bridge.New(ctx, h.cfg.NS, alloc, bridge.Config{Name: gatewayName, Bridge: gatewayBridge})
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +274,18 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 		}
 		return nil, fmt.Errorf("overlay: network %q: %w", cfg.Name, err)
 	}
+	step(cfg.Name, "pool")
+	if defined {
+		// A Delete killed half way may have taken the VNI's key.
+		vni := fmt.Sprintf("vni/%d", cfg.VNI)
+		if _, err := h.cfg.Store.Get(ctx, h.key(vni)); errors.Is(err, ipam.ErrNotFound) {
+			if _, err := h.cfg.Store.CAS(ctx, ipam.Op{Key: h.key(vni), Value: []byte(cfg.Name)}); err != nil && !errors.Is(err, ipam.ErrConflict) {
+				return nil, err
+			}
+		} else if err != nil {
+			return nil, err
+		}
+	}
 	if !defined {
 		_, err := h.cfg.Store.CAS(ctx,
 			ipam.Op{Key: h.key(netPrefix + cfg.Name), Value: val},
@@ -289,6 +308,7 @@ func (h *Host) Create(ctx context.Context, cfg Config) (*Network, error) {
 			}
 			return nil, err
 		}
+		step(cfg.Name, "define")
 	}
 	return h.Network(ctx, cfg.Name)
 }
@@ -325,7 +345,10 @@ func (h *Host) definition(ctx context.Context, name string) (Config, error) {
 }
 
 // Network returns the network name, defined by any host, with its devices
-// on this host (created if the control plane has not yet).
+// on this host (created if the control plane has not yet). Devices that
+// are there are checked and repaired: made again if gone, the VXLAN device
+// a port of the bridge, both up, the entries the control plane programmed
+// and the ingress filter put in again if someone removed them.
 func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
 	if err := h.check(true); err != nil {
 		return nil, err
@@ -337,40 +360,66 @@ func (h *Host) Network(ctx context.Context, name string) (*Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return nil, ErrClosed
-	}
-	if err := h.ensureLocal(cfg); err != nil {
+	if err := h.repairLocal(cfg); err != nil {
 		return nil, err
 	}
 	return &Network{h: h, cfg: cfg}, nil
 }
 
-// ensureLocal creates the network's bridge and VXLAN device on this host,
-// if they are not there. h.mu is held.
-func (h *Host) ensureLocal(cfg Config) error {
-	if _, ok := h.local[cfg.Name]; ok {
-		return nil
+// repairLocal makes the network's devices on this host whole (see ensureLocal)
+// and, if they were there, programs what they lacked at once.
+func (h *Host) repairLocal(cfg Config) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return ErrClosed
 	}
-	nl, err := h.cfg.NS.Netlink()
+	again, err := h.ensureLocal(cfg)
+	h.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	if again {
+		h.program()
+	}
+	return nil
+}
+
+// ensureLocal makes the network's bridge and VXLAN device on this host
+// what they should be, doing only what is missing: made (each with the
+// network's device group in the creating request), the VXLAN device a port
+// of the bridge, both up. For a network already local it also checks what
+// the control plane programmed: entries that left the kernel behind its
+// back are forgotten, and the ingress filter is read back, so that the
+// next programming puts them in again. It returns whether that
+// programming is needed now. h.mu is held.
+func (h *Host) ensureLocal(cfg Config) (bool, error) {
+	nl, err := h.cfg.NS.Netlink()
+	if err != nil {
+		return false, err
 	}
 	opErr := func(op, name string, err error) error {
 		return &netns.OpError{Op: "overlay." + op, NS: h.cfg.NS.String(), Name: name, Err: err}
 	}
+	_, wasLocal := h.local[cfg.Name]
 	brName, vxName := bridgeName(cfg.VNI), vxlanName(cfg.VNI)
+	madeBr := false
 	br, err := nl.LinkByName(brName)
 	if err != nil {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.MTU = brName, h.mtu
+		attrs.Name, attrs.MTU, attrs.Group = brName, h.mtu, netGroup(cfg.VNI)
 		if err := nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
-			return opErr("bridge", brName, err)
+			return false, opErr("bridge", brName, err)
 		}
 		if br, err = nl.LinkByName(brName); err != nil {
-			return opErr("bridge", brName, err)
+			return false, opErr("bridge", brName, err)
+		}
+		madeBr = true
+		step(cfg.Name, "bridge")
+	} else if br.Attrs().Group != netGroup(cfg.VNI) {
+		// Made by an earlier version: marked now.
+		if err := nl.LinkSetGroup(br, int(netGroup(cfg.VNI))); err != nil {
+			return false, opErr("group", brName, err)
 		}
 	}
 	port := uint16(cfg.Port)
@@ -379,53 +428,111 @@ func (h *Host) ensureLocal(cfg Config) error {
 	}
 	vx, vxErr := nl.LinkByName(vxName)
 	if vxErr == nil {
-		// An earlier process made it: what it programmed is this
-		// process's to keep or remove.
-		if err := h.adopt(nl, vx, cfg.VNI); err != nil {
-			return opErr("vxlan", vxName, err)
+		if !wasLocal {
+			// An earlier process made it: what it programmed is this
+			// process's to keep or remove.
+			if err := h.adopt(nl, vx, cfg.VNI); err != nil {
+				return false, opErr("vxlan", vxName, err)
+			}
+		} else if err := h.recheckEntries(nl, vx, cfg.VNI); err != nil {
+			return false, opErr("vxlan", vxName, err)
+		}
+	} else {
+		// Gone with its entries (or never made): they are to program.
+		for e := range h.prog {
+			if e.vni == cfg.VNI {
+				delete(h.prog, e)
+			}
 		}
 	}
 	// The ingress filter before the device: from its first packet, the
 	// device hears only the network's peers (those adopted, if any, until
 	// the control plane programs them).
-	if err := nft.SetVXLAN(context.Background(), h.cfg.NS, nil, []nft.VXLAN{h.filter(cfg.VNI, port, h.prog)}); err != nil {
-		if vxErr != nil {
-			nl.LinkDel(br)
+	if vxErr != nil || !wasLocal {
+		if err := nft.SetVXLAN(context.Background(), h.cfg.NS, nil, []nft.VXLAN{h.filter(cfg.VNI, port, h.prog)}); err != nil {
+			if madeBr {
+				nl.LinkDel(br)
+			}
+			return false, opErr("filter", vxName, err)
 		}
-		return opErr("filter", vxName, err)
+		step(cfg.Name, "filter")
 	}
 	if vxErr != nil {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.MTU, attrs.MasterIndex = vxName, h.mtu, br.Attrs().Index
-		vx := &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(cfg.VNI), VtepDevIndex: h.underlay,
+		attrs.Name, attrs.MTU, attrs.MasterIndex, attrs.Group = vxName, h.mtu, br.Attrs().Index, netGroup(cfg.VNI)
+		vx = &netlink.Vxlan{LinkAttrs: attrs, VxlanId: int(cfg.VNI), VtepDevIndex: h.underlay,
 			SrcAddr: h.cfg.VTEP.AsSlice(), Port: int(port), Learning: false, Proxy: true}
 		if err := nl.LinkAdd(vx); err != nil && !errors.Is(err, unix.EEXIST) {
-			nl.LinkDel(br)
-			nft.SetVXLAN(context.Background(), h.cfg.NS, []uint32{cfg.VNI}, nil)
-			return opErr("vxlan", vxName, err)
+			if madeBr {
+				nl.LinkDel(br)
+			}
+			if !wasLocal {
+				nft.SetVXLAN(context.Background(), h.cfg.NS, []uint32{cfg.VNI}, nil)
+			}
+			return false, opErr("vxlan", vxName, err)
+		}
+		if vx, err = nl.LinkByName(vxName); err != nil {
+			return false, opErr("vxlan", vxName, err)
+		}
+		step(cfg.Name, "vxlan")
+	} else if vx.Attrs().Group != netGroup(cfg.VNI) {
+		if err := nl.LinkSetGroup(vx, int(netGroup(cfg.VNI))); err != nil {
+			return false, opErr("group", vxName, err)
 		}
 	}
-	for _, name := range []string{vxName, brName} {
-		l, err := nl.LinkByName(name)
-		if err == nil {
-			err = nl.LinkSetUp(l)
+	if vx.Attrs().MasterIndex != br.Attrs().Index {
+		if err := nl.LinkSetMasterByIndex(vx, br.Attrs().Index); err != nil {
+			return false, opErr("port", vxName, err)
 		}
-		if err != nil {
-			return opErr("up", name, err)
+	}
+	for _, l := range []netlink.Link{vx, br} {
+		if l.Attrs().Flags&net.FlagUp == 0 {
+			if err := nl.LinkSetUp(l); err != nil {
+				return false, opErr("up", l.Attrs().Name, err)
+			}
 		}
 	}
 	h.local[cfg.Name] = cfg.VNI
 	h.ports[cfg.VNI] = port
-	h.kick()
+	if wasLocal {
+		h.recheck = true
+	}
+	return wasLocal, nil
+}
+
+// recheckEntries forgets the entries of network vni that h.prog holds and
+// the kernel does not, so that the next programming puts them in again.
+func (h *Host) recheckEntries(nl *netlink.Handle, vx netlink.Link, vni uint32) error {
+	have, err := kernelEntries(nl, vx, vni)
+	if err != nil {
+		return err
+	}
+	for e := range h.prog {
+		if e.vni == vni && !have[e] {
+			delete(h.prog, e)
+		}
+	}
 	return nil
 }
 
 // adopt takes the entries an earlier process put on the VXLAN device into
 // h.prog, so that the next programming removes those that are stale.
 func (h *Host) adopt(nl *netlink.Handle, vx netlink.Link, vni uint32) error {
+	have, err := kernelEntries(nl, vx, vni)
+	for e := range have {
+		h.prog[e] = true
+	}
+	return err
+}
+
+// kernelEntries returns the entries of the VXLAN device vx of network vni:
+// its FDB entries with a VTEP (flood entries: all-zero MAC), and its
+// permanent neighbour entries.
+func kernelEntries(nl *netlink.Handle, vx netlink.Link, vni uint32) (map[entry]bool, error) {
+	out := map[entry]bool{}
 	fdb, err := nl.NeighList(vx.Attrs().Index, unix.AF_BRIDGE)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, n := range fdb {
 		ip, ok := netip.AddrFromSlice(n.IP)
@@ -436,21 +543,21 @@ func (h *Host) adopt(nl *netlink.Handle, vx netlink.Link, vni uint32) error {
 		if string(n.HardwareAddr) == string(make(net.HardwareAddr, 6)) {
 			e = entry{kind: floodEntry, vni: vni, ip: ip.Unmap()}
 		}
-		h.prog[e] = true
+		out[e] = true
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		neigh, err := nl.NeighList(vx.Attrs().Index, fam)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, n := range neigh {
 			ip, ok := netip.AddrFromSlice(n.IP)
 			if ok && n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddr != nil {
-				h.prog[entry{kind: neighEntry, vni: vni, mac: n.HardwareAddr.String(), ip: ip.Unmap()}] = true
+				out[entry{kind: neighEntry, vni: vni, mac: n.HardwareAddr.String(), ip: ip.Unmap()}] = true
 			}
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // filter is the ingress filter of the network vni: its peers are the
@@ -618,8 +725,8 @@ func (h *Host) Stats(ctx context.Context) (Stats, error) {
 }
 
 // Delete removes a network from every host, like `docker network rm`: its
-// definition and address pool go from the store, and each host removes its
-// devices when it sees that. A network with endpoints on any host is
+// definition and address pool go from the store; this host's devices go
+// at once, and each other host removes its own when it sees that. A network with endpoints on any host is
 // refused with ErrInUse; one that is gone is no error.
 func (h *Host) Delete(ctx context.Context, name string) error {
 	if err := h.check(false); err != nil {
@@ -630,6 +737,10 @@ func (h *Host) Delete(ctx context.Context, name string) error {
 	}
 	cfg, err := h.definition(ctx, name)
 	if errors.Is(err, ErrNotFound) {
+		// What a Create or Delete killed half way left: the pool.
+		if err := h.cfg.Alloc.DeletePool(ctx, poolName(name)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
+			return err
+		}
 		return nil
 	}
 	if err != nil {
@@ -645,9 +756,18 @@ func (h *Host) Delete(ctx context.Context, name string) error {
 	if err := h.del(ctx, fmt.Sprintf("vni/%d", cfg.VNI)); err != nil {
 		return err
 	}
+	step(name, "vni")
 	if err := h.del(ctx, netPrefix+name); err != nil {
 		return err
 	}
+	step(name, "define")
+	// This host's devices go now; the others' when they see it.
+	h.mu.Lock()
+	delete(h.view, netPrefix+name)
+	if vni, ok := h.local[name]; ok {
+		h.removeLocal(name, vni)
+	}
+	h.mu.Unlock()
 	if err := h.cfg.Alloc.DeletePool(ctx, poolName(name)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
 	}
@@ -691,7 +811,8 @@ func hostVeth(network, id string) string {
 // Attach connects a container to the overlay: a veth pair whose container
 // end (eth0) has an address of each subnet, allocated cluster-wide, and the
 // overlay's MTU; then the endpoint is published for the other hosts.
-// Attaching an endpoint again returns it. Bad input (the host's own
+// Attaching an endpoint again returns it, repaired (see "Crashes, drift
+// and recovery" in the package doc). Bad input (the host's own
 // namespace among it) is refused with a *ValidationError before the store
 // or the kernel is touched; a network deleted meanwhile with ErrNotFound.
 // A failure half way leaves nothing, and leaves an endpoint attached
@@ -727,37 +848,74 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if err := ctx.Err(); err != nil {
 		return Endpoint{}, err
 	}
-	// Attached before: a failure now must not undo that endpoint.
-	var old *epRecord
-	if kv, err := h.cfg.Store.Get(ctx, h.key(n.epKey(ec.ID))); err == nil {
+	unlock, err := lockEndpoint(h.cfg.NS, n.cfg.Name, ec.ID)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	defer unlock(false)
+	hn, err := h.cfg.NS.Netlink()
+	if err != nil {
+		return Endpoint{}, err
+	}
+	notFound := func() (Endpoint, error) {
+		return Endpoint{}, fmt.Errorf("overlay: attach %s: network %q: %w", ec.ID, n.cfg.Name, ErrNotFound)
+	}
+	if _, err := hn.LinkByName(bridgeName(n.cfg.VNI)); err != nil {
+		// Someone removed the network's devices here: made again, if
+		// it is still defined.
+		cfg, err := h.definition(ctx, n.cfg.Name)
+		if errors.Is(err, ErrNotFound) || err == nil && cfg.VNI != n.cfg.VNI {
+			return notFound()
+		}
+		if err != nil {
+			return Endpoint{}, err
+		}
+		if err := h.repairLocal(n.cfg); err != nil {
+			return Endpoint{}, err
+		}
+	}
+	// Attached before: a failure now must not undo that endpoint. A
+	// pending record (a call killed half way) is not an attachment, but
+	// its MAC is kept, so that what that call made is found.
+	var prev, old *epRecord
+	key := n.epKey(ec.ID)
+	if kv, err := h.cfg.Store.Get(ctx, h.key(key)); err == nil {
 		var r epRecord
 		if json.Unmarshal(kv.Value, &r) == nil && r.Host == h.cfg.Name {
-			old = &r
+			prev = &r
+			if !r.Pending {
+				old = &r
+			}
 		}
 	} else if !errors.Is(err, ipam.ErrNotFound) {
 		return Endpoint{}, err
 	}
-	alloc, err := h.cfg.Alloc.Allocate(ctx, poolName(n.cfg.Name), ec.ID)
-	if errors.Is(err, ipam.ErrNotFound) {
-		return Endpoint{}, fmt.Errorf("overlay: attach %s: network %q: %w", ec.ID, n.cfg.Name, ErrNotFound)
+	// What the kernel has of the endpoint: its host veth, its mark, and
+	// the container's interface on the other end.
+	name := hostVeth(n.cfg.Name, ec.ID)
+	var mark epMark
+	var marked bool
+	var hint []netip.Addr
+	if prev != nil {
+		hint = prev.Addrs
 	}
-	if err != nil {
-		return Endpoint{}, fmt.Errorf("overlay: attach %s: %w", ec.ID, err)
-	}
-	var undo []func()
-	if old == nil {
-		undo = append(undo, func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), poolName(n.cfg.Name), ec.ID) })
-	}
-	fail := func(err error) (Endpoint, error) {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
+	if l, err := hn.LinkByName(name); err == nil && l.Attrs().Group == epGroup(n.cfg.Name, ec.ID) {
+		mark, marked = decodeEPMark(l.Attrs().Alias)
+		if hint == nil {
+			if cn, err := ec.NS.Netlink(); err == nil {
+				if p, err := cn.LinkByName(ec.IfName); err == nil && p.Attrs().ParentIndex == l.Attrs().Index {
+					hint = ctrlink.Addrs(ec.NS, p, n.cfg.Subnets)
+				}
+			}
 		}
-		return Endpoint{}, err
 	}
 	mac := ec.MAC
-	if mac == nil && old != nil {
+	if mac == nil && prev != nil {
 		// Attached before: the same MAC, so that the same pair is found.
-		mac = old.mac()
+		mac = prev.mac()
+	}
+	if mac == nil && marked {
+		mac, _ = net.ParseMAC(mark.MAC)
 	}
 	if mac == nil {
 		mac = veth.RandomMAC()
@@ -768,62 +926,139 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	}
 	ep := Endpoint{ID: ec.ID, IfName: ec.IfName, MAC: mac, MTU: mtu}
 	rec := epRecord{Host: h.cfg.Name, VTEP: h.cfg.VTEP, MAC: mac.String(), Aliases: ec.Aliases}
+
+	var undo []func()
+	fail := func(err error) (Endpoint, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return Endpoint{}, err
+	}
+	// The claim first: from now on a process killed half way leaves a
+	// record of this host by which GC finds what it made.
+	if old == nil {
+		claim := rec
+		claim.Pending = true
+		if err := h.put(ctx, key, encode(claim)); err != nil {
+			return Endpoint{}, err
+		}
+		undo = append(undo, func() { h.del(context.WithoutCancel(ctx), key) })
+		step(n.cfg.Name, "claim")
+	}
+	// The addresses the endpoint had (its record, its interface) are
+	// asked for again, so that an allocation lost behind nsnet's back
+	// comes back as it was.
+	pool := poolName(n.cfg.Name)
+	alloc, err := h.cfg.Alloc.Allocate(ctx, pool, ec.ID, hint...)
+	if err != nil && len(hint) > 0 && !errors.Is(err, ipam.ErrNotFound) {
+		alloc, err = h.cfg.Alloc.Allocate(ctx, pool, ec.ID)
+	}
+	if errors.Is(err, ipam.ErrNotFound) {
+		fail(nil)
+		return notFound()
+	}
+	if err != nil {
+		return fail(fmt.Errorf("overlay: attach %s: %w", ec.ID, err))
+	}
+	if old == nil {
+		undo = append(undo, func() { h.cfg.Alloc.Release(context.WithoutCancel(ctx), pool, ec.ID) })
+	}
+	step(n.cfg.Name, "allocate")
 	for _, l := range alloc.Leases() {
 		ep.Addrs = append(ep.Addrs, l.Addr)
 		rec.Addrs = append(rec.Addrs, l.Addr.Addr())
 	}
-	// Published first: the other hosts program the endpoint while its
-	// interface is made, so that its first packets find them ready.
-	key, val := n.epKey(ec.ID), encode(rec)
-	h.mu.Lock()
-	h.mine[key] = val
-	h.mu.Unlock()
+	// Published before the interface is made: the other hosts program
+	// the endpoint meanwhile, so that its first packets find them ready.
+	publish := func() error {
+		val := encode(rec)
+		h.mu.Lock()
+		h.mine[key] = val
+		h.mu.Unlock()
+		return h.put(ctx, key, val)
+	}
 	if old == nil {
 		undo = append(undo, func() {
 			h.mu.Lock()
 			delete(h.mine, key)
 			h.mu.Unlock()
-			h.del(context.WithoutCancel(ctx), key)
 		})
 	}
-	if err := h.put(ctx, key, val); err != nil {
+	if err := publish(); err != nil {
 		return fail(err)
 	}
+	step(n.cfg.Name, "publish")
 
-	name := hostVeth(n.cfg.Name, ec.ID)
-	ends, err := veth.Pair(ctx, h.cfg.NS, veth.Config{Name: name, MTU: mtu, Up: true,
-		Peer: veth.End{NS: ec.NS, Name: ec.IfName, MAC: mac}})
+	vcfg := veth.Config{Name: name, MTU: mtu, Up: true, Group: epGroup(n.cfg.Name, ec.ID),
+		Peer: veth.End{NS: ec.NS, Name: ec.IfName, MAC: mac}}
+	ends, err := veth.Pair(ctx, h.cfg.NS, vcfg)
+	if errors.Is(err, os.ErrExist) {
+		// The endpoint's pair into this container, not as asked (down,
+		// another MTU or MAC): repaired in place.
+		var ok bool
+		if ends, ok = n.adoptPair(vcfg); ok {
+			err = nil
+			if string(ends.Peer.MAC) != string(mac) {
+				mac, ep.MAC, rec.MAC = ends.Peer.MAC, ends.Peer.MAC, ends.Peer.MAC.String()
+				if err = publish(); err != nil {
+					return fail(err)
+				}
+			}
+		}
+	}
 	if err != nil {
 		return fail(err)
 	}
 	if old == nil {
 		undo = append(undo, func() { veth.Delete(context.WithoutCancel(ctx), h.cfg.NS, name) })
 	}
-	hn, err := h.cfg.NS.Netlink()
-	if err != nil {
-		return fail(err)
+	step(n.cfg.Name, "veth")
+	opErr := func(ns *netns.NS, name string, err error) (Endpoint, error) {
+		return fail(&netns.OpError{Op: "overlay.attach", NS: ns.String(), Name: name, Err: err})
 	}
+	hl := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Host.Index, Name: name}}
+	if alias := (epMark{Net: n.cfg.Name, ID: ec.ID, IfName: ec.IfName, MAC: mac.String()}).encode(); !marked || mark.encode() != alias {
+		if err := hn.LinkSetAlias(hl, alias); err != nil {
+			return opErr(h.cfg.NS, name, err)
+		}
+	}
+	step(n.cfg.Name, "mark")
 	br, err := hn.LinkByName(bridgeName(n.cfg.VNI))
-	if err == nil {
-		err = hn.LinkSetMasterByIndex(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Host.Index}}, br.Attrs().Index)
-	}
 	if err != nil {
-		return fail(&netns.OpError{Op: "overlay.attach", NS: h.cfg.NS.String(), Name: name, Err: err})
+		return opErr(h.cfg.NS, bridgeName(n.cfg.VNI), err)
 	}
+	if l, err := hn.LinkByIndex(ends.Host.Index); err != nil || l.Attrs().MasterIndex != br.Attrs().Index {
+		if err := hn.LinkSetMasterByIndex(hl, br.Attrs().Index); err != nil {
+			return opErr(h.cfg.NS, name, err)
+		}
+	}
+	step(n.cfg.Name, "port")
 	cn, err := ec.NS.Netlink()
 	if err != nil {
 		return fail(err)
 	}
-	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Peer.Index}}
+	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: ends.Peer.Index, Name: ec.IfName}}
 	for _, p := range ep.Addrs {
 		a := &netlink.Addr{IPNet: ipnet.From(p)}
 		if p.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
 		if err := cn.AddrAdd(peer, a); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fail(&netns.OpError{Op: "overlay.attach", NS: ec.NS.String(), Name: ec.IfName, Err: err})
+			return opErr(ec.NS, ec.IfName, err)
 		}
 	}
+	// The subnets' routes come with the addresses; one someone deleted
+	// does not come back with an address that stayed.
+	missing, err := subnetRoutes(ec.NS, ends.Peer.Index, ep.Addrs)
+	if err != nil {
+		return fail(err)
+	}
+	for _, r := range missing {
+		if err := cn.RouteAdd(&r); err != nil && !errors.Is(err, unix.EEXIST) {
+			return opErr(ec.NS, ec.IfName, err)
+		}
+	}
+	step(n.cfg.Name, "address")
 	if !n.cfg.Internal {
 		gw, err := h.gateway(ctx)
 		if err != nil {
@@ -839,39 +1074,164 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	return ep, nil
 }
 
+// adoptPair returns the endpoint's pair that cfg names when it is there
+// into cfg.Peer.NS, whatever its MTU, MAC and state, set up.
+func (n *Network) adoptPair(cfg veth.Config) (veth.Ends, bool) {
+	hn, err := n.h.cfg.NS.Netlink()
+	if err != nil {
+		return veth.Ends{}, false
+	}
+	cn, err := cfg.Peer.NS.Netlink()
+	if err != nil {
+		return veth.Ends{}, false
+	}
+	a, err := hn.LinkByName(cfg.Name)
+	if err != nil || a.Type() != "veth" || a.Attrs().Group != cfg.Group && a.Attrs().Group != 0 {
+		return veth.Ends{}, false
+	}
+	b, err := cn.LinkByName(cfg.Peer.Name)
+	if err != nil || b.Type() != "veth" || b.Attrs().ParentIndex != a.Attrs().Index || a.Attrs().ParentIndex != b.Attrs().Index {
+		return veth.Ends{}, false
+	}
+	if a.Attrs().Group == 0 { // made by an earlier version: marked now
+		if hn.LinkSetGroup(a, int(cfg.Group)) != nil {
+			return veth.Ends{}, false
+		}
+	}
+	for _, x := range []struct {
+		h *netlink.Handle
+		l netlink.Link
+	}{{hn, a}, {cn, b}} {
+		if x.l.Attrs().MTU != cfg.MTU && x.h.LinkSetMTU(x.l, cfg.MTU) != nil {
+			return veth.Ends{}, false
+		}
+		if x.h.LinkSetUp(x.l) != nil {
+			return veth.Ends{}, false
+		}
+	}
+	return veth.Ends{
+		Host: veth.Link{NS: n.h.cfg.NS, Index: a.Attrs().Index, Name: a.Attrs().Name, MAC: a.Attrs().HardwareAddr},
+		Peer: veth.Link{NS: cfg.Peer.NS, Index: b.Attrs().Index, Name: b.Attrs().Name, MAC: b.Attrs().HardwareAddr},
+	}, true
+}
+
+// subnetRoutes returns the routes to the subnets of addrs through
+// interface idx of ns that are not there.
+func subnetRoutes(ns *netns.NS, idx int, addrs []netip.Prefix) ([]netlink.Route, error) {
+	routes, err := ns.Routes(netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netlink.Route
+	for _, a := range addrs {
+		dst := a.Masked()
+		if slices.ContainsFunc(routes, func(r netlink.Route) bool {
+			return r.LinkIndex == idx && r.Dst != nil && prefixOf(r.Dst) == dst
+		}) {
+			continue
+		}
+		r := netlink.Route{LinkIndex: idx, Dst: ipnet.From(dst), Scope: netlink.SCOPE_LINK}
+		if a.Addr().Is4() {
+			r.Src = a.Addr().AsSlice()
+		} else {
+			r.Family = netlink.FAMILY_V6
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // Detach removes a container from the overlay: its record goes (the other
 // hosts drop it), then its veth pair and its addresses. An endpoint that
-// is gone is no error.
+// is gone is no error, nor one that a killed Attach or Detach left half
+// made: Detach removes what is there.
 func (n *Network) Detach(ctx context.Context, id string) error {
 	if err := n.check(false); err != nil {
 		return err
 	}
+	if r := names.Check(id, 64); r != "" {
+		return invalid("ID", id, r)
+	}
 	return n.h.detachKey(ctx, n.epKey(id))
 }
 
-// detachKey detaches the endpoint of key "ep/NET/HOST/ID" of this host.
+// detachKey detaches the endpoint of key "ep/NET/HOST/ID" of this host:
+// its record becomes a claim (pending: the other hosts drop it), then its
+// veth pair and its egress go, its addresses are released, and the claim
+// goes last. A process killed in between leaves the claim, by which GC or
+// a Detach again finds what is left.
 func (h *Host) detachKey(ctx context.Context, key string) error {
 	parts := strings.SplitN(strings.TrimPrefix(key, epPrefix), "/", 3)
 	if len(parts) != 3 {
 		return nil
 	}
 	network, id := parts[0], parts[2]
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	unlock, err := lockEndpoint(h.cfg.NS, network, id)
+	if err != nil {
+		return err
+	}
+	defer unlock(false)
+	return h.detach(ctx, key, network, id)
+}
+
+// detach is detachKey with the endpoint's lock held.
+func (h *Host) detach(ctx context.Context, key, network, id string) error {
 	h.mu.Lock()
 	delete(h.mine, key)
 	h.mu.Unlock()
-	if err := h.del(ctx, key); err != nil {
+	kv, err := h.cfg.Store.Get(ctx, h.key(key))
+	if err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
+	}
+	var r epRecord
+	if err == nil && json.Unmarshal(kv.Value, &r) == nil && !r.Pending {
+		r.Pending = true
+		if _, err := h.cfg.Store.CAS(ctx, ipam.Op{Key: h.key(key), Rev: kv.Rev, Value: encode(r)}); err != nil {
+			return err
+		}
+		step(network, "unpublish")
 	}
 	if err := veth.Delete(ctx, h.cfg.NS, hostVeth(network, id)); err != nil {
 		return err
 	}
+	step(network, "veth")
+	if err := h.detachEgress(ctx, network, id); err != nil {
+		return err
+	}
+	if err := h.cfg.Alloc.Release(ctx, poolName(network), id); err != nil {
+		return err
+	}
+	step(network, "release")
+	return h.del(ctx, key)
+}
+
+// detachEgress detaches the endpoint from the host's gateway bridge, if
+// the host has one.
+func (h *Host) detachEgress(ctx context.Context, network, id string) error {
 	h.gwMu.Lock()
 	gw := h.gw
 	h.gwMu.Unlock()
-	if gw != nil {
-		if err := gw.Detach(ctx, gatewayID(network, id)); err != nil {
+	if gw == nil {
+		nl, err := h.cfg.NS.Netlink()
+		if err != nil {
+			return err
+		}
+		if _, err := nl.LinkByName(gatewayBridge); err != nil {
+			return nil // no gateway bridge: nothing attached to it
+		}
+		if gw, err = h.gateway(ctx); err != nil {
 			return err
 		}
 	}
-	return h.cfg.Alloc.Release(ctx, poolName(network), id)
+	return gw.Detach(ctx, gatewayID(network, id))
+}
+
+// prefixOf is a net.IPNet as a netip.Prefix.
+func prefixOf(n *net.IPNet) netip.Prefix {
+	ip, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(ip.Unmap(), ones)
 }

@@ -131,6 +131,11 @@ type epRecord struct {
 	Addrs []netip.Addr `json:"addrs"`
 	// Aliases are the endpoint's other names on the network.
 	Aliases []string `json:"aliases,omitempty"`
+	// Pending: the endpoint is being attached or detached by Host, which
+	// claims its ID (and the addresses it holds) meanwhile. The other
+	// hosts program nothing for it. A process killed in the middle leaves
+	// the claim, by which its host's GC (or a Detach) finds what to undo.
+	Pending bool `json:"pending,omitempty"`
 }
 
 func (r epRecord) mac() net.HardwareAddr {
@@ -236,4 +241,65 @@ type Egress struct {
 	bridge.Endpoint
 	// Subnets are the gateway bridge's, with their gateways.
 	Subnets []ipam.SubnetConfig
+}
+
+// ErrDrift: Check found the network or endpoint different from what its
+// settings and the store say. The error is a *DriftError naming each
+// difference.
+var ErrDrift = errors.New("overlay: drifted from its settings")
+
+// A Drift is one difference Check found: what kind of object, and which.
+type Drift struct {
+	// Kind is "record" (the store's record of the network or endpoint),
+	// "pool", "allocation", "bridge", "vxlan", "port", "up", "fdb",
+	// "neighbour", "filter", "interface", "address" or "route".
+	Kind string
+	What string // the object: a link, an address, an entry, a key
+}
+
+func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+
+// DriftError is Check's error (CNI CHECK): every drift it found. It
+// matches ErrDrift.
+type DriftError struct {
+	Network  string
+	Endpoint string // "" for the network itself
+	Drifts   []Drift
+}
+
+func (e *DriftError) Error() string {
+	s := "overlay: network " + strconv.Quote(e.Network)
+	if e.Endpoint != "" {
+		s += " endpoint " + strconv.Quote(e.Endpoint)
+	}
+	s += ": drifted:"
+	for i, d := range e.Drifts {
+		if i > 0 {
+			s += ","
+		}
+		s += " " + d.String()
+	}
+	return s
+}
+
+func (e *DriftError) Is(target error) bool { return target == ErrDrift }
+
+// Live is what an orchestrator still has on one host, given to Host.GC:
+// its containers' endpoints there. Everything of the overlay driver on
+// that host that none of them owns is removed. There is no list of live
+// networks: a network is the cluster's, defined in the store (Host.Create,
+// Host.Delete), and a host keeps the devices of exactly those defined.
+type Live struct {
+	Endpoints []LiveEndpoint
+}
+
+// LiveEndpoint names an endpoint of a live container of the host.
+type LiveEndpoint struct{ Network, ID string }
+
+// Collected is what GC removed.
+type Collected struct {
+	Links     []string          // devices deleted: of no defined network, of no live endpoint, half made
+	Endpoints []string          // this host's endpoint records deleted ("NET/ID"): no live endpoint
+	Addresses []ipam.Allocation // allocations released: this host's, of no live endpoint
+	Filters   []uint32          // VNIs whose ingress filter went: no device of theirs is left
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -25,7 +26,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-func TestMain(m *testing.M) { nstest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashEnv) != "" {
+		crashChild()
+		return
+	}
+	nstest.Main(m)
+}
 
 // cluster is n hosts on an underlay, joined to the overlays on one store.
 type cluster struct {
@@ -980,6 +987,9 @@ func TestBadInputTouchesNothing(t *testing.T) {
 		if err := h.Close(t.Context()); !errors.As(err, &ve) {
 			t.Errorf("%s Host: Close: %v", name, err)
 		}
+		if _, err := h.GC(t.Context(), overlay.Live{}); !errors.As(err, &ve) {
+			t.Errorf("%s Host: GC: %v", name, err)
+		}
 	}
 	for name, n := range map[string]*overlay.Network{"nil": nil, "zero": {}} {
 		if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c", NS: ctr}); !errors.As(err, &ve) {
@@ -987,6 +997,12 @@ func TestBadInputTouchesNothing(t *testing.T) {
 		}
 		if err := n.Detach(t.Context(), "c"); !errors.As(err, &ve) {
 			t.Errorf("%s Network: Detach: %v", name, err)
+		}
+		if err := n.Check(t.Context()); !errors.As(err, &ve) {
+			t.Errorf("%s Network: Check: %v", name, err)
+		}
+		if err := n.CheckEndpoint(t.Context(), "c", ctr); !errors.As(err, &ve) {
+			t.Errorf("%s Network: CheckEndpoint: %v", name, err)
 		}
 		_ = n.Config()
 	}

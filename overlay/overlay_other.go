@@ -5,6 +5,8 @@ package overlay
 import (
 	"context"
 	"errors"
+
+	"github.com/nsnet/nsnet/netns"
 )
 
 // Overlays need Linux. Elsewhere the package compiles, Config validates,
@@ -35,3 +37,10 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 }
 func (n *Network) Config() Config                              { return Config{} }
 func (n *Network) Detach(ctx context.Context, id string) error { return errors.ErrUnsupported }
+func (n *Network) Check(ctx context.Context) error             { return errors.ErrUnsupported }
+func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) error {
+	return errors.ErrUnsupported
+}
+func (h *Host) GC(ctx context.Context, live Live) (Collected, error) {
+	return Collected{}, errors.ErrUnsupported
+}

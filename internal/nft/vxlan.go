@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -232,4 +233,56 @@ func VXLANDrops(ctx context.Context, host *netns.NS) (in, out uint64, err error)
 		return nil
 	})
 	return in, out, err
+}
+
+// VXLANFilters returns the VXLAN filter of host as it is in the kernel:
+// each network's port and peers, ordered by VNI, peers in the kernel's
+// order. A host without nsnet's table has none.
+func VXLANFilters(ctx context.Context, host *netns.NS) ([]VXLAN, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	byVNI := map[uint32]*VXLAN{}
+	err := host.NFTables(func(c *nftables.Conn) error {
+		sc := newSchema()
+		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); errors.Is(err, unix.ENOENT) {
+			return nil
+		} else if err != nil {
+			return &netns.OpError{Op: "nft.vxlan-filters", NS: host.String(), Name: TableName, Err: err}
+		}
+		nets, err := c.GetSetElements(sc.vxnets)
+		if err != nil {
+			return &netns.OpError{Op: "nft.vxlan-filters", NS: host.String(), Name: sc.vxnets.Name, Err: err}
+		}
+		for _, e := range nets {
+			if len(e.Key) >= 8 {
+				byVNI[keyVNI(e.Key)] = &VXLAN{VNI: keyVNI(e.Key), Port: binary.BigEndian.Uint16(e.Key)}
+			}
+		}
+		peers, err := c.GetSetElements(sc.vxpeers)
+		if err != nil {
+			return &netns.OpError{Op: "nft.vxlan-filters", NS: host.String(), Name: sc.vxpeers.Name, Err: err}
+		}
+		for _, e := range peers {
+			if len(e.Key) < 8 {
+				continue
+			}
+			v := byVNI[keyVNI(e.Key)]
+			if v == nil {
+				v = &VXLAN{VNI: keyVNI(e.Key)}
+				byVNI[v.VNI] = v
+			}
+			v.Peers = append(v.Peers, netip.AddrFrom4([4]byte(e.Key[:4])))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]VXLAN, 0, len(byVNI))
+	for _, v := range byVNI {
+		out = append(out, *v)
+	}
+	slices.SortFunc(out, func(a, b VXLAN) int { return int(a.VNI) - int(b.VNI) })
+	return out, nil
 }
