@@ -219,6 +219,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 		return fail(err)
 	}
 	guarded = true
+	if err := step(n.cfg.Name, "guard"); err != nil {
+		return fail(err)
+	}
 	watch, err := openPort(n.host, pair.Host.Index, name, n.cfg.DisableICC)
 	if err != nil {
 		return fail(err)
@@ -234,7 +237,13 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	// Neighbours that cached a previous owner of the addresses learn the
 	// new MAC once the port forwards (Attach returns then: the endpoint
 	// works).
+	if err := step(n.cfg.Name, "configure"); err != nil {
+		return fail(err)
+	}
 	if err := ctrlink.Announce(ep.NS, pair.Peer.Index, mac, addrs, watch.forwarding); err != nil {
+		return fail(err)
+	}
+	if err := step(n.cfg.Name, "announce"); err != nil {
 		return fail(err)
 	}
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: mac, Addrs: addrs, HostVeth: name, DefaultRoute: ep.DefaultRoute}, nil
@@ -390,6 +399,9 @@ func (n *Network) detach(ctx context.Context, id string) error {
 		// Both ends go: the container's, and the port of the bridge.
 		if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
 			return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: l.Attrs().Name, Err: err}
+		}
+		if err := step(n.cfg.Name, "linkdel"); err != nil {
+			return err
 		}
 		// Then its guard (not before: the port would pass anything in
 		// between), by the elements it was given: the port and the
