@@ -203,22 +203,30 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if err := step(n.cfg.Name, "veth"); err != nil {
 		return fail(err)
 	}
-	// One request marks it and makes it a port of the bridge (down: it
-	// forwards nothing until openPort).
+	// The port's guard, before the port is up, in nftables (which the
+	// kernel's link requests do not wait for): meanwhile, one request
+	// marks the veth and makes it a port of the bridge (down: it
+	// forwards nothing until openPort), and its addresses are claimed.
+	guard := make(chan error, 1)
+	go func() { guard <- nft.GuardPort(ctx, n.host, pair.Host.Index, addrs) }()
 	hl := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Host.Index, Name: name}}
-	if err := markPort(n.host, pair.Host.Index, n.index, mark); err != nil {
-		return fail(&netns.OpError{Op: "bridge.mark", NS: n.host.String(), Name: name, Err: err})
+	err = markPort(n.host, pair.Host.Index, n.index, mark)
+	if err != nil {
+		err = &netns.OpError{Op: "bridge.mark", NS: n.host.String(), Name: name, Err: err}
+	} else {
+		err = n.claimAddrs(hl, addrs)
 	}
-	if err := n.claimAddrs(hl, addrs); err != nil {
+	gerr := <-guard
+	guarded = gerr == nil
+	if err != nil {
 		return fail(err)
 	}
 	if err := step(n.cfg.Name, "mark"); err != nil {
 		return fail(err)
 	}
-	if err := nft.GuardPort(ctx, n.host, pair.Host.Index, addrs); err != nil { // before the port is up
-		return fail(err)
+	if gerr != nil {
+		return fail(gerr)
 	}
-	guarded = true
 	if err := step(n.cfg.Name, "guard"); err != nil {
 		return fail(err)
 	}
