@@ -132,9 +132,7 @@
 // switch; the port's guard in one nftables request that reads nothing,
 // made while the kernel wires the port; the wait for the port to forward
 // on the bridge's own announcement instead of a poll that switched
-// threads and opened a socket each time; the gratuitous ARP and
-// unsolicited NA sent from the background once the port forwards (Attach
-// returns then, with a working endpoint). Detach looks up the endpoint's
+// threads and opened a socket each time. Detach looks up the endpoint's
 // names before deleting (a lookup after it waited for the kernel's rtnl
 // lock), deletes on the socket that hears the deletion, and forgets the
 // guard by the keys it was given (no reads of the sets: they grow with
