@@ -65,7 +65,7 @@ func crashChild(ctx context.Context, host *netns.NS, alloc *ipam.Allocator) {
 // crashPoints are the steps of each call at which the harness kills it.
 var crashPoints = map[string][]string{
 	"new":    {"bridge", "pool", "address"},
-	"attach": {"allocate", "veth", "mark", "guard", "port", "configure"},
+	"attach": {"allocate", "veth", "mark", "guard", "port", "configure", "announce"},
 	"detach": {"linkdel", "unplug"},
 	"delete": {"delete-pool"},
 }

@@ -242,22 +242,17 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if err := ctrlink.Configure(ep.NS, "bridge", peer, addrs, n.cfg.Subnets, ep.DefaultRoute, baseMetric-ep.GatewayPriority); err != nil {
 		return fail(err)
 	}
+	// Neighbours that cached a previous owner of the addresses learn the
+	// new MAC once the port forwards (Attach returns then: the endpoint
+	// works).
 	if err := step(n.cfg.Name, "configure"); err != nil {
 		return fail(err)
 	}
-	// Attach returns once the port forwards: the endpoint works.
-	// Neighbours that cached a previous owner of the addresses learn the
-	// new MAC then, from frames sent in the background (their socket
-	// takes a thread switch into the container's namespace): the kernel
-	// activated the container's end of the pair before the port (it
-	// came up last, so its carrier event is the first of the two).
-	if watch.forwarding() && len(addrs) > 0 {
-		if ctr, err := ep.NS.Dup(); err == nil { // the caller may close ep.NS
-			go func() {
-				defer ctr.Close()
-				ctrlink.Send(ctr, pair.Peer.Index, mac, addrs)
-			}()
-		}
+	if err := ctrlink.Announce(ep.NS, pair.Peer.Index, mac, addrs, watch.forwarding); err != nil {
+		return fail(err)
+	}
+	if err := step(n.cfg.Name, "announce"); err != nil {
+		return fail(err)
 	}
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: mac, Addrs: addrs, HostVeth: name, DefaultRoute: ep.DefaultRoute}, nil
 }

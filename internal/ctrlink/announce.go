@@ -49,19 +49,8 @@ func Announce(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix,
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
-	return Send(ns, idx, mac, addrs)
-}
-
-// Send sends Announce's frames for addrs at mac out of interface idx of
-// ns at once, without waiting for anything: for a caller that knows the
-// interface is up and its carrier on (a bridge's port forwards, and the
-// kernel brought the container's end of the pair up first).
-func Send(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix) error {
-	if len(addrs) == 0 || len(mac) != 6 {
-		return nil
-	}
 	var fd int
-	err := ns.Do(func() error {
+	err = ns.Do(func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		return err
