@@ -139,21 +139,29 @@
 // the ports). Detach is 29 KB and 298 allocs, Attach 111 KB and 771.
 //
 // The figures could only be taken while the other helpers' suites loaded
-// the machine (load average 12-17), the code before and after in turns,
-// 300 operations each, medians of the operations (ns/op-median) and
-// means (ns/op):
+// the machine (load average 5-17), the code before and after in turns,
+// 300 operations each, medians of the operations (ns/op-median; the
+// means, ns/op, followed a few operations that waited long for a CPU):
 //
-//	                 before                   after
-//	Attach           1.73-1.90 ms (2.3-2.8)   1.79-4.38 ms (2.2-6.6)
-//	Detach           1.43-2.28 ms (1.7-4.9)   1.36-1.40 ms (3.2-3.6)
-//	AttachDetach     3.01-3.63 ms (3.7-6.0)   3.17-5.24 ms (4.2-7.2)
+//	                 before          after           lock change alone
+//	run 1 (load 12-17)
+//	Attach           1.73-1.90 ms    1.79-4.38 ms
+//	Detach           1.43-2.28 ms    1.36-1.40 ms
+//	AttachDetach     3.01-3.63 ms    3.17-5.24 ms
+//	run 2 (load 5-9)
+//	Attach           1.75-2.35 ms    1.95-2.76 ms    1.64-1.75 ms
+//	Detach           1.41-1.76 ms    1.23-2.10 ms
+//	AttachDetach     3.59-4.19 ms    3.18-4.58 ms    2.97-3.54 ms
 //
-// At that load neither the goal of issue 19 (Attach 1.35 ms, Detach 0.75
-// ms) nor its absence can be shown; what is left of a detach is the
-// kernel's: the veth pair's unregistration (see linkdel), of which a part
-// runs after Delete returned, still under the rtnl lock, and delays the
-// next request: Detach no longer waits for it, and the next Attach does
-// (BenchmarkAttachDetach counts a whole cycle).
+// What these show: the endpoint's lock without a file of its own saves
+// 0.5-0.7 ms of a cycle; the fewer requests are within the noise of a
+// loaded machine, and Attach pays for part of the preceding Detach: what
+// is left of a detach is the kernel's, the veth pair's unregistration
+// (see linkdel), of which a part runs after Delete returned, still under
+// the rtnl lock, and delays the next request. Detach no longer waits for
+// it (a lookup after the deletion did), the next Attach does
+// (BenchmarkAttachDetach counts a whole cycle). Issue 19's goal (Attach
+// 1.35 ms, Detach 0.75 ms) is not shown on this machine.
 //
 // The announcing socket is closed in the background: its close waits for
 // an RCU grace period, and an attach that waited for it took 12-18 ms.
