@@ -1,6 +1,12 @@
 package bridge
 
 import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
 	"github.com/nsnet/nsnet/netns"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -67,4 +73,157 @@ func portForwarding(host *netns.NS, index int) bool {
 		return nil
 	})
 	return ok
+}
+
+// markPort gives the new host veth with index its mark (interface alias)
+// and makes it a port of the bridge with index bridge, still down, in one
+// request (vishvananda/netlink sends each in one of its own).
+func markPort(host *netns.NS, index, bridge int, mark string) error {
+	return host.Do(func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+		msg.Index = int32(index)
+		req.AddData(msg)
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(mark)))
+		req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(bridge))))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+}
+
+// openPort readies the port with index, named name, and lets it forward,
+// from one thread switch into host: no IPv6 on it (sysctl), then, in one
+// request, hairpin on, isolated if isolated, and up. The kernel applies a
+// port's settings (IFLA_INFO_SLAVE_DATA) before the link's flags, so the
+// port is isolated before it forwards. The port must be one of a bridge
+// already. The returned watch, listening from before the port went up,
+// tells when it forwards; the caller closes it.
+func openPort(host *netns.NS, index int, name string, isolated bool) (*portWatch, error) {
+	w := &portWatch{host: host, index: index}
+	err := host.Do(func() error {
+		if err := writeSysctl(host, "net/ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil {
+			return err
+		}
+		// The watch is only a shortcut: without it, forwarding polls.
+		if fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE); err == nil {
+			if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK}); err == nil {
+				w.sub = os.NewFile(uintptr(fd), "rtnetlink-link")
+			} else {
+				unix.Close(fd)
+			}
+		}
+		req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+		msg.Index = int32(index)
+		msg.Flags = unix.IFF_UP
+		msg.Change = unix.IFF_UP
+		req.AddData(msg)
+		info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+		info.AddRtAttr(nl.IFLA_INFO_SLAVE_KIND, nl.NonZeroTerminated("bridge"))
+		data := info.AddRtAttr(nl.IFLA_INFO_SLAVE_DATA, nil)
+		data.AddRtAttr(nl.IFLA_BRPORT_MODE, []byte{1}) // hairpin
+		iso := byte(0)
+		if isolated {
+			iso = 1
+		}
+		data.AddRtAttr(nl.IFLA_BRPORT_ISOLATED, []byte{iso})
+		req.AddData(info)
+		if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+			return &netns.OpError{Op: "bridge.port", NS: host.String(), Name: name, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		w.close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// A portWatch tells when a bridge port forwards: from the bridge's
+// announcements of its ports' state (RTM_NEWLINK of family AF_BRIDGE), so
+// that an attach waits no longer than the kernel takes (it brings the
+// port to forwarding from a worker, once the pair's carrier is up), or by
+// polling if it cannot listen.
+type portWatch struct {
+	host  *netns.NS
+	index int
+	sub   *os.File
+	seen  bool
+}
+
+// forwarding waits, up to a second, until the port forwards, and reports
+// whether it does.
+func (w *portWatch) forwarding() bool {
+	if w.seen {
+		return true
+	}
+	if w.sub == nil {
+		w.seen = portForwarding(w.host, w.index)
+		return w.seen
+	}
+	w.sub.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 16<<10)
+	for !w.seen {
+		n, err := w.sub.Read(buf)
+		if err != nil { // late, or messages lost: ask
+			w.sub.Close()
+			w.sub = nil
+			w.seen = portForwarding(w.host, w.index)
+			return w.seen
+		}
+		msgs, _ := syscall.ParseNetlinkMessage(buf[:n])
+		for _, m := range msgs {
+			if m.Header.Type == unix.RTM_NEWLINK && len(m.Data) >= unix.SizeofIfInfomsg && m.Data[0] == unix.AF_BRIDGE &&
+				int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))) == w.index && protinfoForwarding(m.Data[unix.SizeofIfInfomsg:]) {
+				w.seen = true
+			}
+		}
+	}
+	return true
+}
+
+// protinfoForwarding reports whether the attributes of a bridge's port
+// announcement say that it forwards.
+func protinfoForwarding(b []byte) bool {
+	const forwarding = 3 // BR_STATE_FORWARDING
+	attrs, err := nl.ParseRouteAttr(b)
+	if err != nil {
+		return false
+	}
+	for _, a := range attrs {
+		if a.Attr.Type&^unix.NLA_F_NESTED != unix.IFLA_PROTINFO {
+			continue
+		}
+		infos, _ := nl.ParseRouteAttr(a.Value)
+		for _, i := range infos {
+			if i.Attr.Type&^unix.NLA_F_NESTED == nl.IFLA_BRPORT_STATE && len(i.Value) > 0 {
+				return i.Value[0] == forwarding
+			}
+		}
+	}
+	return false
+}
+
+func (w *portWatch) close() {
+	if w != nil && w.sub != nil {
+		w.sub.Close()
+		w.sub = nil
+	}
+}
+
+// writeSysctl writes a sysctl of the namespace the calling thread is in
+// (inside host.Do), as host.SetSysctl does; host names it in the error.
+func writeSysctl(host *netns.NS, key, value string) error {
+	f, err := os.OpenFile(filepath.Join("/proc/sys", key), os.O_WRONLY, 0)
+	if err == nil {
+		_, err = f.WriteString(value)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return &netns.OpError{Op: "netns.sysctl", NS: host.String(), Name: key, Err: err}
+	}
+	return nil
 }

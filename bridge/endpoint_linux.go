@@ -184,8 +184,12 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 		}
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
+	guarded := false
 	fail := func(err error) (Endpoint, error) {
 		veth.Delete(context.WithoutCancel(ctx), n.host, name)
+		if guarded {
+			nft.UnguardPort(context.WithoutCancel(ctx), n.host, pair.Host.Index, addrs)
+		}
 		release()
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
@@ -199,22 +203,38 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if err := step(n.cfg.Name, "veth"); err != nil {
 		return fail(err)
 	}
+	// The port's guard, before the port is up, in nftables (which the
+	// kernel's link requests do not wait for): meanwhile, one request
+	// marks the veth and makes it a port of the bridge (down: it
+	// forwards nothing until openPort), and its addresses are claimed.
+	guard := make(chan error, 1)
+	go func() { guard <- nft.GuardPort(ctx, n.host, pair.Host.Index, addrs) }()
 	hl := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: pair.Host.Index, Name: name}}
-	if err := h.LinkSetAlias(hl, mark); err != nil {
-		return fail(&netns.OpError{Op: "bridge.mark", NS: n.host.String(), Name: name, Err: err})
+	err = markPort(n.host, pair.Host.Index, n.index, mark)
+	if err != nil {
+		err = &netns.OpError{Op: "bridge.mark", NS: n.host.String(), Name: name, Err: err}
+	} else {
+		err = n.claimAddrs(hl, addrs)
 	}
-	if err := n.claimAddrs(hl, addrs); err != nil {
+	gerr := <-guard
+	guarded = gerr == nil
+	if err != nil {
 		return fail(err)
 	}
 	if err := step(n.cfg.Name, "mark"); err != nil {
 		return fail(err)
 	}
-	if err := nft.GuardPort(ctx, n.host, pair.Host.Index, addrs); err != nil { // before the port is up
+	if gerr != nil {
+		return fail(gerr)
+	}
+	if err := step(n.cfg.Name, "guard"); err != nil {
 		return fail(err)
 	}
-	if err := n.wireHostEnd(pair.Host); err != nil {
+	watch, err := openPort(n.host, pair.Host.Index, name, n.cfg.DisableICC)
+	if err != nil {
 		return fail(err)
 	}
+	defer watch.close()
 	if err := step(n.cfg.Name, "port"); err != nil {
 		return fail(err)
 	}
@@ -223,8 +243,15 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 		return fail(err)
 	}
 	// Neighbours that cached a previous owner of the addresses learn the
-	// new MAC once the port forwards.
-	if err := ctrlink.Announce(ep.NS, pair.Peer.Index, mac, addrs, func() bool { return portForwarding(n.host, pair.Host.Index) }); err != nil {
+	// new MAC once the port forwards (Attach returns then: the endpoint
+	// works).
+	if err := step(n.cfg.Name, "configure"); err != nil {
+		return fail(err)
+	}
+	if err := ctrlink.Announce(ep.NS, pair.Peer.Index, mac, addrs, watch.forwarding); err != nil {
+		return fail(err)
+	}
+	if err := step(n.cfg.Name, "announce"); err != nil {
 		return fail(err)
 	}
 	return Endpoint{ID: ep.ID, Network: n.cfg.Name, NS: ep.NS, IfName: ifName, MAC: mac, Addrs: addrs, HostVeth: name, DefaultRoute: ep.DefaultRoute}, nil
@@ -363,21 +390,38 @@ func (n *Network) detach(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	// All names first: lookups made after a deletion would wait for the
+	// kernel to finish it (under its rtnl lock) after Delete returned.
+	var ours []netlink.Link
 	for k := range hostVethNames {
-		name := hostVethName(n.cfg.Name, id, k)
-		l, err := h.LinkByName(name)
+		l, err := h.LinkByName(hostVethName(n.cfg.Name, id, k))
 		if err != nil {
 			continue
 		}
 		m, marked := decodeEPMark(l.Attrs().Alias)
 		if marked && m.Net == n.cfg.Name && m.ID == id || !marked && l.Attrs().Group == epGroup(n.cfg.Name, id) && l.Type() == "veth" {
-			// Both ends go: the container's, and the port of the bridge.
-			if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
-				return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: name, Err: err}
+			ours = append(ours, l)
+		}
+	}
+	for _, l := range ours {
+		// Both ends go: the container's, and the port of the bridge.
+		if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
+			return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: l.Attrs().Name, Err: err}
+		}
+		if err := step(n.cfg.Name, "linkdel"); err != nil {
+			return err
+		}
+		// Then its guard (not before: the port would pass anything in
+		// between), by the elements it was given: the port and the
+		// addresses its alternative names hold.
+		var addrs []netip.Prefix
+		for _, alt := range l.Attrs().AltNames {
+			if a, ok := addrOf(alt); ok {
+				addrs = append(addrs, netip.PrefixFrom(a, a.BitLen()))
 			}
-			if err := nft.UnguardPort(ctx, n.host, l.Attrs().Index); err != nil { // the port is gone
-				return err
-			}
+		}
+		if err := nft.UnguardPort(ctx, n.host, l.Attrs().Index, addrs); err != nil {
+			return err
 		}
 	}
 	if err := step(n.cfg.Name, "unplug"); err != nil {

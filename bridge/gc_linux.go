@@ -10,6 +10,7 @@ import (
 	"github.com/nsnet/nsnet/internal/keylock"
 	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/netlock"
+	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns"
@@ -25,7 +26,8 @@ var locks = netlock.Kind("bridge")
 // Attach left half made (nsnet's device group, no mark), host veths of
 // endpoints that are not live, pools of alloc ("bridge." + name) that have
 // no network and are not live, and the allocations of endpoints that are
-// not live. It holds the host's lock meanwhile, so no New, Attach, Detach
+// not live, and the entries in nsnet's nftables tables of bridges and
+// guarded ports whose links are gone. It holds the host's lock meanwhile, so no New, Attach, Detach
 // or Delete of this host runs half way while it looks.
 //
 // The recipe for a restarted orchestrator is in the package doc.
@@ -105,6 +107,13 @@ func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (
 			return out, &netns.OpError{Op: "bridge.gc", NS: host.String(), Name: a.Name, Err: err}
 		}
 		out.Links = append(out.Links, a.Name)
+	}
+	// nftables: the isolation entries of bridges that are gone (a
+	// process died between deleting a bridge and its entries, or the
+	// bridge was deleted behind nsnet's back), and the guards of ports
+	// whose links are gone.
+	if err := nft.PruneGone(ctx, host); err != nil {
+		return out, err
 	}
 	// Pools: of no network and not live, and the allocations of
 	// endpoints that are not live.

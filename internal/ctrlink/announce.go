@@ -23,8 +23,8 @@ import (
 // seen on the wire: it is sent before the kernel finished bringing the
 // link's carrier up (the queue still drops everything) and, for a bridge
 // port, before the port forwards. Announce first waits, up to a second,
-// for ready (nil: always ready) and for the interface to be operationally
-// up, and sends nothing if they do not come (a parent that is down: no one
+// for ready (nil: always ready; it may block until it is) and for the
+// interface to be operationally up, and sends nothing if they do not come (a parent that is down: no one
 // could hear it anyway).
 func Announce(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix, ready func() bool) error {
 	if len(addrs) == 0 || len(mac) != 6 {
@@ -34,9 +34,14 @@ func Announce(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix,
 	if err != nil {
 		return err
 	}
+	// ready first: it may wait for what comes after the interface is up
+	// (a bridge port that forwards).
 	up := func() bool {
+		if ready != nil && !ready() {
+			return false
+		}
 		l, err := h.LinkByIndex(idx)
-		return err == nil && l.Attrs().OperState == netlink.OperUp && (ready == nil || ready())
+		return err == nil && l.Attrs().OperState == netlink.OperUp
 	}
 	for deadline := time.Now().Add(time.Second); !up(); {
 		if time.Now().After(deadline) {

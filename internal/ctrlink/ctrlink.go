@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -36,15 +37,12 @@ func Configure(ns *netns.NS, pkg string, l netlink.Link, addrs []netip.Prefix, s
 	opErr := func(op string, err error) error {
 		return &netns.OpError{Op: pkg + "." + op, NS: ns.String(), Name: name, Err: err}
 	}
-	if err := ns.SetSysctl("net/ipv6/conf/"+name+"/accept_ra", "0"); err != nil {
-		return err
-	}
+	sysctls := [][2]string{{"net/ipv6/conf/" + name + "/accept_ra", "0"}}
 	if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-		if err := ns.SetSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil {
-			return err
-		}
+		sysctls = append(sysctls, [2]string{"net/ipv6/conf/" + name + "/disable_ipv6", "1"})
 	}
-	if err := ns.SetSysctl("net/ipv4/conf/"+name+"/arp_notify", "1"); err != nil {
+	sysctls = append(sysctls, [2]string{"net/ipv4/conf/" + name + "/arp_notify", "1"})
+	if err := setSysctls(ns, sysctls); err != nil {
 		return err
 	}
 	for _, a := range addrs {
@@ -72,6 +70,26 @@ func Configure(ns *netns.NS, pkg string, l netlink.Link, addrs []netip.Prefix, s
 		}
 	}
 	return nil
+}
+
+// setSysctls writes the sysctls kv (key, value) of ns, in this order, from
+// one thread switch into ns (NS.SetSysctl makes one per key).
+func setSysctls(ns *netns.NS, kv [][2]string) error {
+	return ns.Do(func() error {
+		for _, s := range kv {
+			f, err := os.OpenFile(filepath.Join("/proc/sys", s[0]), os.O_WRONLY, 0)
+			if err == nil {
+				_, err = f.WriteString(s[1])
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				return &netns.OpError{Op: "netns.sysctl", NS: ns.String(), Name: s[0], Err: err}
+			}
+		}
+		return nil
+	})
 }
 
 // NextIfName returns eth0, or the first ethN that no link of links has.

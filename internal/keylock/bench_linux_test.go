@@ -3,10 +3,10 @@ package keylock
 import "testing"
 
 // BenchmarkNested takes and gives back a host's, a network's and an
-// endpoint's lock, as an attach does.
+// endpoint's lock (a part of the network's), as an attach does.
 func BenchmarkNested(b *testing.B) {
 	for b.Loop() {
-		unlock, err := Nested(Key{Name: "bench-host"}, Key{Name: "bench-host.net"}, Key{Name: "bench-host.net.ep", Exclusive: true})
+		unlock, err := Nested(Key{Name: "bench-host"}, Key{Name: "bench-host.net"}, Key{Part: "ep.c1", Exclusive: true})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -5,6 +5,8 @@ package keylock
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -55,6 +57,7 @@ func lockDir() (string, error) {
 type FileLock struct {
 	f    *os.File
 	path string
+	key  string
 
 	local func() // the unlock of a process-local lock, if no directory
 }
@@ -76,10 +79,10 @@ func localLock(key string, exclusive bool) *FileLock {
 	local.Unlock()
 	if exclusive {
 		mu.Lock()
-		return &FileLock{local: mu.Unlock}
+		return &FileLock{local: mu.Unlock, key: key}
 	}
 	mu.RLock()
-	return &FileLock{local: mu.RUnlock}
+	return &FileLock{local: mu.RUnlock, key: key}
 }
 
 // File waits for key's lock, exclusive or shared, and takes it. key names a
@@ -95,7 +98,7 @@ func File(key string, exclusive bool) (*FileLock, error) {
 		how = unix.LOCK_EX
 	}
 	for {
-		f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600) // RDWR: for LockPart's write locks
 		if err != nil {
 			return nil, fmt.Errorf("keylock: %w", err)
 		}
@@ -112,7 +115,7 @@ func File(key string, exclusive bool) (*FileLock, error) {
 			return nil, fmt.Errorf("keylock: %s: %w", path, err)
 		}
 		if err := unix.Stat(path, &now); err == nil && now.Ino == held.Ino && now.Dev == held.Dev {
-			return &FileLock{f: f, path: path}, nil
+			return &FileLock{f: f, path: path, key: key}, nil
 		} else if err != nil && !errors.Is(err, unix.ENOENT) {
 			f.Close()
 			return nil, fmt.Errorf("keylock: %s: %w", path, err)
@@ -141,6 +144,42 @@ func (l *FileLock) Unlock(remove bool) {
 	l.f.Close() // closing the last descriptor drops the flock
 }
 
+// LockPart takes, within the lock l holds (shared, typically), the lock of
+// part: a lock of its own for each part, exclusive or shared, across
+// processes and across the goroutines of one, without a file of its own
+// (an open file description lock, F_OFD_SETLKW, on one byte of l's file
+// chosen by a hash of part; two parts whose hashes meet share a lock,
+// which only serialises them). It is given back with l. nsnet's drivers
+// lock an endpoint this way within its network's lock: no file is made
+// and removed per endpoint, which cost 0.1-0.2 ms each on a disk.
+func (l *FileLock) LockPart(part string, exclusive bool) error {
+	if l == nil {
+		return errors.New("keylock: LockPart of a nil lock")
+	}
+	if l.local != nil {
+		pl := localLock(l.key+"\x00"+part, exclusive)
+		prev := l.local
+		l.local = func() { pl.local(); prev() }
+		return nil
+	}
+	h := fnv.New64a()
+	h.Write([]byte(part))
+	typ := int16(unix.F_RDLCK)
+	if exclusive {
+		typ = unix.F_WRLCK
+	}
+	lk := unix.Flock_t{Type: typ, Whence: io.SeekStart, Start: int64(h.Sum64() >> 2), Len: 1}
+	for {
+		err := unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLKW, &lk)
+		if err == nil {
+			return nil
+		}
+		if err != unix.EINTR {
+			return fmt.Errorf("keylock: %s: %s: %w", l.path, part, err)
+		}
+	}
+}
+
 func flock(f *os.File, how int) error {
 	for {
 		err := unix.Flock(int(f.Fd()), how)
@@ -151,9 +190,12 @@ func flock(f *os.File, how int) error {
 }
 
 // Key is one lock of Nested: its name, and whether it is taken exclusive.
+// A Key with a Part is the lock of that part within the previous key's
+// lock (see FileLock.LockPart), and has no file of its own.
 type Key struct {
 	Name      string
 	Exclusive bool
+	Part      string
 }
 
 // Nested takes the locks of keys, in order, and returns the function that
@@ -162,12 +204,25 @@ type Key struct {
 // exclusive for GC), then a network's, then an endpoint's.
 func Nested(keys ...Key) (unlock func(remove bool), err error) {
 	held := make([]*FileLock, 0, len(keys))
+	part := false // the last key is a part: it has no file to remove
 	release := func(remove bool) {
 		for i := len(held) - 1; i >= 0; i-- {
-			held[i].Unlock(remove && i == len(held)-1 && i > 0)
+			held[i].Unlock(remove && !part && i == len(held)-1 && i > 0)
 		}
 	}
 	for _, k := range keys {
+		if k.Part != "" {
+			if len(held) == 0 {
+				return nil, errors.New("keylock: a part lock without a lock before it")
+			}
+			if err := held[len(held)-1].LockPart(k.Part, k.Exclusive); err != nil {
+				release(false)
+				return nil, err
+			}
+			part = true
+			continue
+		}
+		part = false
 		l, err := File(k.Name, k.Exclusive)
 		if err != nil {
 			release(false)

@@ -18,12 +18,14 @@ package linkdel
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"syscall"
 
+	"github.com/nsnet/nsnet/internal/nlerr"
 	"github.com/nsnet/nsnet/netns"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,11 +34,12 @@ import (
 // the request if it failed first. A gone interface is the request's error
 // (ENODEV), for the caller to judge.
 //
-// If the announcement cannot be watched for (the listening socket cannot
-// be made, or it overflowed), Delete waits for the request's answer.
+// The request goes out on the socket that listens for the announcement,
+// one socket made from one thread switch into ns. If the announcement
+// cannot be watched for (the socket overflowed), Delete waits for the
+// request to be done and then looks whether the interface is gone.
 func Delete(ns *netns.NS, idx int) error {
 	var sub *os.File
-	var h *netlink.Handle
 	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 		if err != nil {
@@ -46,64 +49,103 @@ func Delete(ns *netns.NS, idx int) error {
 			unix.Close(fd)
 			return err
 		}
-		// Non-blocking: os.File reads it through the runtime's poller,
-		// so that Close ends a read that waits.
+		// Non-blocking: os.File reads it through the runtime's poller.
 		sub = os.NewFile(uintptr(fd), "rtnetlink-link")
-		if h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-			sub.Close()
-			return err
-		}
 		return nil
 	})
 	if err != nil {
 		return &netns.OpError{Op: "linkdel.socket", NS: ns.String(), Err: err}
 	}
-	defer sub.Close()
-
-	answer := make(chan error, 1)
-	go func() {
-		defer h.Close()
-		answer <- h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}})
-	}()
-	announced := make(chan bool, 1)
-	go func() { announced <- waitGone(sub, idx) }()
-	select {
-	case err := <-answer:
-		return err
-	case ok := <-announced:
-		if ok {
-			return nil
-		}
-		return <-answer
+	rc, err := sub.SyscallConn()
+	if err != nil {
+		sub.Close()
+		return &netns.OpError{Op: "linkdel.socket", NS: ns.String(), Err: err}
 	}
+
+	const seq = 1
+	req := make([]byte, unix.SizeofNlMsghdr+unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:6], unix.RTM_DELLINK)
+	binary.NativeEndian.PutUint16(req[6:8], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(req[8:12], seq)
+	binary.NativeEndian.PutUint32(req[unix.SizeofNlMsghdr+4:], uint32(int32(idx)))
+
+	// The kernel does the whole deletion, its wait for the device to be
+	// freed included, within the send: the sending goroutine is held
+	// for that long, and closes the socket after it and after the
+	// reader is done (closing a descriptor the poller reads from would
+	// wait for the send).
+	sent := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		var serr error
+		werr := rc.Write(func(fd uintptr) bool {
+			serr = unix.Sendto(int(fd), req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+			return true
+		})
+		sent <- errors.Join(werr, serr)
+		if werr != nil || serr != nil {
+			sub.Close() // ends the read
+			return
+		}
+		<-done
+		sub.Close()
+	}()
+	ok, err := waitGone(sub, idx, seq)
+	close(done)
+	if ok {
+		return err
+	}
+	// Nothing heard: the send failed, or messages were lost. Once the
+	// request is done, the interface is there or not.
+	if err := <-sent; err != nil {
+		return err
+	}
+	h, err := ns.Netlink()
+	if err != nil {
+		return err
+	}
+	if _, err := h.LinkByIndex(idx); err == nil {
+		return fmt.Errorf("linkdel: interface %d is still there after its deletion", idx)
+	} else if !nlerr.NotExist(err) {
+		return err
+	}
+	return nil
 }
 
 // bufs holds read buffers: a link announcement is a few KB at most (more
 // only with SR-IOV VF lists, which a truncated read skips harmlessly).
 var bufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
-// waitGone reads link announcements from sub until one says idx was
-// deleted (true), or until reading fails: sub closed, or messages lost
+// waitGone reads link announcements and answers from sub until one says
+// idx was deleted, or until the answer to request seq comes (true, and the
+// request's error), or until reading fails: sub closed, or messages lost
 // (ENOBUFS), which may have been the one waited for (false).
-func waitGone(sub *os.File, idx int) bool {
+func waitGone(sub *os.File, idx int, seq uint32) (bool, error) {
 	bp := bufs.Get().(*[]byte)
 	defer bufs.Put(bp)
 	buf := *bp
 	for {
 		n, err := sub.Read(buf)
 		if err != nil {
-			return false
+			return false, nil
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
 			continue
 		}
 		for _, m := range msgs {
+			switch {
+			case m.Header.Type == unix.NLMSG_ERROR && m.Header.Seq == seq && len(m.Data) >= 4:
+				if errno := -int32(binary.NativeEndian.Uint32(m.Data[0:4])); errno != 0 {
+					return true, syscall.Errno(errno)
+				}
+				return true, nil
 			// struct ifinfomsg: family, pad, type (2), index (4), ...
 			// AF_BRIDGE deletions are a port leaving its bridge.
-			if m.Header.Type == unix.RTM_DELLINK && len(m.Data) >= unix.SizeofIfInfomsg &&
-				m.Data[0] == unix.AF_UNSPEC && int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))) == idx {
-				return true
+			case m.Header.Type == unix.RTM_DELLINK && len(m.Data) >= unix.SizeofIfInfomsg &&
+				m.Data[0] == unix.AF_UNSPEC && int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))) == idx:
+				return true, nil
 			}
 		}
 	}

@@ -43,10 +43,12 @@ func (k Kind) Network(host *netns.NS, name string, exclusive bool) (func(remove 
 }
 
 // Endpoint takes the host's and the network's locks (shared) and the
-// endpoint's (exclusive).
+// endpoint's (exclusive): a part of the network's lock file (see
+// keylock.FileLock.LockPart), so that no file is made or removed per
+// endpoint; remove is ignored.
 func (k Kind) Endpoint(host *netns.NS, network, id string) (func(remove bool), error) {
 	return k.lock(keylock.Key{Name: HostKey(host)}, keylock.Key{Name: k.netKey(host, network)},
-		keylock.Key{Name: k.netKey(host, network) + ".ep." + id, Exclusive: true})
+		keylock.Key{Part: "ep." + id, Exclusive: true})
 }
 
 // Host takes the host's lock exclusive, as GC does.

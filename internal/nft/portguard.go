@@ -155,10 +155,6 @@ func GuardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip.P
 	}
 	return host.NFTables(func(c *nftables.Conn) error {
 		ps := newPortSchema()
-		_, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge)
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			return &netns.OpError{Op: "nft.guard-port", NS: host.String(), Name: TableName, Err: err}
-		}
 		add := func(skeleton bool) error {
 			if skeleton {
 				if err := ps.skeleton(c); err != nil {
@@ -166,14 +162,7 @@ func GuardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip.P
 				}
 			}
 			key := native32(uint32(ifindex))
-			var v4, v6 []nftables.SetElement
-			for _, p := range addrs {
-				if a := p.Addr().Unmap(); a.Is4() {
-					v4 = append(v4, nftables.SetElement{Key: append(bytes.Clone(key), a.AsSlice()...)})
-				} else {
-					v6 = append(v6, nftables.SetElement{Key: append(bytes.Clone(key), a.AsSlice()...)})
-				}
-			}
+			v4, v6 := portElems(key, addrs)
 			errs := []error{c.SetAddElements(ps.ports, []nftables.SetElement{{Key: key}})}
 			if len(v4) > 0 {
 				errs = append(errs, c.SetAddElements(ps.addrs4, v4))
@@ -186,18 +175,22 @@ func GuardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip.P
 			}
 			return flush(host, c, "nft.guard-port")
 		}
-		// A table that is there is taken as whole; if it is not (someone
-		// deleted a set), the skeleton restores it.
-		if err == nil && add(false) == nil {
+		// The elements alone, into a table taken as whole: one request
+		// where the table is there. If that fails (no table yet, or
+		// someone deleted a set), the skeleton (re)makes it with them.
+		if add(false) == nil {
 			return nil
 		}
 		return add(true)
 	})
 }
 
-// UnguardPort forgets the port ifindex (its link gone). A port or table
-// that is not there is no error.
-func UnguardPort(ctx context.Context, host *netns.NS, ifindex int) error {
+// UnguardPort forgets the port ifindex (its link gone) and its addresses.
+// Given the addresses GuardPort was given, it deletes exactly those
+// elements, in one request that reads nothing; if that fails (an element
+// is not there), or without addresses, it reads the sets and deletes what
+// they hold of the port. A port or table that is not there is no error.
+func UnguardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip.Prefix) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -206,13 +199,26 @@ func UnguardPort(ctx context.Context, host *netns.NS, ifindex int) error {
 		opErr := func(err error) error {
 			return &netns.OpError{Op: "nft.unguard-port", NS: host.String(), Name: TableName, Err: err}
 		}
+		key := native32(uint32(ifindex))
+		if len(addrs) > 0 {
+			v4, v6 := portElems(key, addrs)
+			errs := []error{c.SetDeleteElements(ps.ports, []nftables.SetElement{{Key: key}})}
+			if len(v4) > 0 {
+				errs = append(errs, c.SetDeleteElements(ps.addrs4, v4))
+			}
+			if len(v6) > 0 {
+				errs = append(errs, c.SetDeleteElements(ps.addrs6, v6))
+			}
+			if errors.Join(errs...) == nil && c.Flush() == nil {
+				return nil
+			}
+		}
 		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				return nil
 			}
 			return opErr(err)
 		}
-		key := native32(uint32(ifindex))
 		n, err := ps.forget(c, func(k []byte) bool { return bytes.HasPrefix(k, key) })
 		if err != nil {
 			return opErr(err)
@@ -222,6 +228,19 @@ func UnguardPort(ctx context.Context, host *netns.NS, ifindex int) error {
 		}
 		return flush(host, c, "nft.unguard-port")
 	})
+}
+
+// portElems are the elements of addrs4 and addrs6 for the port whose key
+// (interface index) is key.
+func portElems(key []byte, addrs []netip.Prefix) (v4, v6 []nftables.SetElement) {
+	for _, p := range addrs {
+		if a := p.Addr().Unmap(); a.Is4() {
+			v4 = append(v4, nftables.SetElement{Key: append(bytes.Clone(key), a.AsSlice()...)})
+		} else {
+			v6 = append(v6, nftables.SetElement{Key: append(bytes.Clone(key), a.AsSlice()...)})
+		}
+	}
+	return v4, v6
 }
 
 // forget batches the deletion of the elements of every set whose port
