@@ -76,6 +76,27 @@
 // Malformed queries get FORMERR or no answer; FuzzHandle fuzzes the
 // handler.
 //
+// # Recovery
+//
+// A Server often lives in a daemon that outlives the orchestrator
+// registering names in it, so the names of containers that went while the
+// orchestrator was down stay. After a restart the orchestrator gives
+// Server.GC what it still has (Live: its networks, and each live
+// container's endpoints by network and name, as bridge.GC takes them), and
+// GC removes every other network and endpoint in one step: their names
+// answer NXDOMAIN, their PTR records go, an alias shared with live
+// endpoints keeps only the live addresses, and a network that is gone
+// has no clients (REFUSED). Calling it again removes nothing more. With
+// the host's recipe of the bridge package (bridge.GC, then New and Attach
+// of what is live):
+//
+//	// After bridge.GC and the networks' repair:
+//	_, err := srv.GC(dnsd.Live{Networks: names, Endpoints: eps})
+//	// Each live network and endpoint again (both idempotent; Register
+//	// replaces an endpoint of the same name with what it is now).
+//	err = srv.AddNetwork(name, subnets, internal, bridgeName)
+//	err = srv.Register(name, dnsd.Endpoint{Name: ctr, Aliases: aliases, Addrs: addrs})
+//
 // # Files
 //
 // WriteResolvConf and WriteHosts write a container's resolv.conf and hosts
