@@ -1,6 +1,7 @@
 package dnsd
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"slices"
@@ -25,8 +26,11 @@ func (s *Server) Handle(ctx context.Context, query []byte, clients []netip.Addr,
 	if s.usable() != nil {
 		return nil
 	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	var out []byte
-	s.serve(ctx, query, who{addrs: clients}, udp, func(b []byte) { out = b }, nil)
+	s.serve(ctx, query, who{addrs: clients}, udp, func(b []byte) { out = b }, false)
 	return out
 }
 
@@ -42,11 +46,12 @@ type who struct {
 }
 
 // serve answers query through send (not called when nothing is to be
-// sent). A query to forward runs in a function given to spawn (inline when
-// spawn is nil), so that slow upstreams do not hold up local answers; at
-// most MaxForwards run at once and MaxClientForwards of one client, past
-// that the answer is SERVFAIL at once.
-func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send func([]byte), spawn func(func())) {
+// sent). A query to forward is sent upstream and answered from the
+// forwarding loop when async (slow upstreams do not hold up local
+// answers), else waited for; at most MaxForwards are in flight and
+// MaxClientForwards of one client, past that the answer is SERVFAIL at
+// once.
+func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send func([]byte), async bool) {
 	start := time.Now()
 	r := s.handle(query, w)
 	if r == nil {
@@ -57,7 +62,6 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 		s.send(r, udp, start, send)
 		return
 	}
-	// Packed here, not on the new goroutine, whose stack would grow.
 	wire, qend, err := upstreamQuery(r.req)
 	if err != nil {
 		r.m.Rcode = dns.RcodeServerFailure
@@ -74,9 +78,9 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 		s.send(r, udp, start, send)
 		return
 	}
-	work := func() {
-		defer s.releaseForward(key)
-		if out := s.forward(ctx, r.req, wire, qend, udp); out != nil {
+	finish := func(out []byte) {
+		s.releaseForward(key)
+		if out != nil {
 			s.stats.observe(r.req.Question[0].Qtype, int(out[3]&0xf), time.Since(start))
 			send(out)
 			return
@@ -84,11 +88,40 @@ func (s *Server) serve(ctx context.Context, query []byte, w who, udp bool, send 
 		r.m.Rcode = dns.RcodeServerFailure
 		s.send(r, udp, start, send)
 	}
-	if spawn == nil {
-		work()
-	} else {
-		spawn(work)
+	x := &fwd{ctx: ctx, q: wire, qend: qend, req: r.req, udp: udp, fd: -1}
+	if async {
+		x.done = finish
+		s.startForward(x)
+		return
 	}
+	ch := make(chan []byte, 1)
+	x.done = func(b []byte) { ch <- bytes.Clone(b) }
+	s.startForward(x)
+	var out []byte
+	select {
+	case out = <-ch:
+	case <-ctx.Done():
+		s.cancelForward(x)
+		out = <-ch
+	}
+	finish(out)
+}
+
+// A fwd is one forwarded query.
+type fwd struct {
+	ctx  context.Context // ends the query: no more attempts
+	q    []byte          // the packed query, its ID rewritten per attempt
+	qend int             // the end of its question
+	req  *dns.Msg        // the client's query
+	udp  bool            // the client asked over UDP
+	done func([]byte)    // the answer for the client, or nil
+
+	// Of the attempt in flight, under sockets.mu.
+	up         int // upstream
+	fd         int // socket, -1 when none is in flight
+	deadline   time.Time
+	prev, next *fwd // in sockets' list of queries in flight, by deadline
+	cancelled  bool
 }
 
 // takeForward takes a forward slot for the client key: one of
