@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -302,14 +303,20 @@ func (ss *sockets) send(x *fwd, i int) error {
 		default:
 		}
 	}
-	binary.BigEndian.PutUint16(x.q, uint16(rand.Uint32()))
+	// The first attempt sends x.q; a later one a copy, since the write
+	// of an earlier one may not have returned yet.
+	q := x.q
+	if x.sent != nil {
+		q = slices.Clone(x.q)
+	}
+	binary.BigEndian.PutUint16(q, uint16(rand.Uint32()))
 	ss.mu.Lock()
 	if x.cancelled || ss.stopped {
 		ss.mu.Unlock()
 		unix.Close(fd)
 		return errCancelled
 	}
-	x.up, x.fd, x.deadline = i, fd, time.Now().Add(ss.s.cfg.Timeout)
+	x.sent, x.up, x.fd, x.deadline = q, i, fd, time.Now().Add(ss.s.cfg.Timeout)
 	ss.inflight[fd] = x
 	x.prev, x.next = ss.head.prev, &ss.head
 	x.prev.next, ss.head.prev = x, x
@@ -323,7 +330,7 @@ func (ss *sockets) send(x *fwd, i int) error {
 		ss.s.log.Error("dnsd: forwarding timer", "err", err)
 	}
 	// Registered first: the answer may come before the write returns.
-	if _, err := unix.Write(fd, x.q); err != nil {
+	if _, err := unix.Write(fd, q); err != nil {
 		// Nothing was sent, so nothing comes: the loop cannot be
 		// reading the socket.
 		if ss.take(x, fd) {
@@ -377,6 +384,10 @@ func (ss *sockets) loop() {
 			}
 			ss.mu.Lock()
 			x := ss.inflight[fd]
+			var sent []byte
+			if x != nil {
+				sent = x.sent[:x.qend]
+			}
 			ss.mu.Unlock()
 			m, err := unix.Read(fd, buf)
 			if err == unix.EAGAIN || err == unix.EINTR {
@@ -385,7 +396,7 @@ func (ss *sockets) loop() {
 			if x == nil {
 				continue // a socket written to but not yet listed: its answer waits
 			}
-			if err == nil && !matches(x.q[:x.qend], buf[:max(m, 0)]) {
+			if err == nil && !matches(sent, buf[:max(m, 0)]) {
 				s.stats.mismatched.Add(1) // spoofed or stale: keep waiting
 				continue
 			}

@@ -126,8 +126,9 @@ type fwd struct {
 	done func([]byte)    // the answer for the client, or nil
 
 	// Of the attempt in flight, under sockets.mu.
-	up         int // upstream
-	fd         int // socket, -1 when none is in flight
+	sent       []byte // the query as sent, with its ID
+	up         int    // upstream
+	fd         int    // socket, -1 when none is in flight
 	deadline   time.Time
 	prev, next *fwd // in sockets' list of queries in flight, by deadline
 	cancelled  bool
