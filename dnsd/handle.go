@@ -520,7 +520,9 @@ func (s *Server) quickReply(b []byte, q quick, w who) *reply {
 		}
 		return s.quickAnswer(b, q, e, forward)
 	}
-	if !forward || s.isLocal(string(q.low)) {
+	// isLocal without unpacking: the name's labels are plain.
+	if dots := bytes.Count(q.low, []byte{'.'}); !forward || dots == 1 && len(q.low) > 1 ||
+		bytes.HasSuffix(q.low, []byte(s.cfg.Domain)) && (len(q.low) == len(s.cfg.Domain) || q.low[len(q.low)-len(s.cfg.Domain)-1] == '.') {
 		return nil
 	}
 	// To forward: the query as handleSlow leaves it, the answer to send

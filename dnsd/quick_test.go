@@ -36,7 +36,8 @@ func FuzzQuick(f *testing.F) {
 		{netip.MustParseAddr("172.30.2.9"), netip.MustParseAddr("172.30.1.9")},
 	}
 	for _, name := range []string{"web.", "WEB.nsnet.internal.", "www.", "six.", "no-addr.", "inner.", "many.",
-		"ext.example.", "Ext.EXAMPLE.", "a_b-c.example.", ".", "com.", "x.nsnet.internal."} {
+		"ext.example.", "Ext.EXAMPLE.", "a_b-c.example.", ".", "com.", "x.nsnet.internal.",
+		"nsnet.internal.", "xnsnet.internal.", "a.b.NSNET.internal."} {
 		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeMX, dns.TypePTR, dns.TypeANY} {
 			q := new(dns.Msg)
 			q.SetQuestion(name, qt)
