@@ -333,7 +333,7 @@ func (ss *sockets) send(x *fwd, i int) error {
 	if _, err := unix.Write(fd, q); err != nil {
 		// Nothing was sent, so nothing comes: the loop cannot be
 		// reading the socket.
-		if ss.take(x, fd) {
+		if ok, _ := ss.take(x, fd); ok {
 			unix.Close(fd)
 			return err
 		}
@@ -343,18 +343,25 @@ func (ss *sockets) send(x *fwd, i int) error {
 }
 
 // take takes x, in flight on fd, out of flight; false when it was not
-// (any more). The caller then owns the socket and the query's end.
-func (ss *sockets) take(x *fwd, fd int) bool {
+// (any more). The caller then owns the socket and the query's end. It
+// also says whether x was cancelled.
+func (ss *sockets) take(x *fwd, fd int) (ok, cancelled bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if x.fd != fd || ss.inflight[fd] != x {
-		return false
+		return false, x.cancelled
 	}
 	delete(ss.inflight, fd)
 	x.fd = -1
 	x.prev.next, x.next.prev = x.next, x.prev
 	x.prev, x.next = nil, nil
-	return true
+	return true, x.cancelled
+}
+
+// inFlight is a query in flight and its socket.
+type inFlight struct {
+	x  *fwd
+	fd int
 }
 
 // loop reads the upstreams' answers, times attempts out and ends the
@@ -400,7 +407,7 @@ func (ss *sockets) loop() {
 				s.stats.mismatched.Add(1) // spoofed or stale: keep waiting
 				continue
 			}
-			if !ss.take(x, fd) {
+			if ok, _ := ss.take(x, fd); !ok {
 				continue
 			}
 			unix.Close(fd)
@@ -408,32 +415,33 @@ func (ss *sockets) loop() {
 		}
 		ss.mu.Lock()
 		stopped := ss.stopped
-		var ended []*fwd
+		var ended []inFlight
 		for _, x := range ss.cancels {
 			if x.fd >= 0 && ss.inflight[x.fd] == x {
-				ended = append(ended, x)
+				ended = append(ended, inFlight{x, x.fd})
 			}
 		}
 		ss.cancels = ss.cancels[:0]
 		now := time.Now()
 		for x := ss.head.next; x != &ss.head && !x.deadline.After(now); x = x.next {
-			ended = append(ended, x)
+			ended = append(ended, inFlight{x, x.fd})
 		}
 		ss.mu.Unlock()
 		if stopped {
 			ss.end()
 			return
 		}
-		for _, x := range ended {
-			fd := x.fd
-			if ss.take(x, fd) {
-				unix.Close(fd)
-				if x.cancelled {
-					s.stats.forwardFailed.Add(1)
-					x.done(nil)
-				} else {
-					ss.result(x, nil, os.ErrDeadlineExceeded)
-				}
+		for _, e := range ended {
+			ok, cancelled := ss.take(e.x, e.fd)
+			if !ok {
+				continue
+			}
+			unix.Close(e.fd)
+			if cancelled {
+				s.stats.forwardFailed.Add(1)
+				e.x.done(nil)
+			} else {
+				ss.result(e.x, nil, os.ErrDeadlineExceeded)
 			}
 		}
 		ss.mu.Lock()
@@ -453,17 +461,16 @@ func (ss *sockets) loop() {
 func (ss *sockets) end() {
 	ss.mu.Lock()
 	ss.stopped = true
-	var ended []*fwd
+	var ended []inFlight
 	for x := ss.head.next; x != &ss.head; x = x.next {
-		ended = append(ended, x)
+		ended = append(ended, inFlight{x, x.fd})
 	}
 	ss.mu.Unlock()
-	for _, x := range ended {
-		fd := x.fd
-		if ss.take(x, fd) {
-			unix.Close(fd)
+	for _, e := range ended {
+		if ok, _ := ss.take(e.x, e.fd); ok {
+			unix.Close(e.fd)
 			ss.s.stats.forwardFailed.Add(1)
-			x.done(nil)
+			e.x.done(nil)
 		}
 	}
 }
