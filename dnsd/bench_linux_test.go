@@ -26,7 +26,7 @@ import (
 // concurrent clients (RunParallel with 4×GOMAXPROCS goroutines, each with
 // its own socket in a container namespace), for local names with 10 and
 // 10,000 registered names, and for forwarded names (an upstream in an
-// outside namespace, a miekg/dns server in this process). qps is b.N over
+// outside namespace, newFastUpstream in this process). qps is b.N over
 // the wall time of the run; cpu-µs/q is the CPU time (user and system) of
 // the process (clients, server, upstream, and the kernel's work done on
 // their behalf) per query, which the machine's load changes less than
