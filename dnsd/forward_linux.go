@@ -370,6 +370,7 @@ func (ss *sockets) loop() {
 	s := ss.s
 	events := make([]unix.EpollEvent, 128)
 	buf := make([]byte, dns.MaxMsgSize)
+	var closing []int // sockets done with, closed after the answers went out
 	for {
 		n := 0
 		err := ss.raw.Read(func(uintptr) bool {
@@ -410,9 +411,13 @@ func (ss *sockets) loop() {
 			if ok, _ := ss.take(x, fd); !ok {
 				continue
 			}
-			unix.Close(fd)
 			ss.result(x, buf[:max(m, 0)], err)
+			closing = append(closing, fd)
 		}
+		for _, fd := range closing {
+			unix.Close(fd)
+		}
+		closing = closing[:0]
 		ss.mu.Lock()
 		stopped := ss.stopped
 		var ended []inFlight
