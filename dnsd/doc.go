@@ -157,9 +157,10 @@
 // (newFastUpstream: one read and one write per query, no unpacking), so
 // that the figure is dnsd's: on this machine the clients, dnsd and the
 // upstream share 2 cores, and the miekg/dns server that the benchmark used
-// before cost as much CPU per query as dnsd's local answers do. Alone
-// (upstream-alone: the clients ask it themselves, through the host), the
-// lean upstream answers 83,000-119,000 queries a second. cpu-µs/q is the
+// before cost 5-9 µs of CPU more per query (upstream-alone, below: the
+// clients ask the upstream themselves, through the host, 13.5-22.2
+// cpu-µs/q with it, 8.4-13.1 with the lean one, which answers 57,000-
+// 119,000 queries a second so, well above dnsd's figures). cpu-µs/q is the
 // test process's CPU time (user and system, the kernel's work for it
 // included) per query: two idle cores give at most 2,000,000/cpu-µs/q
 // queries a second. Before (a62dd29) and after, in turn, 3 times, in one
@@ -188,9 +189,11 @@
 //
 // (With the benchmark's old upstream, before: 11,700-17,400 forwarded
 // qps, 44-83 cpu-µs/q.) The earlier releases' local figure, 139,000-
-// 146,000 qps, was measured on a quieter machine; at such moments of this
-// run the local rows reached 115,000 qps (8.1-8.7 cpu-µs/q) and the
-// forwarded ones 37,700 qps with a p99 of 1.3 ms (24-25 cpu-µs/q), so
+// 146,000 qps, was measured on a quieter machine; in the quieter moments
+// of other runs of this code (load 7-10) the local rows reached 110,000
+// qps (7.7-8.1 cpu-µs/q) and the forwarded ones 37,700 qps with a p99 of
+// 1.3 ms (24-25 cpu-µs/q); at load 14-20, 28,000-31,000 qps with a
+// p99 of 1.2-1.5 ms where the old code gave 22,000 and 2.1-2.9 ms. So
 // the goal of issue 19 (40,000 forwarded qps with a p99 under 2 ms) was
 // not shown on this machine while it was loaded, and is within what its
 // cores give when idle. What is left of a forwarded query is mostly the
