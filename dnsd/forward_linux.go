@@ -98,7 +98,7 @@ type sockets struct {
 	ep   int      // epoll
 	epf  *os.File // ep in the runtime's poller
 	raw  syscall.RawConn
-	wake int // eventfd in ep: cancels and stop
+	wake int // eventfd in ep: cancels and stop; -1 once closed (under mu)
 
 	free []chan int    // sockets by upstream
 	low  chan struct{} // the stock of one upstream is half gone
@@ -161,7 +161,10 @@ func (s *Server) startSockets() (*sockets, error) {
 				unix.Close(<-ch)
 			}
 		}
+		ss.mu.Lock()
 		unix.Close(ss.wake)
+		ss.wake = -1 // a late cancel must not write to a reused number
+		ss.mu.Unlock()
 		ss.epf.Close()
 		close(ss.done)
 	}()
@@ -234,10 +237,15 @@ func dialUDP(up netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
+// wakeUp wakes the loop, if it still runs.
 func (ss *sockets) wakeUp() {
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
-	unix.Write(ss.wake, one[:])
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.wake >= 0 {
+		unix.Write(ss.wake, one[:])
+	}
 }
 
 // stopSockets stops the forwarding loop and the goroutine making sockets,
