@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -473,10 +474,82 @@ func (s *Server) unregister(n *network, ep Endpoint) {
 	}
 	fqdn := strings.ToLower(ep.Name) + "." + s.cfg.Domain
 	for _, a := range ep.Addrs {
-		if n.ptr[a] == fqdn {
-			delete(n.ptr, a)
+		if n.ptr[a] != fqdn {
+			continue
+		}
+		delete(n.ptr, a)
+		// Another endpoint with the address (one that took it over
+		// from a container that is gone) names it now.
+		for k, other := range n.eps {
+			if k != strings.ToLower(ep.Name) && slices.Contains(other.Addrs, a) {
+				n.ptr[a] = k + "." + s.cfg.Domain
+				break
+			}
 		}
 	}
+}
+
+// Live is what an orchestrator still has, given to GC: its networks and
+// its containers' endpoints, as bridge.Live is for bridge.GC.
+type Live struct {
+	// Networks by name. Nil: every network of the server is live (only
+	// endpoints are collected).
+	Networks []string
+	// Endpoints as network name and endpoint name (Endpoint.Name,
+	// case-insensitive).
+	Endpoints []LiveEndpoint
+}
+
+// LiveEndpoint names an endpoint of a live container.
+type LiveEndpoint struct{ Network, Name string }
+
+// Collected is what GC removed.
+type Collected struct {
+	Networks  []string       // networks removed (not live), with their names
+	Endpoints []LiveEndpoint // endpoints unregistered from live networks
+}
+
+// GC removes every network that is not live and every endpoint of the
+// live networks that is not live, in one step that queries see whole: a
+// daemon's server outlives the orchestrator that registers names, so
+// after the orchestrator's crash and restart this is the call that drops
+// the names of containers that went meanwhile. An alias shared by live
+// and gone endpoints keeps the live ones' addresses; the PTR records of
+// the gone go (an address that a live endpoint holds too is then its).
+// Calling it again with the same live set removes nothing.
+func (s *Server) GC(live Live) (Collected, error) {
+	var out Collected
+	if err := s.usable(); err != nil {
+		return out, err
+	}
+	liveEP := make(map[LiveEndpoint]bool, len(live.Endpoints))
+	for _, e := range live.Endpoints {
+		liveEP[LiveEndpoint{e.Network, strings.ToLower(e.Name)}] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return out, ErrClosed
+	}
+	keep := s.nets[:0:0]
+	for _, n := range s.nets {
+		if live.Networks != nil && !slices.Contains(live.Networks, n.name) {
+			out.Networks = append(out.Networks, n.name)
+			continue
+		}
+		keep = append(keep, n)
+		for _, key := range slices.Sorted(maps.Keys(n.eps)) {
+			if liveEP[LiveEndpoint{n.name, key}] {
+				continue
+			}
+			ep := n.eps[key]
+			delete(n.eps, key)
+			s.unregister(n, ep)
+			out.Endpoints = append(out.Endpoints, LiveEndpoint{n.name, ep.Name})
+		}
+	}
+	s.nets = keep
+	return out, nil
 }
 
 // Close closes every listener and makes further calls fail with ErrClosed.

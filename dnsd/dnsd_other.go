@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/netip"
 
-	"github.com/miekg/dns"
 	"github.com/nsnet/nsnet/netns"
 )
 
@@ -37,7 +36,9 @@ type sockets struct{}
 
 func (s *Server) stopSockets() {}
 
-func (s *Server) forward(ctx context.Context, req *dns.Msg, wire []byte, qend int, udp bool) []byte {
+func (s *Server) startForward(x *fwd) {
 	s.stats.forwardFailed.Add(1)
-	return nil
+	x.done(nil)
 }
+
+func (s *Server) cancelForward(x *fwd) {}

@@ -244,7 +244,7 @@ func (l *Listener) serveUDP() {
 		}
 		one[0] = from.Addr().Unmap()
 		w := l.who(one[:], pktinfoIfindex(oob[:oobn]))
-		l.s.serve(l.ctx, buf[:n], w, true, func(out []byte) { l.udp.WriteToUDPAddrPort(out, from) }, l.spawn)
+		l.s.serve(l.ctx, buf[:n], w, true, func(out []byte) { l.udp.WriteToUDPAddrPort(out, from) }, true)
 	}
 }
 
@@ -341,15 +341,6 @@ func (l *Listener) ifname(ifindex int) string {
 	return name
 }
 
-// spawn runs f on a goroutine that Close waits for.
-func (l *Listener) spawn(f func()) {
-	l.wg.Add(1)
-	go func() {
-		defer l.wg.Done()
-		f()
-	}()
-}
-
 func (l *Listener) serveTCP() {
 	defer l.wg.Done()
 	for {
@@ -404,7 +395,7 @@ func (l *Listener) serveConn(c net.Conn) {
 			return
 		}
 		var out []byte
-		l.s.serve(l.ctx, b, w, false, func(b []byte) { out = b }, nil)
+		l.s.serve(l.ctx, b, w, false, func(b []byte) { out = b }, false)
 		if out == nil {
 			return
 		}

@@ -1,0 +1,110 @@
+package dnsd_test
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/nsnet/nsnet/dnsd"
+	"github.com/nsnet/nsnet/netns/nstest"
+)
+
+// TestForward_cancel: a query waiting for a silent upstream ends with
+// SERVFAIL as soon as its context is cancelled, or its server closed, not
+// at the upstream's timeout; its forward slot is free again at once.
+func TestForward_cancel(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	up.mode.Store("silent")
+	srv, err := dnsd.New(dnsd.Config{NS: host, MaxForwards: 1, Timeout: time.Minute, Upstreams: []netip.AddrPort{up.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srv.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, false)
+	ask := func(ctx context.Context) chan int {
+		q := new(dns.Msg)
+		q.SetQuestion("ext.example.", dns.TypeA)
+		p, _ := q.Pack()
+		rc := make(chan int, 1)
+		go func() {
+			r := new(dns.Msg)
+			if err := r.Unpack(srv.Handle(ctx, p, []netip.Addr{netip.MustParseAddr("10.0.0.2")}, true)); err != nil {
+				t.Error(err)
+			}
+			rc <- r.Rcode
+		}()
+		return rc
+	}
+	for i, stop := range []func(context.CancelFunc){
+		func(cancel context.CancelFunc) { cancel() },
+		func(context.CancelFunc) { srv.Close() },
+	} {
+		ctx, cancel := context.WithCancel(t.Context())
+		rc := ask(ctx)
+		for up.udp.Load() < int64(i+1) { // in flight
+			time.Sleep(5 * time.Millisecond)
+		}
+		stop(cancel)
+		select {
+		case got := <-rc:
+			if got != dns.RcodeServerFailure {
+				t.Errorf("case %d: %s, want SERVFAIL", i, dns.RcodeToString[got])
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("case %d: the query still waits, half its timeout after it was ended", i)
+		}
+		cancel()
+	}
+	// The first query's slot was free for the second (MaxForwards 1).
+	if st := srv.Stats(); st.ForwardBusy != 0 || st.ForwardFailed != 2 {
+		t.Errorf("Stats: ForwardBusy %d ForwardFailed %d, want 0 and 2", st.ForwardBusy, st.ForwardFailed)
+	}
+}
+
+// TestForward_timeouts: many queries over UDP in flight at once at a
+// silent upstream each time out after Timeout, not before, and go to the
+// next upstream, which answers them all.
+func TestForward_timeouts(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	silent := newUpstream(t, out.NS, out.Addr)
+	silent.mode.Store("silent")
+	good := newUpstream(t, out.NS, out.Addr)
+	const timeout = 500 * time.Millisecond
+	l := newLabOn(t, host, dnsd.Config{Timeout: timeout, Upstreams: []netip.AddrPort{silent.addr, good.addr}})
+	na, gw := l.network("neta", "172.30.1.0/24", false)
+	c1, _ := l.container(na, nil, "c1")
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 1 {
+				time.Sleep(timeout / 3) // two generations of deadlines
+			}
+			t0 := time.Now()
+			r, err := query(c1, "udp", netip.AddrPortFrom(gw, 53), "ext.example.", dns.TypeA)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if d := time.Since(t0); r.Rcode != dns.RcodeSuccess || !slices.Equal(addrs(r), []netip.Addr{extAddr}) || d < timeout {
+				t.Errorf("query %d: %s %v after %v; want %v after %v at least", i, dns.RcodeToString[r.Rcode], addrs(r), d, extAddr, timeout)
+			}
+		}()
+	}
+	wg.Wait()
+	if st := l.srv.Stats(); silent.udp.Load() != n || good.udp.Load() != n || st.UpstreamErrors != n || st.Forwarded != n {
+		t.Errorf("silent %d, good %d, UpstreamErrors %d, Forwarded %d; want %d each", silent.udp.Load(), good.udp.Load(), st.UpstreamErrors, st.Forwarded, n)
+	}
+}
