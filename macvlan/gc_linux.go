@@ -60,6 +60,11 @@ func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (
 	for _, i := range nets {
 		if liveNet(i.Name) {
 			keep = append(keep, i.Name)
+			// The anchor's records of endpoints that are not live.
+			err := open(host, alloc, i).unclaimIf(func(id string) bool { return id != shimSuffix && !liveEP(i.Name, id) })
+			if err != nil {
+				return out, err
+			}
 			continue
 		}
 		if err := open(host, alloc, i).delete(ctx, true); err != nil {

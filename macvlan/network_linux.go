@@ -182,6 +182,11 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 					return nil, err
 				}
 			}
+			// What the anchor records that live endpoints hold, and the
+			// store lost, goes back to them.
+			if err := n.rerecordAll(ctx); err != nil {
+				return nil, err
+			}
 			return n, nil
 		}
 		for _, s := range o.Subnets {
