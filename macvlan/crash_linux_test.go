@@ -51,6 +51,20 @@ func crashChild() {
 	if err != nil {
 		done(err)
 	}
+	if os.Getenv("NSNET_OP") == "new-race" {
+		// Each line is the go for a round: both children create the
+		// network it names at once.
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			n, err := New(ctx, host, alloc, Config{Name: sc.Text(), Parent: "eth0"})
+			if err != nil {
+				fmt.Println("err", err)
+				continue
+			}
+			fmt.Println("ok", n.Config().Subnets[0].Subnet)
+		}
+		os.Exit(0)
+	}
 	name, at := "crash", os.Getenv("NSNET_STEP")
 	stepHooks.Store(name, func(s string) error {
 		if s == at {

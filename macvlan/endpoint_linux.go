@@ -102,6 +102,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if _, err := h.LinkByName(n.anchor); err != nil && n.cfg.Mode != ModePassthru {
 		return Endpoint{}, fmt.Errorf("macvlan: network %q is gone: %w", n.cfg.Name, ErrNotFound)
 	}
+	if err := step(n.cfg.Name, "begin"); err != nil {
+		return Endpoint{}, err
+	}
 	links, err := ep.NS.Links()
 	if err != nil {
 		return Endpoint{}, err

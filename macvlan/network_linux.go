@@ -562,6 +562,9 @@ func (n *Network) delete(ctx context.Context, force bool) error {
 		}
 		return errs.Wrap(ErrInUse, "macvlan: network %q has endpoints %v", n.cfg.Name, ids)
 	}
+	if err := step(n.cfg.Name, "checked"); err != nil {
+		return err
+	}
 	for _, e := range info.Endpoints {
 		if err := n.detach(ctx, e.ID, nil, false); err != nil {
 			return err
