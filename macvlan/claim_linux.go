@@ -80,18 +80,19 @@ func (n *Network) recorded() bool { return n.cfg.Mode != ModePassthru }
 // against the kernel before handing them out: an address that the anchor
 // records for another endpoint (the store lost it) goes back to that
 // endpoint in the store, its allocation made again with the addresses the
-// anchor records for it, and the allocation is tried again.
-func (n *Network) allocate(ctx context.Context, id string, static []netip.Addr) (ipam.Allocation, error) {
+// anchor records for it, and the allocation is tried again. It returns the
+// anchor as it read it (nil for a passthru network).
+func (n *Network) allocate(ctx context.Context, id string, static []netip.Addr) (ipam.Allocation, netlink.Link, error) {
 	owner := endpointOwner(n.cfg.Name, id)
 	for try := 0; ; try++ {
 		al, err := n.alloc.Allocate(ctx, n.pool, owner, static...)
 		if err != nil || !n.recorded() {
-			return al, err
+			return al, nil, err
 		}
 		l, err := n.anchorLink()
 		if err != nil {
 			n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner)
-			return ipam.Allocation{}, err
+			return ipam.Allocation{}, nil, err
 		}
 		claims := claimsOf(l)
 		holder := ""
@@ -102,16 +103,16 @@ func (n *Network) allocate(ctx context.Context, id string, static []netip.Addr) 
 			}
 		}
 		if holder == "" {
-			return al, nil
+			return al, l, nil
 		}
 		// Lost by the store: give it back to its holder.
 		n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner)
 		held := byID(claims)[holder]
 		if try >= 8 {
-			return ipam.Allocation{}, fmt.Errorf("macvlan: network %q: an address of %v is held by %q: %w", n.cfg.Name, al.Leases(), holder, ipam.ErrAddrInUse)
+			return ipam.Allocation{}, nil, fmt.Errorf("macvlan: network %q: an address of %v is held by %q: %w", n.cfg.Name, al.Leases(), holder, ipam.ErrAddrInUse)
 		}
 		if err := n.rerecord(ctx, holder, held); err != nil {
-			return ipam.Allocation{}, err
+			return ipam.Allocation{}, nil, err
 		}
 	}
 }
@@ -154,7 +155,8 @@ func (n *Network) rerecordAll(ctx context.Context) error {
 }
 
 // claim records on the anchor that id holds addrs, and no other address.
-func (n *Network) claim(id string, addrs []netip.Prefix) error {
+// l is the anchor as read under id's lock, or nil to read it.
+func (n *Network) claim(l netlink.Link, id string, addrs []netip.Prefix) error {
 	if !n.recorded() {
 		return nil
 	}
@@ -162,9 +164,10 @@ func (n *Network) claim(id string, addrs []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	l, err := n.anchorLink()
-	if err != nil {
-		return err
+	if l == nil {
+		if l, err = n.anchorLink(); err != nil {
+			return err
+		}
 	}
 	want := make([]string, len(addrs))
 	for i, a := range addrs {

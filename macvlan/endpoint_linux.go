@@ -150,7 +150,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 			return Endpoint{}, errs.Wrap(ErrInUse, "macvlan: attach %q to passthru network %q: it has container %q", ep.ID, n.cfg.Name, eps[0].ID)
 		}
 	}
-	al, err := n.allocate(ctx, ep.ID, ep.Addrs)
+	al, anchor, err := n.allocate(ctx, ep.ID, ep.Addrs)
 	if errors.Is(err, ipam.ErrNotFound) {
 		// The pool goes with the network: it was deleted.
 		return Endpoint{}, errs.Wrap(ErrNotFound, "macvlan: attach %q: network %q not found", ep.ID, n.cfg.Name)
@@ -172,7 +172,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	}
 	// Recorded in the host before any interface has the addresses.
 	undo = append(undo, func() { n.unclaim(ep.ID) })
-	if err := n.claim(ep.ID, addrs); err != nil {
+	if err := n.claim(anchor, ep.ID, addrs); err != nil {
 		return fail(err)
 	}
 	if err := step(n.cfg.Name, "claim"); err != nil {
@@ -282,7 +282,7 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 			static = ctrlink.Addrs(ep.NS, l, n.cfg.Subnets)
 		}
 	}
-	al, err := n.allocate(ctx, ep.ID, static)
+	al, anchor, err := n.allocate(ctx, ep.ID, static)
 	if errors.Is(err, ipam.ErrExists) {
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: attached with another address: %w (%w)", ep.ID, n.cfg.Name, ErrExists, err)
 	}
@@ -290,7 +290,7 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
 	}
 	addrs, _ := leases(al)
-	if err := n.claim(ep.ID, addrs); err != nil {
+	if err := n.claim(anchor, ep.ID, addrs); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
 	// Repair what drifted: addresses, up, the default route.

@@ -99,7 +99,7 @@ func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
 			if _, err := n.alloc.Allocate(ctx, n.pool, shimOwner(n.cfg.Name), cfg.Addr); err != nil {
 				return Shim{}, fmt.Errorf("macvlan: shim of %q: %w", n.cfg.Name, err)
 			}
-			if err := n.claim(shimSuffix, []netip.Prefix{want.Addr}); err != nil {
+			if err := n.claim(nil, shimSuffix, []netip.Prefix{want.Addr}); err != nil {
 				return Shim{}, err
 			}
 			return have, nil
@@ -111,7 +111,8 @@ func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
 	}
 
 	owner := shimOwner(n.cfg.Name)
-	if _, err := n.allocate(ctx, shimSuffix, []netip.Addr{cfg.Addr}); err != nil {
+	_, anchor, err := n.allocate(ctx, shimSuffix, []netip.Addr{cfg.Addr})
+	if err != nil {
 		return Shim{}, fmt.Errorf("macvlan: shim of %q: %w", n.cfg.Name, err)
 	}
 	fail := func(err error) (Shim, error) {
@@ -120,7 +121,7 @@ func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
 		n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner)
 		return Shim{}, err
 	}
-	if err := n.claim(shimSuffix, []netip.Prefix{want.Addr}); err != nil {
+	if err := n.claim(anchor, shimSuffix, []netip.Prefix{want.Addr}); err != nil {
 		return fail(err)
 	}
 	// The claim changed the anchor's names: read it again.
