@@ -165,13 +165,14 @@
 // other jobs (load average 10 to 12 on 2 cores), gave:
 //
 //	                        before the records          with them
-//	BenchmarkAttachDetach   2.6-3.2 ms median  82 KB  597 allocs   2.1-3.2 ms median  103 KB  750 allocs
+//	BenchmarkAttachDetach   1.3-3.3 ms median  82 KB  597 allocs   1.6-3.5 ms median  103 KB  750 allocs
 //	BenchmarkAttach         3.4-5.4 ms/op      61 KB  451 allocs   1.8-2.7 ms/op       72 KB  524 allocs
-//	BenchmarkDetach         0.9-1.6 ms/op      20 KB  144 allocs   3.4-7.2 ms/op       31 KB  225 allocs
+//	BenchmarkDetach         0.9-1.6 ms/op      20 KB  144 allocs   1.4-4.8 ms/op       31 KB  225 allocs
 //
-// where the times are the load's (they overlap from run to run) and the
-// memory is what the records cost: about 20 KB and 150 allocations per
-// attach and detach.
+// (three runs of each, in turns). The times are mostly the load's, but
+// Detach pays for its two requests more (reading the anchor, deleting the
+// record) in every run, about half a millisecond here; the memory is what
+// the records cost: about 20 KB and 150 allocations per attach and detach.
 //
 // Attach is one request that creates the interface in the container, its
 // mark, three sysctls, the address, up and the default route. Detach
