@@ -93,7 +93,8 @@
 // alternative interface names, see their docs). An address a live
 // endpoint holds is then never handed to another endpoint of the host:
 // it goes back to its holder in the store, and the allocation is tried
-// again; the drivers' New and Attach make lost allocations again. Programs
+// again; the holder's own Attach makes its allocation again too (and
+// macvlan's New those of all the network's endpoints at once). Programs
 // that use this package alone keep such a record themselves, or give GC
 // and static addresses the live set after a reset.
 //
