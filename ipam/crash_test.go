@@ -27,11 +27,14 @@ func crashSubnet(pool string) netip.Prefix {
 }
 
 // crashChild calls CreatePool, DeletePool, Allocate and Release at random
-// (seeded) on the file store in DIR, printing "call OP POOL OWNER" before
-// each call and "ok OP POOL OWNER ADDR" or "err OP POOL OWNER ..." after
-// it. When a write reaches step STEP for the K-th time, it prints "at
-// STEP" and waits there to be killed.
+// (seeded) on the file store in DIR (args: DIR SEED STEP K), see
+// crashOps. When a write reaches step STEP for the K-th time, it prints
+// "at STEP" and waits there to be killed. Args starting with "etcd" go to
+// EtcdCrashChild (the etcd store, in package ipam_test).
 func crashChild(args []string) int {
+	if args[0] == "etcd" {
+		return EtcdCrashChild(args[1:])
+	}
 	dir, step := args[0], args[2]
 	seed, _ := strconv.ParseUint(args[1], 10, 64)
 	k, _ := strconv.Atoi(args[3])
@@ -51,6 +54,15 @@ func crashChild(args []string) int {
 			}
 		}
 	}
+	crashOps(a, seed)
+	return 0
+}
+
+// crashOps prints "ready", then calls CreatePool, DeletePool, Allocate
+// and Release at random (seeded), printing "call OP POOL OWNER" before
+// each call and "ok OP POOL OWNER ADDR" or "err OP POOL OWNER ..." after
+// it, and "done" after the last.
+func crashOps(a *Allocator, seed uint64) {
 	fmt.Println("ready")
 	r := rand.New(rand.NewPCG(seed, 15))
 	ctx := context.Background()
@@ -90,7 +102,6 @@ func crashChild(args []string) int {
 		}
 	}
 	fmt.Println("done")
-	return 0
 }
 
 // crashModel is what the acknowledged calls made: pool to owner to
@@ -181,11 +192,7 @@ func TestFileStore_crashPoints(t *testing.T) {
 		t.Cleanup(func() { os.RemoveAll(dir) })
 	}
 	steps := []string{"locked", "log-written", "log-synced", "tmp-written", "tmp-synced", "renamed", "dir-synced"}
-	type kill struct {
-		step string
-		k    int
-	}
-	var kills []kill
+	var kills []crashKill
 	for range 3 {
 		for _, s := range steps {
 			ks := []int{1, 3, 7, 15}
@@ -193,28 +200,55 @@ func TestFileStore_crashPoints(t *testing.T) {
 				ks = []int{1, 2, 3} // twice per compaction: the snapshot, the log
 			}
 			for _, k := range ks {
-				kills = append(kills, kill{s, k})
+				kills = append(kills, crashKill{s, k})
 			}
 		}
 	}
 	for range 30 {
-		kills = append(kills, kill{"-", 0}) // at a random moment
+		kills = append(kills, crashKill{"-", 0}) // at a random moment
 	}
+	crashHarness(t, kills, func(i int, kl crashKill) string {
+		return fmt.Sprintf("%s %d %s %d", dir, i, kl.Step, kl.K)
+	}, func(t *testing.T) (*Allocator, func()) {
+		s, err := OpenFileStore(dir)
+		if err != nil {
+			t.Fatalf("OpenFileStore: %v", err)
+		}
+		a, _ := New(s, Config{})
+		return a, func() { s.Close() }
+	})
+}
+
+// A crashKill says where the harness kills a child: at the K-th time a
+// write reaches Step, or at a random moment (Step "-").
+type crashKill struct {
+	Step string
+	K    int
+}
+
+// crashHarness starts children (the test binary with crashEnv set to
+// env's value) that run crashOps, kills them as kills say (and at random
+// moments after those, until there were at least 100 kills), and after
+// each, opens the store again (open, whose second result closes it),
+// collects with GC the owners that no acknowledged call left holding, and
+// checks that the store holds exactly the acknowledged state, the call
+// that was cut short done or not done.
+func crashHarness(t *testing.T, kills []crashKill, env func(i int, kl crashKill) string, open func(t *testing.T) (*Allocator, func())) {
 	model := crashModel{}
-	killed := 0
+	killed, cut, acked := 0, 0, 0
 	start := time.Now()
 	for i := 0; i < len(kills) || killed < 100; i++ {
-		kl := kill{"-", 0} // at a random moment, until there were 100 kills
+		kl := crashKill{"-", 0} // at a random moment, until there were 100 kills
 		if i < len(kills) {
 			kl = kills[i]
 		}
 		if i >= 300 {
 			t.Fatalf("%d kills in %d children", killed, i)
 		}
-		what := fmt.Sprintf("kill %d at %s #%d", i, kl.step, kl.k)
+		what := fmt.Sprintf("kill %d at %s #%d", i, kl.Step, kl.K)
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %s %d", crashEnv, dir, i, kl.step, kl.k))
+		cmd.Env = append(os.Environ(), crashEnv+"="+env(i, kl))
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -243,6 +277,7 @@ func TestFileStore_crashPoints(t *testing.T) {
 			case "ok":
 				model.apply(f[1:])
 				inflight = nil
+				acked++
 			case "err":
 				inflight = nil
 			}
@@ -255,7 +290,7 @@ func TestFileStore_crashPoints(t *testing.T) {
 				case !ok || line == "done":
 					stop = true
 				case line == "ready":
-					if kl.step == "-" {
+					if kl.Step == "-" {
 						timer = time.After(time.Duration(rand.IntN(15000)) * time.Microsecond)
 					}
 				case strings.HasPrefix(line, "at "):
@@ -284,11 +319,7 @@ func TestFileStore_crashPoints(t *testing.T) {
 
 		// The recovery: the store opened again, GC with the owners the
 		// model holds.
-		s, err := OpenFileStore(dir)
-		if err != nil {
-			t.Fatalf("%s: OpenFileStore: %v", what, err)
-		}
-		a, _ := New(s, Config{})
+		a, closeStore := open(t)
 		pools, err := a.Pools(t.Context())
 		if err != nil {
 			t.Fatalf("%s: Pools: %v", what, err)
@@ -299,7 +330,7 @@ func TestFileStore_crashPoints(t *testing.T) {
 			}
 		}
 		got := readModel(t, a)
-		s.Close()
+		closeStore()
 		// The call cut short is done or not; an allocation that was not
 		// acknowledged went with the GC.
 		after := before.clone()
@@ -309,6 +340,8 @@ func TestFileStore_crashPoints(t *testing.T) {
 		if inflight == nil {
 			before = model
 			after = model
+		} else {
+			cut++
 		}
 		switch got.String() {
 		case before.String():
@@ -319,5 +352,5 @@ func TestFileStore_crashPoints(t *testing.T) {
 			t.Fatalf("%s (cut short: %v): after the recovery the store holds\n%s\nwant\n%s\nor\n%s", what, inflight, got, before, after)
 		}
 	}
-	t.Logf("%d kills in %v; the last state: %d pools", killed, time.Since(start).Round(time.Millisecond), len(model))
+	t.Logf("%d kills (%d in a call) in %v, %d calls acknowledged; the last state: %d pools", killed, cut, time.Since(start).Round(time.Millisecond), acked, len(model))
 }
