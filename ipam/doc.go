@@ -80,7 +80,8 @@
 // directory synced) and at random moments, more than a hundred times while
 // it creates and deletes pools and allocates and releases, and check
 // after each that this recovery leaves exactly what the answered calls
-// made, the call cut short done or not.
+// made, the call cut short done or not; and the same at random moments on
+// the etcd store, against a real server (100 kills, most inside a call).
 //
 // # A lost or reset store
 //
