@@ -55,6 +55,50 @@
 // allocation in place; a damaged snapshot or log is a *CorruptError naming
 // the file, never a silent reset or loss. See FileStore.
 //
+// # Crashes and recovery
+//
+// A call that returned without error is durable; a call cut short (the
+// process killed in it) is either done or not done, never half: each
+// Allocate, Release, CreatePool and DeletePool is one compare-and-swap
+// of the store, and the file store writes it as one checksummed log entry
+// (or a snapshot renamed into place). The recovery of a restarted
+// program, which knows which calls it saw answered:
+//
+//	st, err := ipam.OpenFileStore(dir) // damage is a *CorruptError, never a reset
+//	a, err := ipam.New(st, ipam.Config{})
+//	// Give up what no live owner holds, such as an allocation whose
+//	// Allocate was never answered.
+//	for _, p := range pools {
+//		_, err = a.GC(ctx, p, func(owner string) bool { return live[owner] })
+//	}
+//	// Re-issue the calls that were cut short (all are idempotent):
+//	// CreatePool, DeletePool, Allocate (same addresses), Release.
+//
+// The tests kill a child process (SIGKILL) at every step of the file
+// store's writes (the lock taken, a log entry written, synced; a
+// snapshot's or a new log's temporary file written, synced, renamed, the
+// directory synced) and at random moments, more than a hundred times while
+// it creates and deletes pools and allocates and releases, and check
+// after each that this recovery leaves exactly what the answered calls
+// made, the call cut short done or not; and the same at random moments on
+// the etcd store, against a real server (100 kills, most inside a call).
+//
+// # A lost or reset store
+//
+// The allocator never touches the kernel: a store that was lost or reset
+// (a deleted directory, a new etcd prefix) knows nothing of the addresses
+// containers still hold, and would hand them out again. nsnet's network
+// drivers keep their own record in the kernel of the host and check what
+// the allocator hands out against it before an interface gets it: bridge
+// on each endpoint's host veth, macvlan on the network's anchor (both as
+// alternative interface names, see their docs). An address a live
+// endpoint holds is then never handed to another endpoint of the host:
+// it goes back to its holder in the store, and the allocation is tried
+// again; the holder's own Attach makes its allocation again too (and
+// macvlan's New those of all the network's endpoints at once). Programs
+// that use this package alone keep such a record themselves, or give GC
+// and static addresses the live set after a reset.
+//
 // # Speed
 //
 // Allocate + Release of one owner, both durable where the store is, on a

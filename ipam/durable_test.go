@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv(childEnv); args != "" {
 		os.Exit(child(strings.Fields(args)))
 	}
+	if args := os.Getenv(crashEnv); args != "" {
+		os.Exit(crashChild(strings.Fields(args)))
+	}
 	os.Exit(m.Run())
 }
 

@@ -8,14 +8,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/ipam/etcdstore"
+	"github.com/nsnet/nsnet/netns"
 	"github.com/nsnet/nsnet/netns/nstest/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 func etcdStore(t testing.TB, c *clientv3.Client, prefix string) *etcdstore.Store {
@@ -145,4 +151,61 @@ func BenchmarkEtcdAllocateReleaseFill(b *testing.B) {
 			})
 		}
 	}
+}
+
+func init() { ipam.EtcdCrashChild = etcdCrashChild }
+
+// etcdCrashChild runs ipam.CrashOps on the etcd store (args: the server's
+// namespace, as a path to open, the key prefix and the seed).
+func etcdCrashChild(args []string) int {
+	ns, err := netns.Open(args[0])
+	if err != nil {
+		fmt.Println("fail", err)
+		return 1
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{fmt.Sprintf("http://127.0.0.1:%d", etcdtest.ClientPort)},
+		DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return ns.Dial(ctx, nil, "tcp", addr)
+		})},
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		fmt.Println("fail", err)
+		return 1
+	}
+	st, err := etcdstore.New(c, args[1])
+	if err != nil {
+		fmt.Println("fail", err)
+		return 1
+	}
+	a, _ := ipam.New(st, ipam.Config{})
+	seed, _ := strconv.ParseUint(args[2], 10, 64)
+	ipam.CrashOps(a, seed)
+	return 0
+}
+
+// TestEtcdStore_crashPoints: the crash harness of the file store (see
+// TestFileStore_crashPoints) on the etcd store, a real server: a child
+// killed (SIGKILL) at random moments while it creates and deletes pools
+// and allocates and releases, 100 times; after each, GC with the
+// acknowledged owners leaves exactly what the answered calls made, the
+// call cut short done or not.
+func TestEtcdStore_crashPoints(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := srv.Client(t)
+	kills := make([]ipam.CrashKill, 100)
+	for i := range kills {
+		kills[i].Step = "-"
+	}
+	ipam.CrashHarness(t, kills, func(i int, _ ipam.CrashKill) string {
+		return fmt.Sprintf("etcd /proc/%d/fd/%d /crash/ %d", os.Getpid(), srv.NS().Fd(), i)
+	}, func(t *testing.T) (*ipam.Allocator, func()) {
+		a, err := ipam.New(etcdStore(t, c, "/crash/"), ipam.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a, func() {}
+	})
 }

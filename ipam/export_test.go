@@ -10,4 +10,12 @@ var (
 	Pfx                  = pfx
 	BenchAllocateRelease = benchAllocateRelease
 	FillPoolForBench     = FillPool
+	CrashOps             = crashOps
+	CrashHarness         = crashHarness
 )
+
+type CrashKill = crashKill
+
+// EtcdCrashChild is the crash child on the etcd store (see crashChild),
+// which package ipam_test sets: it has the etcd client.
+var EtcdCrashChild func(args []string) int

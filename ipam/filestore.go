@@ -34,6 +34,16 @@ const (
 // at most a few times the snapshot's read time. A variable for tests.
 var compactAt int64 = 1 << 20
 
+// stepHook, when a test sets it, is called at each step of a write (named)
+// by the goroutine writing, to kill the process there.
+var stepHook func(step string)
+
+func step(name string) {
+	if stepHook != nil {
+		stepHook(name)
+	}
+}
+
 // FileStore is a Store in one directory, the embedded default on one machine.
 //
 // The state lives in two files: a log of changes, store.log, and a
@@ -232,6 +242,7 @@ func (s *FileStore) commit(_ context.Context, calls []*call[*casReq]) {
 		return
 	}
 	defer flock(s.lock, lockUn)
+	step("locked")
 	if err := s.refresh(true); err != nil {
 		fail(err)
 		return
@@ -353,9 +364,11 @@ func (s *FileStore) appendLog(entry []byte) error {
 	if _, err := s.log.WriteAt(entry, s.logOff); err != nil {
 		return fmt.Errorf("ipam: write %s: %w", s.logPath, err)
 	}
+	step("log-written")
 	if err := fdatasync(s.log); err != nil {
 		return fmt.Errorf("ipam: write %s: %w", s.logPath, err)
 	}
+	step("log-synced")
 	s.logOff += int64(len(entry))
 	return nil
 }
@@ -427,13 +440,19 @@ func (s *FileStore) replace(path string, buf []byte, size int64) (*os.File, erro
 		}
 	}
 	if err == nil {
+		step("tmp-written")
 		err = f.Sync()
 	}
 	if err == nil {
+		step("tmp-synced")
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
+		step("renamed")
 		err = s.dirf.Sync()
+	}
+	if err == nil {
+		step("dir-synced")
 	}
 	if err != nil {
 		f.Close()

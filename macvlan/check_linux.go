@@ -47,7 +47,8 @@ func (n *Network) Check(ctx context.Context) error {
 
 // CheckEndpoint compares endpoint id with what its settings say and changes
 // nothing: its interface in ctr (marked, up, with the addresses the
-// endpoint holds in the pool, and its default route) and its allocation.
+// endpoint holds in the pool, and its default route), its allocation, and
+// the anchor's record of its addresses (see the package doc).
 // It returns nil or a *DriftError (matching ErrDrift) naming every
 // difference; Attach with the same settings repairs them.
 func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) error {
@@ -64,6 +65,17 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 		want, _ = leases(allocs[i])
 	} else {
 		d.Drifts = append(d.Drifts, Drift{"allocation", endpointOwner(n.cfg.Name, id)})
+	}
+	if n.recorded() && want != nil {
+		// The anchor's record of what the endpoint holds.
+		if anchor, err := n.anchorLink(); err == nil {
+			claims := claimsOf(anchor)
+			for _, a := range want {
+				if claims[a.Addr()] != id {
+					d.Drifts = append(d.Drifts, Drift{"record", claimName(a.Addr(), id) + " on " + n.anchor})
+				}
+			}
+		}
 	}
 	l, m, err := n.findEndpoint(ctr, id)
 	if err != nil {

@@ -78,6 +78,18 @@ func TestDrift(t *testing.T) {
 		t.Fatalf("after the repair c1's allocation: %+v, want %s", allocs, a1)
 	}
 
+	// The anchor's record of c1's address.
+	anchor, err := n.anchorLink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := host.Netlink()
+	if err := h.LinkDelAltName(anchor, claimName(a1.Addr(), "c1")); err != nil {
+		t.Fatal(err)
+	}
+	drifted(t, "record deleted", n.CheckEndpoint(t.Context(), "c1", c1), "record")
+	repair("record deleted")
+
 	// The pool, as a Delete killed after it left it.
 	if _, err := alloc.GC(t.Context(), n.pool, func(string) bool { return false }); err != nil {
 		t.Fatal(err)

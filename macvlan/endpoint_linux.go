@@ -102,6 +102,9 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 	if _, err := h.LinkByName(n.anchor); err != nil && n.cfg.Mode != ModePassthru {
 		return Endpoint{}, fmt.Errorf("macvlan: network %q is gone: %w", n.cfg.Name, ErrNotFound)
 	}
+	if err := step(n.cfg.Name, "begin"); err != nil {
+		return Endpoint{}, err
+	}
 	links, err := ep.NS.Links()
 	if err != nil {
 		return Endpoint{}, err
@@ -147,7 +150,7 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 			return Endpoint{}, errs.Wrap(ErrInUse, "macvlan: attach %q to passthru network %q: it has container %q", ep.ID, n.cfg.Name, eps[0].ID)
 		}
 	}
-	al, err := n.alloc.Allocate(ctx, n.pool, owner, ep.Addrs...)
+	al, anchor, err := n.allocate(ctx, ep.ID, ep.Addrs)
 	if errors.Is(err, ipam.ErrNotFound) {
 		// The pool goes with the network: it was deleted.
 		return Endpoint{}, errs.Wrap(ErrNotFound, "macvlan: attach %q: network %q not found", ep.ID, n.cfg.Name)
@@ -166,6 +169,14 @@ func (n *Network) Attach(ctx context.Context, ep EndpointConfig) (_ Endpoint, er
 			undo[i]()
 		}
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
+	}
+	// Recorded in the host before any interface has the addresses.
+	undo = append(undo, func() { n.unclaim(ep.ID) })
+	if err := n.claim(anchor, ep.ID, addrs); err != nil {
+		return fail(err)
+	}
+	if err := step(n.cfg.Name, "claim"); err != nil {
+		return fail(err)
 	}
 	if passthru {
 		// The anchor holds the parent for the network; the container's
@@ -271,7 +282,7 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 			static = ctrlink.Addrs(ep.NS, l, n.cfg.Subnets)
 		}
 	}
-	al, err := n.alloc.Allocate(ctx, n.pool, endpointOwner(n.cfg.Name, ep.ID), static...)
+	al, anchor, err := n.allocate(ctx, ep.ID, static)
 	if errors.Is(err, ipam.ErrExists) {
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: attached with another address: %w (%w)", ep.ID, n.cfg.Name, ErrExists, err)
 	}
@@ -279,6 +290,9 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 		return Endpoint{}, fmt.Errorf("macvlan: attach %q to %q: %w", ep.ID, n.cfg.Name, err)
 	}
 	addrs, _ := leases(al)
+	if err := n.claim(anchor, ep.ID, addrs); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, err)
+	}
 	// Repair what drifted: addresses, up, the default route.
 	if err := ctrlink.Configure(ep.NS, "macvlan", l, addrs, n.cfg.Subnets, m.Gateway, baseMetric-m.Prio); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
@@ -379,6 +393,12 @@ func (n *Network) detach(ctx context.Context, id string, ctr *netns.NS, restore 
 		}
 	}
 	if err := step(n.cfg.Name, "unplug"); err != nil {
+		return err
+	}
+	if err := n.unclaim(id); err != nil {
+		return err
+	}
+	if err := step(n.cfg.Name, "unclaim"); err != nil {
 		return err
 	}
 	if err := n.alloc.Release(ctx, n.pool, endpointOwner(n.cfg.Name, id)); err != nil && !errors.Is(err, ipam.ErrNotFound) {

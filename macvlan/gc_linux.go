@@ -23,13 +23,14 @@ var locks = netlock.Kind("macvlan")
 // with force), anchors that a New left half made (nsnet's device group, no
 // mark), pools of alloc ("macvlan." + name) that have no network, no live
 // endpoint and are not live, the allocations of endpoints that are not
-// live, and in the namespaces of live endpoints, the interfaces of this
-// driver that no live endpoint owns or that an Attach left half made. It
-// holds the host's lock meanwhile.
+// live, the records on live networks' anchors of addresses that endpoints
+// which are not live held (see the package doc), and in the namespaces of
+// live endpoints, the interfaces of this driver that no live endpoint owns
+// or that an Attach left half made. It holds the host's lock meanwhile.
 //
-// The recipe for a restarted orchestrator is bridge's (see its package
-// doc): GC, then New of each live network, then Attach of each live
-// endpoint, which repair what drifted.
+// The recipe for a restarted orchestrator (see the package doc): GC, then
+// New of each live network, then Attach of each live endpoint, which
+// repair what drifted.
 func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (_ Collected, err error) {
 	defer func() { err = sentinel(err) }()
 	var out Collected
@@ -60,6 +61,11 @@ func GC(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, live Live) (
 	for _, i := range nets {
 		if liveNet(i.Name) {
 			keep = append(keep, i.Name)
+			// The anchor's records of endpoints that are not live.
+			err := open(host, alloc, i).unclaimIf(func(id string) bool { return id != shimSuffix && !liveEP(i.Name, id) })
+			if err != nil {
+				return out, err
+			}
 			continue
 		}
 		if err := open(host, alloc, i).delete(ctx, true); err != nil {

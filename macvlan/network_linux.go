@@ -182,6 +182,11 @@ func New(ctx context.Context, host *netns.NS, alloc *ipam.Allocator, cfg Config)
 					return nil, err
 				}
 			}
+			// What the anchor records that live endpoints hold, and the
+			// store lost, goes back to them.
+			if err := n.rerecordAll(ctx); err != nil {
+				return nil, err
+			}
 			return n, nil
 		}
 		for _, s := range o.Subnets {
@@ -556,6 +561,9 @@ func (n *Network) delete(ctx context.Context, force bool) error {
 			ids[i] = e.ID
 		}
 		return errs.Wrap(ErrInUse, "macvlan: network %q has endpoints %v", n.cfg.Name, ids)
+	}
+	if err := step(n.cfg.Name, "checked"); err != nil {
+		return err
 	}
 	for _, e := range info.Endpoints {
 		if err := n.detach(ctx, e.ID, nil, false); err != nil {

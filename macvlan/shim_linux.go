@@ -94,6 +94,14 @@ func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
 			return Shim{}, err
 		}
 		if have.Addr == want.Addr && sameRoutes(have.Routes, want.Routes) {
+			// Its address stays the shim's in the store (lost or reset)
+			// and on the anchor.
+			if _, err := n.alloc.Allocate(ctx, n.pool, shimOwner(n.cfg.Name), cfg.Addr); err != nil {
+				return Shim{}, fmt.Errorf("macvlan: shim of %q: %w", n.cfg.Name, err)
+			}
+			if err := n.claim(nil, shimSuffix, []netip.Prefix{want.Addr}); err != nil {
+				return Shim{}, err
+			}
 			return have, nil
 		}
 		return Shim{}, fmt.Errorf("macvlan: network %q has a shim %s with other settings: %w", n.cfg.Name, have.Addr, ErrExists)
@@ -103,13 +111,22 @@ func (n *Network) AddShim(ctx context.Context, cfg ShimConfig) (Shim, error) {
 	}
 
 	owner := shimOwner(n.cfg.Name)
-	if _, err := n.alloc.Allocate(ctx, n.pool, owner, cfg.Addr); err != nil {
+	_, anchor, err := n.allocate(ctx, shimSuffix, []netip.Addr{cfg.Addr})
+	if err != nil {
 		return Shim{}, fmt.Errorf("macvlan: shim of %q: %w", n.cfg.Name, err)
 	}
 	fail := func(err error) (Shim, error) {
 		n.clearShim(l)
+		n.unclaim(shimSuffix)
 		n.alloc.Release(context.WithoutCancel(ctx), n.pool, owner)
 		return Shim{}, err
+	}
+	if err := n.claim(anchor, shimSuffix, []netip.Prefix{want.Addr}); err != nil {
+		return fail(err)
+	}
+	// The claim changed the anchor's names: read it again.
+	if l, err = n.anchorLink(); err != nil {
+		return fail(err)
 	}
 	if cfg.Addr.Is6() {
 		if err := n.host.SetSysctl("net/ipv6/conf/"+a.Name+"/disable_ipv6", "0"); err != nil {
@@ -158,6 +175,9 @@ func (n *Network) RemoveShim(ctx context.Context) error {
 		if err := n.clearShim(l); err != nil {
 			return err
 		}
+	}
+	if err := n.unclaim(shimSuffix); err != nil {
+		return err
 	}
 	return n.alloc.Release(ctx, n.pool, shimOwner(n.cfg.Name))
 }

@@ -4,8 +4,13 @@ package ctrlink
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nsnet/nsnet/netns"
@@ -24,8 +29,11 @@ import (
 // link's carrier up (the queue still drops everything) and, for a bridge
 // port, before the port forwards. Announce first waits, up to a second,
 // for ready (nil: always ready; it may block until it is) and for the
-// interface to be operationally up, and sends nothing if they do not come (a parent that is down: no one
-// could hear it anyway).
+// interface to be operationally up, and sends nothing if they do not come
+// (a parent that is down: no one could hear it anyway). Then it waits, up
+// to a second as well, until the interface has joined the solicited-node
+// group of each IPv6 address, so that the address answers neighbour
+// solicitations when Announce returns.
 func Announce(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix, ready func() bool) error {
 	if len(addrs) == 0 || len(mac) != 6 {
 		return nil
@@ -51,6 +59,16 @@ func Announce(ns *netns.NS, idx int, mac net.HardwareAddr, addrs []netip.Prefix,
 	}
 	var fd int
 	err = ns.Do(func() error {
+		// An IPv6 address answers neighbour solicitations (multicast to
+		// its solicited-node group) only once the interface has joined
+		// that group, which the kernel does in a work item (addrconf's
+		// DAD work, even for an address without DAD) after the link came
+		// up. A macvlan interface drops multicast of groups it has not
+		// joined. Until then a neighbour resolving the address gets no
+		// answer and tries again only a second later.
+		for deadline := time.Now().Add(time.Second); !joined(idx, addrs) && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Microsecond)
+		}
 		var err error
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		return err
@@ -131,4 +149,31 @@ func unsolicitedNA(mac net.HardwareAddr, addr netip.Addr) []byte {
 	b = append(b, src[:]...)
 	b = append(b, dst[:]...)
 	return append(b, icmp...)
+}
+
+// joined reports whether interface idx of the calling thread's namespace
+// has joined the solicited-node multicast group of each IPv6 address of
+// addrs (ff02::1:ffXX:XXXX, /proc/net/igmp6).
+func joined(idx int, addrs []netip.Prefix) bool {
+	var want []string
+	for _, a := range addrs {
+		if a.Addr().Is6() && !a.Addr().Is4In6() {
+			b := a.Addr().As16()
+			want = append(want, fmt.Sprintf("ff0200000000000000000001ff%02x%02x%02x", b[13], b[14], b[15]))
+		}
+	}
+	if len(want) == 0 {
+		return true
+	}
+	buf, err := os.ReadFile("/proc/thread-self/net/igmp6")
+	if err != nil {
+		return true // nothing to wait for that can be seen
+	}
+	for line := range strings.Lines(string(buf)) {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == strconv.Itoa(idx) {
+			want = slices.DeleteFunc(want, func(g string) bool { return g == f[2] })
+		}
+	}
+	return len(want) == 0
 }
