@@ -272,42 +272,22 @@ func (c EndpointConfig) Validate() error {
 }
 
 // ErrDrift: Check found the network or endpoint different from what its
-// settings say. The error is a *DriftError naming each difference.
-var ErrDrift = errors.New("bridge: drifted from its settings")
+// settings say. The error is a *DriftError naming each difference; it
+// matches nsnet.ErrDrift too.
+var ErrDrift = errs.New("bridge: drifted from its settings", nsnet.ErrDrift)
 
-// A Drift is one difference Check found: what kind of object (bridge,
-// pool, address, route, port, rule, up, interface, allocation), and which.
-type Drift struct {
-	Kind string // "bridge", "pool", "address", "route", "port", "rule", "up", "interface", "allocation"
-	What string // the object: an address, a route, an interface name
-}
-
-func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+// A Drift is one difference Check found.
+type Drift = nsnet.Drift
 
 // DriftError is Check's error (CNI CHECK): every drift it found. It
-// matches ErrDrift.
-type DriftError struct {
-	Network  string
-	Endpoint string // "" for the network itself
-	Drifts   []Drift
-}
+// matches ErrDrift. It is nsnet.DriftError, the one type of every
+// package's Check.
+type DriftError = nsnet.DriftError
 
-func (e *DriftError) Error() string {
-	s := "bridge: network " + strconv.Quote(e.Network)
-	if e.Endpoint != "" {
-		s += " endpoint " + strconv.Quote(e.Endpoint)
-	}
-	s += ": drifted:"
-	for i, d := range e.Drifts {
-		if i > 0 {
-			s += ","
-		}
-		s += " " + d.String()
-	}
-	return s
+// driftError returns the *DriftError of network (and endpoint, if not "").
+func driftError(network, endpoint string, ds ...Drift) *DriftError {
+	return &DriftError{Pkg: "bridge", Network: network, Endpoint: endpoint, Drifts: ds, Err: ErrDrift}
 }
-
-func (e *DriftError) Is(target error) bool { return target == ErrDrift }
 
 // Live is what an orchestrator still has, given to GC: its networks and
 // its containers' endpoints. Everything of nsnet's bridge driver in the

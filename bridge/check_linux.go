@@ -23,8 +23,8 @@ func (n *Network) Check(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d := &DriftError{Network: n.cfg.Name}
-	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{kind, what}) }
+	d := driftError(n.cfg.Name, "")
+	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{Kind: kind, What: what}) }
 	h, err := n.host.Netlink()
 	if err != nil {
 		return err
@@ -74,14 +74,14 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d := &DriftError{Network: n.cfg.Name, Endpoint: id}
-	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{kind, what}) }
+	d := driftError(n.cfg.Name, id)
+	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{Kind: kind, What: what}) }
 	name, l, err := n.findHostVeth(id, false)
 	if err != nil {
 		return err
 	}
 	if l == nil {
-		return &DriftError{Network: n.cfg.Name, Endpoint: id, Drifts: []Drift{{"interface", name}}}
+		return driftError(n.cfg.Name, id, Drift{Kind: "interface", What: name})
 	}
 	m, _ := decodeEPMark(l.Attrs().Alias)
 	if l.Attrs().MasterIndex != n.index || n.index == 0 {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/nsnet/nsnet"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/netns"
@@ -17,7 +19,7 @@ import (
 func drifted(t *testing.T, what string, err error, kind string) {
 	t.Helper()
 	var d *DriftError
-	if !errors.As(err, &d) || !errors.Is(err, ErrDrift) {
+	if !errors.As(err, &d) || !errors.Is(err, ErrDrift) || !errors.Is(err, nsnet.ErrDrift) || !strings.HasPrefix(err.Error(), "bridge: ") {
 		t.Fatalf("%s: Check: %v, want a *DriftError", what, err)
 	}
 	if !slices.ContainsFunc(d.Drifts, func(x Drift) bool { return x.Kind == kind }) {

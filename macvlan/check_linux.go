@@ -21,10 +21,10 @@ func (n *Network) Check(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d := &DriftError{Network: n.cfg.Name}
+	d := driftError(n.cfg.Name, "")
 	_, allocs, err := n.alloc.Inspect(ctx, n.pool)
 	if errors.Is(err, ipam.ErrNotFound) {
-		d.Drifts = append(d.Drifts, Drift{"pool", n.pool})
+		d.Drifts = append(d.Drifts, Drift{Kind: "pool", What: n.pool})
 	} else if err != nil {
 		return err
 	}
@@ -36,7 +36,7 @@ func (n *Network) Check(ctx context.Context) error {
 	held := n.cfg.Mode == ModePassthru && len(endpoints(n.cfg.Name, allocs)) > 0
 	if !held {
 		if m, ok := decodeNetMark(linkAlias(l, err)); err != nil || !ok || m.Name != n.cfg.Name {
-			d.Drifts = append(d.Drifts, Drift{"anchor", n.anchor})
+			d.Drifts = append(d.Drifts, Drift{Kind: "anchor", What: n.anchor})
 		}
 	}
 	if len(d.Drifts) > 0 {
@@ -55,7 +55,7 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	d := &DriftError{Network: n.cfg.Name, Endpoint: id}
+	d := driftError(n.cfg.Name, id)
 	_, allocs, err := n.alloc.Inspect(ctx, n.pool)
 	if err != nil && !errors.Is(err, ipam.ErrNotFound) {
 		return err
@@ -64,7 +64,7 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 	if i := slices.IndexFunc(allocs, func(a ipam.Allocation) bool { return a.Owner == endpointOwner(n.cfg.Name, id) }); i >= 0 {
 		want, _ = leases(allocs[i])
 	} else {
-		d.Drifts = append(d.Drifts, Drift{"allocation", endpointOwner(n.cfg.Name, id)})
+		d.Drifts = append(d.Drifts, Drift{Kind: "allocation", What: endpointOwner(n.cfg.Name, id)})
 	}
 	if n.recorded() && want != nil {
 		// The anchor's record of what the endpoint holds.
@@ -72,7 +72,7 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 			claims := claimsOf(anchor)
 			for _, a := range want {
 				if claims[a.Addr()] != id {
-					d.Drifts = append(d.Drifts, Drift{"record", claimName(a.Addr(), id) + " on " + n.anchor})
+					d.Drifts = append(d.Drifts, Drift{Kind: "record", What: claimName(a.Addr(), id) + " on " + n.anchor})
 				}
 			}
 		}
@@ -82,14 +82,14 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 		return err
 	}
 	if l == nil || !marked(l) {
-		d.Drifts = append(d.Drifts, Drift{"interface", "of " + id + " in " + ctr.String()})
+		d.Drifts = append(d.Drifts, Drift{Kind: "interface", What: "of " + id + " in " + ctr.String()})
 	} else {
 		missing, err := ctrlink.Check(ctr, l, want, n.cfg.Subnets, m.Gateway)
 		if err != nil {
 			return err
 		}
 		for _, x := range missing {
-			d.Drifts = append(d.Drifts, Drift{x.Kind, x.What})
+			d.Drifts = append(d.Drifts, Drift{Kind: x.Kind, What: x.What})
 		}
 	}
 	if len(d.Drifts) > 0 {

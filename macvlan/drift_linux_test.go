@@ -3,8 +3,10 @@ package macvlan
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/nsnet/nsnet"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/ipam"
 	"github.com/nsnet/nsnet/netns/nstest"
@@ -14,7 +16,7 @@ import (
 func drifted(t *testing.T, what string, err error, kind string) {
 	t.Helper()
 	var d *DriftError
-	if !errors.As(err, &d) || !errors.Is(err, ErrDrift) {
+	if !errors.As(err, &d) || !errors.Is(err, ErrDrift) || !errors.Is(err, nsnet.ErrDrift) || !strings.HasPrefix(err.Error(), "macvlan: ") {
 		t.Fatalf("%s: Check: %v, want a *DriftError", what, err)
 	}
 	if !slices.ContainsFunc(d.Drifts, func(x Drift) bool { return x.Kind == kind }) {

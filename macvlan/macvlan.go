@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/nsnet/nsnet"
@@ -274,42 +273,22 @@ type Collected struct {
 }
 
 // ErrDrift: Check found the network or endpoint different from what its
-// settings say. The error is a *DriftError naming each difference.
-var ErrDrift = errors.New("macvlan: drifted from its settings")
+// settings say. The error is a *DriftError naming each difference; it
+// matches nsnet.ErrDrift too.
+var ErrDrift = errs.New("macvlan: drifted from its settings", nsnet.ErrDrift)
 
-// A Drift is one difference Check found: what kind of object (anchor,
-// pool, interface, address, route, up, allocation), and which.
-type Drift struct {
-	Kind string
-	What string
-}
-
-func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+// A Drift is one difference Check found.
+type Drift = nsnet.Drift
 
 // DriftError is Check's error (CNI CHECK): every drift it found. It
-// matches ErrDrift.
-type DriftError struct {
-	Network  string
-	Endpoint string // "" for the network itself
-	Drifts   []Drift
-}
+// matches ErrDrift. It is nsnet.DriftError, the one type of every
+// package's Check.
+type DriftError = nsnet.DriftError
 
-func (e *DriftError) Error() string {
-	s := "macvlan: network " + strconv.Quote(e.Network)
-	if e.Endpoint != "" {
-		s += " endpoint " + strconv.Quote(e.Endpoint)
-	}
-	s += ": drifted:"
-	for i, d := range e.Drifts {
-		if i > 0 {
-			s += ","
-		}
-		s += " " + d.String()
-	}
-	return s
+// driftError returns the *DriftError of network (and endpoint, if not "").
+func driftError(network, endpoint string, ds ...Drift) *DriftError {
+	return &DriftError{Pkg: "macvlan", Network: network, Endpoint: endpoint, Drifts: ds, Err: ErrDrift}
 }
-
-func (e *DriftError) Is(target error) bool { return target == ErrDrift }
 
 // sentinel makes an error that the kernel, a library or the IPAM answered
 // match the package's sentinel for it as well: what exists matches

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/internal/ctrlink"
@@ -35,8 +34,8 @@ func (n *Network) Check(ctx context.Context) error {
 		return err
 	}
 	h, cfg := n.h, n.cfg
-	d := &DriftError{Network: cfg.Name}
-	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{kind, what}) }
+	d := driftError(cfg.Name, "")
+	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{Kind: kind, What: what}) }
 
 	def, err := h.definition(ctx, cfg.Name)
 	switch {
@@ -171,8 +170,8 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 		return err
 	}
 	h, cfg := n.h, n.cfg
-	d := &DriftError{Network: cfg.Name, Endpoint: id}
-	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{kind, what}) }
+	d := driftError(cfg.Name, id)
+	miss := func(kind, what string) { d.Drifts = append(d.Drifts, Drift{Kind: kind, What: what}) }
 
 	key := n.epKey(id)
 	var rec epRecord
@@ -243,14 +242,12 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 		}
 	}
 	if !cfg.Internal {
-		if err := n.checkEgress(ctx, id, ctr); err != nil {
-			var bd *bridge.DriftError
-			if !errors.As(err, &bd) {
-				return err
-			}
-			for _, x := range bd.Drifts {
-				miss(x.Kind, "egress "+x.What)
-			}
+		egress, err := n.checkEgress(ctx, id, ctr)
+		if err != nil {
+			return err
+		}
+		for _, x := range egress {
+			miss(x.Kind, "egress "+x.What)
 		}
 	}
 	if len(d.Drifts) > 0 {
@@ -259,27 +256,31 @@ func (n *Network) CheckEndpoint(ctx context.Context, id string, ctr *netns.NS) e
 	return nil
 }
 
-// checkEgress checks the endpoint's interface on the host's gateway
-// bridge; a gateway bridge that is gone is a drift of its own.
-func (n *Network) checkEgress(ctx context.Context, id string, ctr *netns.NS) error {
+// checkEgress returns the drifts of the endpoint's interface on the
+// host's gateway bridge; a gateway bridge that is gone is a drift of its
+// own.
+func (n *Network) checkEgress(ctx context.Context, id string, ctr *netns.NS) ([]Drift, error) {
 	h := n.h
 	nl, err := h.cfg.NS.Netlink()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	missingGW := &bridge.DriftError{Network: gatewayName, Endpoint: gatewayID(n.cfg.Name, id),
-		Drifts: []bridge.Drift{{Kind: "bridge", What: gatewayBridge}}}
 	if _, err := nl.LinkByName(gatewayBridge); err != nil {
-		return missingGW
+		return []Drift{{Kind: "bridge", What: gatewayBridge}}, nil
 	}
 	gw, err := h.gateway(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	err = gw.CheckEndpoint(ctx, gatewayID(n.cfg.Name, id), ctr)
-	if errors.Is(err, bridge.ErrNotFound) {
-		return &bridge.DriftError{Network: gatewayName, Endpoint: gatewayID(n.cfg.Name, id),
-			Drifts: []bridge.Drift{{Kind: "interface", What: strings.TrimSpace("of " + gatewayID(n.cfg.Name, id))}}}
+	var bd *bridge.DriftError
+	switch {
+	case err == nil:
+		return nil, nil
+	case errors.Is(err, bridge.ErrNotFound):
+		return []Drift{{Kind: "interface", What: "of " + gatewayID(n.cfg.Name, id)}}, nil
+	case errors.As(err, &bd):
+		return bd.Drifts, nil
 	}
-	return err
+	return nil, err
 }

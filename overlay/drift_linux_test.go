@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsnet/nsnet"
+	"github.com/nsnet/nsnet/bridge"
 	"github.com/nsnet/nsnet/internal/ipnet"
 	"github.com/nsnet/nsnet/internal/nft"
 	"github.com/nsnet/nsnet/ipam"
@@ -23,7 +25,7 @@ import (
 func drifted(t *testing.T, what string, err error, kind string) {
 	t.Helper()
 	var d *overlay.DriftError
-	if !errors.As(err, &d) || !errors.Is(err, overlay.ErrDrift) {
+	if !errors.As(err, &d) || !errors.Is(err, overlay.ErrDrift) || !errors.Is(err, nsnet.ErrDrift) || errors.Is(err, bridge.ErrDrift) || !strings.HasPrefix(err.Error(), "overlay: ") {
 		t.Fatalf("%s: Check: %v, want a *DriftError", what, err)
 	}
 	if !slices.ContainsFunc(d.Drifts, func(x overlay.Drift) bool { return x.Kind == kind }) {

@@ -244,45 +244,22 @@ type Egress struct {
 }
 
 // ErrDrift: Check found the network or endpoint different from what its
-// settings and the store say. The error is a *DriftError naming each
-// difference.
-var ErrDrift = errors.New("overlay: drifted from its settings")
+// settings say. The error is a *DriftError naming each difference; it
+// matches nsnet.ErrDrift too.
+var ErrDrift = errs.New("overlay: drifted from its settings", nsnet.ErrDrift)
 
-// A Drift is one difference Check found: what kind of object, and which.
-type Drift struct {
-	// Kind is "record" (the store's record of the network or endpoint),
-	// "pool", "allocation", "bridge", "vxlan", "port", "up", "fdb",
-	// "neighbour", "filter", "interface", "address" or "route".
-	Kind string
-	What string // the object: a link, an address, an entry, a key
-}
-
-func (d Drift) String() string { return "missing " + d.Kind + " " + d.What }
+// A Drift is one difference Check found.
+type Drift = nsnet.Drift
 
 // DriftError is Check's error (CNI CHECK): every drift it found. It
-// matches ErrDrift.
-type DriftError struct {
-	Network  string
-	Endpoint string // "" for the network itself
-	Drifts   []Drift
-}
+// matches ErrDrift. It is nsnet.DriftError, the one type of every
+// package's Check.
+type DriftError = nsnet.DriftError
 
-func (e *DriftError) Error() string {
-	s := "overlay: network " + strconv.Quote(e.Network)
-	if e.Endpoint != "" {
-		s += " endpoint " + strconv.Quote(e.Endpoint)
-	}
-	s += ": drifted:"
-	for i, d := range e.Drifts {
-		if i > 0 {
-			s += ","
-		}
-		s += " " + d.String()
-	}
-	return s
+// driftError returns the *DriftError of network (and endpoint, if not "").
+func driftError(network, endpoint string, ds ...Drift) *DriftError {
+	return &DriftError{Pkg: "overlay", Network: network, Endpoint: endpoint, Drifts: ds, Err: ErrDrift}
 }
-
-func (e *DriftError) Is(target error) bool { return target == ErrDrift }
 
 // Live is what an orchestrator still has on one host, given to Host.GC:
 // its containers' endpoints there. Everything of the overlay driver on
