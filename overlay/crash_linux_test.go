@@ -116,7 +116,7 @@ var crashPoints = map[string][]string{
 	"create": {"pool", "define", "bridge", "filter", "vxlan"},
 	"attach": {"claim", "allocate", "publish", "veth", "mark", "port", "address"},
 	"detach": {"unpublish", "veth", "release"},
-	"delete": {"vni", "define"},
+	"delete": {"checked", "define"},
 }
 
 // crashModel is the acknowledged state: the network, c1 on host1, c2 on

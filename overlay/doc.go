@@ -138,7 +138,7 @@
 // The tests kill the process of one of two hosts (SIGKILL, on a real etcd
 // server across the underlay) at every step of Create (pool, define,
 // bridge, filter, vxlan), Attach (claim, allocate, publish, veth, mark,
-// port, address), Detach (unpublish, veth, release) and Delete (vni,
+// port, address), Detach (unpublish, veth, release) and Delete (checked,
 // define), three rounds, and then at random moments, 100 calls cut half
 // way in all; after this recipe the store, the host's links, FDB and
 // neighbour entries and ingress filter equal the acknowledged calls, and
@@ -147,6 +147,15 @@
 // endpoint's record and allocation, an FDB and a neighbour entry, a filter
 // peer, the VXLAN device and the bridge: Check names each, and the
 // idempotent call repairs it, with traffic across the hosts.
+//
+// A Delete on one host and an Attach on another never both succeed: the
+// Attach's claim is written in one transaction with the network's
+// definition (written again as it was read), and the Delete removes the
+// definition and its VNI in one transaction at the revisions its check
+// of the endpoints saw. So the Delete either commits first (the Attach
+// fails with ErrNotFound and leaves nothing) or sees the claim (and fails
+// with ErrInUse); TestDeleteRacingAttach holds each call at its step to
+// make both orders happen.
 //
 // # Names
 //

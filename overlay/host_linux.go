@@ -204,6 +204,32 @@ func (h *Host) put(ctx context.Context, key string, val []byte) error {
 	}
 }
 
+// claim writes an endpoint's claim at key (whatever its revision) in one
+// transaction with network's definition, written again as it is at the
+// revision read: a Delete of the network on any host either commits
+// first (the claim fails with ErrNotFound) or sees the claim (and fails
+// with ErrInUse), never neither (an endpoint of a network that is gone).
+func (h *Host) claim(ctx context.Context, network, key string, val []byte) error {
+	for {
+		def, err := h.cfg.Store.Get(ctx, h.key(netPrefix+network))
+		if errors.Is(err, ipam.ErrNotFound) {
+			return fmt.Errorf("overlay: network %q: %w", network, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		kv, err := h.cfg.Store.Get(ctx, h.key(key))
+		if err != nil && !errors.Is(err, ipam.ErrNotFound) {
+			return err
+		}
+		_, err = h.cfg.Store.CAS(ctx, ipam.Op{Key: h.key(key), Rev: kv.Rev, Value: val},
+			ipam.Op{Key: h.key(netPrefix + network), Rev: def.Rev, Value: def.Value})
+		if !errors.Is(err, ipam.ErrConflict) {
+			return err
+		}
+	}
+}
+
 // del deletes key; a key that is gone is no error.
 func (h *Host) del(ctx context.Context, key string) error {
 	for {
@@ -735,30 +761,50 @@ func (h *Host) Delete(ctx context.Context, name string) error {
 	if r := names.Check(name, 64); r != "" {
 		return invalid("Name", name, r)
 	}
-	cfg, err := h.definition(ctx, name)
-	if errors.Is(err, ErrNotFound) {
-		// What a Create or Delete killed half way left: the pool.
-		if err := h.cfg.Alloc.DeletePool(ctx, poolName(name)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
+	// The definition and its VNI go in one transaction at the revisions
+	// the check saw: an Attach's claim (on any host) writes the
+	// definition again with it, so a claim made after the check makes the
+	// transaction fail, and the check is made again.
+	var cfg Config
+	for {
+		def, err := h.cfg.Store.Get(ctx, h.key(netPrefix+name))
+		if errors.Is(err, ipam.ErrNotFound) {
+			// What a Create or Delete killed half way left: the pool.
+			if err := h.cfg.Alloc.DeletePool(ctx, poolName(name)); err != nil && !errors.Is(err, ipam.ErrNotFound) {
+				return err
+			}
+			return nil
+		}
+		if err != nil {
 			return err
 		}
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	eps, _, err := h.cfg.Store.List(ctx, h.key(epPrefix+name+"/"))
-	if err != nil {
-		return err
-	}
-	if len(eps) > 0 {
-		return fmt.Errorf("overlay: network %q has %d endpoints: %w", name, len(eps), ErrInUse)
-	}
-	if err := h.del(ctx, fmt.Sprintf("vni/%d", cfg.VNI)); err != nil {
-		return err
-	}
-	step(name, "vni")
-	if err := h.del(ctx, netPrefix+name); err != nil {
-		return err
+		if err := json.Unmarshal(def.Value, &cfg); err != nil {
+			return fmt.Errorf("overlay: network %q: bad record: %w", name, err)
+		}
+		eps, _, err := h.cfg.Store.List(ctx, h.key(epPrefix+name+"/"))
+		if err != nil {
+			return err
+		}
+		if len(eps) > 0 {
+			return fmt.Errorf("overlay: network %q has %d endpoints: %w", name, len(eps), ErrInUse)
+		}
+		step(name, "checked")
+		ops := []ipam.Op{{Key: h.key(netPrefix + name), Rev: def.Rev, Delete: true}}
+		vniKey := h.key(fmt.Sprintf("vni/%d", cfg.VNI))
+		vni, err := h.cfg.Store.Get(ctx, vniKey)
+		switch {
+		case err == nil:
+			ops = append(ops, ipam.Op{Key: vniKey, Rev: vni.Rev, Delete: true})
+		case !errors.Is(err, ipam.ErrNotFound):
+			return err
+		}
+		_, err = h.cfg.Store.CAS(ctx, ops...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ipam.ErrConflict) {
+			return err
+		}
 	}
 	step(name, "define")
 	// This host's devices go now; the others' when they see it.
@@ -939,7 +985,7 @@ func (n *Network) Attach(ctx context.Context, ec EndpointConfig) (Endpoint, erro
 	if old == nil {
 		claim := rec
 		claim.Pending = true
-		if err := h.put(ctx, key, encode(claim)); err != nil {
+		if err := h.claim(ctx, n.cfg.Name, key, encode(claim)); err != nil {
 			return Endpoint{}, err
 		}
 		undo = append(undo, func() { h.del(context.WithoutCancel(ctx), key) })
