@@ -2,6 +2,9 @@ package overlay_test
 
 import (
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nsnet/nsnet/ipam"
@@ -104,6 +107,94 @@ func TestDeleteRacingAttach(t *testing.T) {
 		}
 		for _, kv := range kvs {
 			t.Errorf("left in the store: %s", kv.Key)
+		}
+	}
+}
+
+// TestCreateConcurrently: three hosts creating one network at the same
+// moment all get it, with its pool whole (no loser's undo deleting the
+// winner's pool), 20 rounds; one with other settings afterwards fails
+// with ErrExists without touching the network.
+func TestCreateConcurrently(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3, ipam.NewMemoryStore())
+	ctr := nstest.Container(t, c.topo.Hosts[0].NS)
+	for round := range 20 {
+		cfg := overlay.Config{Name: fmt.Sprint("net", round), VNI: uint32(100 + round),
+			Subnets: subnets(fmt.Sprintf("10.73.%d.0/24", round)), Internal: true}
+		// The first Create to have made the pool waits there (odd rounds)
+		// until the others are done: it then loses the race to define
+		// the network, with a pool of its own making that is now the
+		// winner's too.
+		held, release := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		if round%2 == 1 {
+			overlay.SetStepHook(cfg.Name, func(s string) error {
+				if s == "pool" && first.CompareAndSwap(false, true) {
+					close(held)
+					<-release
+				}
+				return nil
+			})
+		} else {
+			close(held)
+		}
+		start := make(chan struct{})
+		errs := make(chan error, len(c.hosts))
+		var wg, others sync.WaitGroup
+		for i, h := range c.hosts {
+			if i > 0 {
+				others.Add(1)
+			}
+			wg.Go(func() {
+				if i > 0 {
+					defer others.Done()
+					<-held
+				}
+				<-start
+				_, err := h.Create(t.Context(), cfg)
+				errs <- err
+			})
+		}
+		close(start)
+		if round%2 == 1 {
+			others.Wait()
+			close(release)
+		}
+		wg.Wait()
+		overlay.SetStepHook(cfg.Name, nil)
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: Create: %v", round, err)
+			}
+		}
+		other := cfg
+		other.Subnets = subnets(fmt.Sprintf("10.74.%d.0/24", round))
+		if _, err := c.hosts[2].Create(t.Context(), other); !errors.Is(err, overlay.ErrExists) {
+			t.Fatalf("round %d: Create with other settings: %v, want ErrExists", round, err)
+		}
+		for i, h := range c.hosts {
+			n, err := h.Network(t.Context(), cfg.Name)
+			if err != nil {
+				t.Fatalf("round %d: host%d: %v", round, i+1, err)
+			}
+			if got := n.Config(); got.VNI != cfg.VNI || got.Subnets[0].Subnet != cfg.Subnets[0].Subnet {
+				t.Fatalf("round %d: host%d sees %+v", round, i+1, got)
+			}
+		}
+		n, err := c.hosts[0].Network(t.Context(), cfg.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.Attach(t.Context(), overlay.EndpointConfig{ID: "c", NS: ctr}); err != nil {
+			t.Fatalf("round %d: Attach (the pool must be whole): %v", round, err)
+		}
+		if err := n.Detach(t.Context(), "c"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.hosts[1].Delete(t.Context(), cfg.Name); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
