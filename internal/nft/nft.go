@@ -283,7 +283,11 @@ func addNetwork(c *nftables.Conn, sc *schema, n Network) error {
 // transaction. Guarded ports whose links are gone are forgotten first
 // (portguard.go).
 func RemoveNetwork(ctx context.Context, host *netns.NS, bridge string) error {
-	if err := prunePorts(ctx, host); err != nil {
+	links, err := host.Links()
+	if err != nil {
+		return err
+	}
+	if err := prunePorts(ctx, host, links); err != nil {
 		return err
 	}
 	return change(ctx, host, "nft.remove-network", false, func(c *nftables.Conn, sc *schema) (bool, error) {

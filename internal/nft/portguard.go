@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nsnet/nsnet/netns"
@@ -257,15 +258,12 @@ func (ps *portSchema) forget(c *nftables.Conn, gone func(key []byte) bool) (int,
 	return total, nil
 }
 
-// prunePorts forgets the guarded ports that are no links of host (their
-// endpoints' containers died, and nobody detached them), and deletes the
-// bridge table when no guarded port is left, in one transaction.
-func prunePorts(ctx context.Context, host *netns.NS) error {
+// prunePorts forgets the guarded ports that are not among links, the
+// links of host (their endpoints' containers died, and nobody detached
+// them), and deletes the bridge table when no guarded port is left, in
+// one transaction.
+func prunePorts(ctx context.Context, host *netns.NS, links []netlink.Link) error {
 	if err := ctx.Err(); err != nil {
-		return err
-	}
-	links, err := host.Links()
-	if err != nil {
 		return err
 	}
 	live := map[string]bool{}

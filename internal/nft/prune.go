@@ -21,11 +21,11 @@ import (
 // sets after its link exists, so a bridge being made is never taken for
 // a gone one.
 func PruneGone(ctx context.Context, host *netns.NS) error {
-	if err := prunePorts(ctx, host); err != nil {
-		return err
-	}
 	links, err := host.Links()
 	if err != nil {
+		return err
+	}
+	if err := prunePorts(ctx, host, links); err != nil {
 		return err
 	}
 	live := map[string]bool{}
