@@ -68,14 +68,16 @@ func (s *Stack) recover(ctx context.Context) error {
 		return fmt.Errorf("stack: recovery: %w", err)
 	}
 
+	// One listing of the host's networks (Inspect of each would list them
+	// all each time).
+	infos, err := bridge.List(ctx, s.host, s.alloc)
+	if err != nil {
+		return fmt.Errorf("stack: recovery: %w", err)
+	}
 	attached := map[bridge.LiveEndpoint]bool{}
-	for name, nw := range s.nets {
-		info, err := nw.Inspect(ctx)
-		if err != nil {
-			return fmt.Errorf("stack: network %s of the state: %w", name, err)
-		}
+	for _, info := range infos {
 		for _, ep := range info.Endpoints {
-			attached[bridge.LiveEndpoint{Network: name, ID: ep.ID}] = true
+			attached[bridge.LiveEndpoint{Network: info.Name, ID: ep.ID}] = true
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.st.Containers)) {
