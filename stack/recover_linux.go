@@ -26,7 +26,8 @@ import (
 //     dropped: it is not running, and a later Run makes it anew;
 //  4. names, listeners and port reservations come back, and nsnet's
 //     nftables table is made to hold exactly the state, in one
-//     transaction.
+//     transaction; the record of route_localnet is made what the
+//     mappings need (portmap's GC), and an empty table goes.
 //
 // The state is saved if it changed.
 func (s *Stack) recover(ctx context.Context) error {
@@ -124,5 +125,19 @@ func (s *Stack) recover(ctx context.Context) error {
 			return err
 		}
 	}
-	return s.reconcile(ctx)
+	if err := s.reconcile(ctx); err != nil {
+		return err
+	}
+	// Reconcile keeps the record of route_localnet (the kernel's state):
+	// the mappings' GC makes it what the state's mappings need (a call cut
+	// short may have left it for a bridge that is gone), and drops the
+	// table if nothing of nsnet's is left in it.
+	var ids []string
+	for _, c := range s.st.Containers {
+		for _, m := range c.Ports {
+			ids = append(ids, m.ID)
+		}
+	}
+	_, err = s.ports.GC(ctx, ids)
+	return err
 }
