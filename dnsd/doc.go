@@ -144,12 +144,12 @@
 // fresh random source port and ID, RELIABILITY rule 10) made, connected
 // and added to an epoll set ahead of need in the host namespace by one
 // goroutine that stays there (no thread switch per query; it wakes once
-// per 64 queries), and the reader goes on reading. One loop per server
-// waits for every upstream's answers at once (its epoll descriptor is in
-// the runtime's poller), matches each by ID and question, relays it as
-// the upstream sent it (unpacked only to truncate) and closes the socket;
-// its read deadline is the oldest query's timeout. No goroutine per
-// query, no timer per query.
+// per 32 queries, and then also closes the sockets that are done with),
+// and the reader goes on reading. One loop per server waits for every
+// upstream's answers at once (its epoll descriptor is in the runtime's
+// poller), matches each by ID and question and relays it as the upstream
+// sent it (unpacked only to truncate); its read deadline is the oldest
+// query's timeout. No goroutine per query, no timer per query.
 //
 // BenchmarkQuery: UDP queries from 8 concurrent sockets in a container
 // namespace to the gateway listener; for forwarded names, the upstream is

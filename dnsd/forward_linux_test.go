@@ -3,6 +3,7 @@ package dnsd_test
 import (
 	"context"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -107,4 +108,77 @@ func TestForward_timeouts(t *testing.T) {
 	if st := l.srv.Stats(); silent.udp.Load() != n || good.udp.Load() != n || st.UpstreamErrors != n || st.Forwarded != n {
 		t.Errorf("silent %d, good %d, UpstreamErrors %d, Forwarded %d; want %d each", silent.udp.Load(), good.udp.Load(), st.UpstreamErrors, st.Forwarded, n)
 	}
+}
+
+// TestForward_socketsClosed: the socket of every forwarded query is
+// closed, answered or timed out, while the server runs (the open
+// descriptors stay within the stock ahead of need, whatever the number of
+// queries) and all of them when it closes. Not parallel: it counts the
+// process's descriptors.
+func TestForward_socketsClosed(t *testing.T) {
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	up := newUpstream(t, out.NS, out.Addr)
+	const timeout = 200 * time.Millisecond
+	srv, err := dnsd.New(dnsd.Config{NS: host, Timeout: timeout, Upstreams: []netip.AddrPort{up.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srv.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, false)
+	client := []netip.Addr{netip.MustParseAddr("10.0.0.2")}
+	ask := func(name string, want int) {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		p, _ := q.Pack()
+		r := new(dns.Msg)
+		if err := r.Unpack(srv.Handle(t.Context(), p, client, true)); err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != want {
+			t.Fatalf("%s: %s, want %s", name, dns.RcodeToString[r.Rcode], dns.RcodeToString[want])
+		}
+	}
+	before := openFDs(t)
+	ask("ext.example.", dns.RcodeSuccess) // the stock is made
+	started := openFDs(t)
+	const n = 1000
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n / 8 {
+				name := "ext.example."
+				if g == 0 && i%25 == 0 {
+					name = "slow.example." // times out: SERVFAIL
+				}
+				want := dns.RcodeSuccess
+				if name != "ext.example." {
+					want = dns.RcodeServerFailure
+				}
+				ask(name, want)
+			}
+		}()
+	}
+	wg.Wait()
+	if got, most := openFDs(t), started+64; got > most {
+		t.Errorf("after %d forwarded queries, %d descriptors open; want at most %d (%d with the stock made)", n, got, most, started)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := openFDs(t); got > before {
+		t.Errorf("after Close, %d descriptors open; want %d as before the first query", got, before)
+	}
+}
+
+// openFDs is the number of the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	des, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(des)
 }
