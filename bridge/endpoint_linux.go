@@ -404,24 +404,29 @@ func (n *Network) detach(ctx context.Context, id string) error {
 		}
 	}
 	for _, l := range ours {
-		// Both ends go: the container's, and the port of the bridge.
-		if err := linkdel.Delete(n.host, l.Attrs().Index); err != nil && !nlerr.NotExist(err) {
-			return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: l.Attrs().Name, Err: err}
-		}
-		if err := step(n.cfg.Name, "linkdel"); err != nil {
-			return err
-		}
-		// Then its guard (not before: the port would pass anything in
-		// between), by the elements it was given: the port and the
-		// addresses its alternative names hold.
+		// Both ends go: the container's, and the port of the bridge. Then
+		// its guard, by the elements it was given (the port and the
+		// addresses its alternative names hold): not before the port is
+		// down, which would pass anything in between, but while the
+		// kernel finishes the deletion.
 		var addrs []netip.Prefix
 		for _, alt := range l.Attrs().AltNames {
 			if a, ok := addrOf(alt); ok {
 				addrs = append(addrs, netip.PrefixFrom(a, a.BitLen()))
 			}
 		}
-		if err := nft.UnguardPort(ctx, n.host, l.Attrs().Index, addrs); err != nil {
-			return err
+		var guardErr error
+		err := linkdel.DeleteThen(n.host, l.Attrs().Index, func() error {
+			if guardErr = step(n.cfg.Name, "linkdel"); guardErr == nil {
+				guardErr = nft.UnguardPort(ctx, n.host, l.Attrs().Index, addrs)
+			}
+			return guardErr
+		})
+		if guardErr != nil {
+			return guardErr
+		}
+		if err != nil {
+			return &netns.OpError{Op: "bridge.detach", NS: n.host.String(), Name: l.Attrs().Name, Err: err}
 		}
 	}
 	if err := step(n.cfg.Name, "unplug"); err != nil {

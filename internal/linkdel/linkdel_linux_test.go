@@ -1,9 +1,12 @@
 package linkdel_test
 
 import (
+	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nsnet/nsnet/internal/linkdel"
 	"github.com/nsnet/nsnet/internal/nlerr"
@@ -91,5 +94,63 @@ func TestDeleteGone(t *testing.T) {
 	ctr := nstest.Container(t, nstest.Host(t))
 	if err := linkdel.Delete(ctr, 4242); !nlerr.NotExist(err) {
 		t.Fatalf("Delete of no link: %v, want a not-exist error", err)
+	}
+}
+
+// DeleteThen runs then once, with the interface not up any more (a veth
+// pair, up, and the same pair already down), and returns after it with
+// its error; an interface that is not there runs it too, without error;
+// a deletion the kernel refuses (loopback) does not run it.
+func TestDeleteThen(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	h, err := host.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, up := range []bool{true, false} {
+		for _, thenErr := range []error{nil, errors.New("then failed")} {
+			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "del0"}, PeerName: "del1"}
+			if err := h.LinkAdd(v); err != nil {
+				t.Fatal(err)
+			}
+			l, err := h.LinkByName("del0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if up {
+				if err := h.LinkSetUp(l); err != nil {
+					t.Fatal(err)
+				}
+			}
+			idx := l.Attrs().Index
+			runs, finished := 0, false
+			err = linkdel.DeleteThen(host, idx, func() error {
+				runs++
+				if l, err := h.LinkByIndex(idx); err == nil && l.Attrs().Flags&net.FlagUp != 0 {
+					t.Errorf("up %v: then runs with the interface up", up)
+				}
+				time.Sleep(20 * time.Millisecond) // DeleteThen waits for it
+				finished = true
+				return thenErr
+			})
+			if err != thenErr || runs != 1 || !finished {
+				t.Errorf("up %v: DeleteThen: %v after %d runs (finished %v), want %v after one", up, err, runs, finished, thenErr)
+			}
+			if _, err := h.LinkByIndex(idx); !nlerr.NotExist(err) {
+				t.Errorf("up %v: the interface is still there (%v)", up, err)
+			}
+			if _, err := h.LinkByName("del1"); !nlerr.NotExist(err) {
+				t.Errorf("up %v: the peer is still there (%v)", up, err)
+			}
+		}
+	}
+	runs := 0
+	if err := linkdel.DeleteThen(host, 4242, func() error { runs++; return nil }); err != nil || runs != 1 {
+		t.Errorf("DeleteThen of no link: %v after %d runs, want nil after one", err, runs)
+	}
+	runs = 0
+	if err := linkdel.DeleteThen(host, 1, func() error { runs++; return nil }); err == nil || runs != 0 {
+		t.Errorf("DeleteThen of loopback: %v after %d runs, want the kernel's error and none", err, runs)
 	}
 }
