@@ -163,6 +163,18 @@
 // (BenchmarkAttachDetach counts a whole cycle). Issue 19's goal (Attach
 // 1.35 ms, Detach 0.75 ms) is not shown on this machine.
 //
+// Detach then removed the port's guard only once the kernel announced the
+// veth gone, 0.9-1.0 ms after the request; the kernel announces it down
+// (stopped, both ends, nothing in flight) 0.25-0.4 ms after it, and the
+// guard may go from then on: linkdel.DeleteThen runs the guard's removal
+// (0.13 ms) there, while the kernel finishes. On an idle machine, in turn
+// with the code before, 300 operations each, medians (2026-12-07):
+//
+//	                 before          after
+//	Detach           0.92-1.02 ms    0.86-0.95 ms
+//	AttachDetach     2.66-3.10 ms    2.69-2.84 ms
+//	Attach           1.78-1.95 ms    1.85-1.93 ms
+//
 // The announcing socket is closed in the background: its close waits for
 // an RCU grace period, and an attach that waited for it took 12-18 ms.
 //

@@ -214,6 +214,22 @@
 // socket and connect 11%, close 7%, epoll 2%; Go's scheduling is about 10%
 // and dnsd's own code under 5%.
 //
+// With 8 clients the figure is bound by latency, not CPU: the process
+// used 65-78% of the two cores, and a query waited for four goroutines in
+// turn (client, reader, upstream, loop). The closes were on the loop, in
+// the way of the answers behind them; since the filler closes the sockets
+// (and holds 64 ahead, not 128), in turn with the code before, 2 s each,
+// on 2026-12-07: while the machine was slow (the same binary gave 25,000
+// to 38,000 qps within an hour), 29,400-32,600 qps, p99 1.27-1.36 ms,
+// where the code before gave 24,900-31,400 and 1.15-1.45 ms; idle and
+// fast, 40,000-42,800 qps in 11 runs of 14 (the others 29,300-39,900; p99
+// 0.81-1.06 ms), where the code before reached 40,000 in 3 runs of 8
+// (24,500-40,900; p99 0.85-1.08 ms). The goal (40,000 with a p99
+// under 2 ms) is reached on an idle machine, at its edge. Through
+// peerbench's dns_qps.sh (dnsperf in a container, 60 queries in flight,
+// dnsmasq as the upstream, separate processes), 28,000-38,000 forwarded
+// qps before and after alike, by the machine's hour.
+//
 // # Concurrency
 //
 // A Server and its Listeners are safe for concurrent use.
