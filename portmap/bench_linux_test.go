@@ -28,17 +28,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, existing := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprint("existing=", existing), func(b *testing.B) {
 			host := nstest.Host(b)
-			alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			// The containers' network: mappings point into one.
-			n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: "bench",
-				Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("172.31.0.0/16")}}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer n.Delete(context.Background(), true)
+			benchNetwork(b, host) // the containers' network: mappings point into it
 			mp := newMapper(b, host, portmap.Config{})
 			defer mp.Close()
 			ctr := netip.MustParseAddr("172.31.0.2")
@@ -84,16 +74,7 @@ func BenchmarkPublish(b *testing.B) {
 //	go test -run '^$' -bench DetachPublished -benchtime 300x -benchmem ./portmap/
 func BenchmarkDetachPublished(b *testing.B) {
 	host := nstest.Host(b)
-	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: "bench",
-		Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("172.31.0.0/16")}}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer n.Delete(context.Background(), true)
+	n := benchNetwork(b, host)
 	mp := newMapper(b, host, portmap.Config{})
 	defer mp.Close()
 	ctr := nstest.Container(b, host)
@@ -201,16 +182,7 @@ func BenchmarkRemoveAll1000(b *testing.B) {
 
 func benchBatch(b *testing.B, add, udp bool) {
 	host := nstest.Host(b)
-	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: "bench",
-		Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("172.31.0.0/16")}}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer n.Delete(context.Background(), true)
+	benchNetwork(b, host)
 	mp := newMapper(b, host, portmap.Config{})
 	defer mp.Close()
 	var others, batch []portmap.Mapping
@@ -312,6 +284,23 @@ func median(ds []time.Duration) float64 {
 	return float64(ds[len(ds)/2]) / float64(time.Millisecond)
 }
 
+// benchNetwork makes the bridge network "bench" (172.31.0.0/16) on host,
+// with an allocator of its own, deleted when the benchmark ends.
+func benchNetwork(b *testing.B, host *netns.NS) *bridge.Network {
+	b.Helper()
+	alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: "bench",
+		Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("172.31.0.0/16")}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { n.Delete(context.Background(), true) })
+	return n
+}
+
 func newMapper(tb testing.TB, host *netns.NS, cfg portmap.Config) *portmap.Mapper {
 	tb.Helper()
 	mp, err := portmap.New(host, cfg)
@@ -347,15 +336,7 @@ func benchFirst(b *testing.B, udp bool) {
 	for b.Loop() {
 		b.StopTimer()
 		host := nstest.Host(b)
-		alloc, err := ipam.New(ipam.NewMemoryStore(), ipam.Config{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		n, err := bridge.New(b.Context(), host, alloc, bridge.Config{Name: "bench",
-			Subnets: []ipam.SubnetConfig{{Subnet: netip.MustParsePrefix("172.31.0.0/16")}}})
-		if err != nil {
-			b.Fatal(err)
-		}
+		n := benchNetwork(b, host) // deleted below, before the next host's turn
 		mp := newMapper(b, host, portmap.Config{})
 		var others []portmap.Mapping
 		for i := range 10 {
