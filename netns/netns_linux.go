@@ -335,7 +335,6 @@ func onThread(fn func() error) error {
 			ch <- result{err: &OpError{Op: "netns.do", Err: err}}
 			return
 		}
-		defer unix.Close(orig)
 		var r result
 		func() {
 			defer func() {
@@ -345,7 +344,11 @@ func onThread(fn func() error) error {
 			}()
 			r.err = fn()
 		}()
-		if err := switchBack(orig); err != nil {
+		// orig is closed before the result goes out: when Do returns, it
+		// holds no descriptor of its own.
+		err = switchBack(orig)
+		unix.Close(orig)
+		if err != nil {
 			// Leave the thread locked: the runtime retires it when this
 			// goroutine ends.
 			r.err = errors.Join(r.err, &OpError{Op: "netns.do", Err: fmt.Errorf("switching the thread back: %w", err)})

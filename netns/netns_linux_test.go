@@ -445,3 +445,43 @@ func TestOpErrorMatching(t *testing.T) {
 		}
 	}
 }
+
+// TestDoHoldsNothing: when Do returns, the descriptor it opened on the
+// caller's namespace, to switch the thread back, is closed: no descriptor
+// of Do's outlives the call. Not parallel: it reads the process's
+// descriptors.
+func TestDoHoldsNothing(t *testing.T) {
+	ns := nstest.Host(t)
+	home, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onHome := func() map[string]bool { // descriptors open on the caller's namespace
+		des, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, de := range des {
+			if l, err := os.Readlink("/proc/self/fd/" + de.Name()); err == nil && l == home {
+				out[de.Name()] = true
+			}
+		}
+		return out
+	}
+	before := onHome()
+	for i := range 200 {
+		var during map[string]bool
+		if err := ns.Do(func() error { during = onHome(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(during) <= len(before) {
+			t.Fatalf("call %d: Do holds no descriptor on the caller's namespace while fn runs: the test sees nothing", i)
+		}
+		for fd := range onHome() {
+			if during[fd] && !before[fd] {
+				t.Fatalf("call %d: descriptor %s, on the caller's namespace, is still open after Do returned", i, fd)
+			}
+		}
+	}
+}
