@@ -141,7 +141,6 @@ func TestForward_socketsClosed(t *testing.T) {
 	}
 	before := openFDs(t)
 	ask("ext.example.", dns.RcodeSuccess) // the stock is made
-	started := openFDs(t)
 	const n = 1000
 	var wg sync.WaitGroup
 	for g := range 8 {
@@ -162,8 +161,11 @@ func TestForward_socketsClosed(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if got, most := openFDs(t), started+64; got > most {
-		t.Errorf("after %d forwarded queries, %d descriptors open; want at most %d (%d with the stock made)", n, got, most, started)
+	// The stock (64), the sockets done with that the filler has not
+	// closed yet (up to half the stock, and the timed-out ones), those in
+	// flight (8) and the loop's own: far fewer than the queries.
+	if got, most := openFDs(t), before+3*64; got > most {
+		t.Errorf("after %d forwarded queries, %d descriptors open; want at most %d (%d before the first)", n, got, most, before)
 	}
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
