@@ -2,6 +2,8 @@ package dnsd_test
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -183,4 +185,89 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(des)
+}
+
+// TestForward_lateAnswers: an upstream that answers every query at once,
+// then sends the same answer again and one with another address (as a
+// replay or a forger would) while the query's socket waits to be closed
+// or after its number went to a new socket: every client gets the first
+// answer to its own question, whatever the later datagrams meet.
+func TestForward_lateAnswers(t *testing.T) {
+	t.Parallel()
+	host := nstest.Host(t)
+	out := nstest.NewOutside(t, host)
+	pc, err := out.NS.ListenPacket("udp", netip.AddrPortFrom(out.Addr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	// The answer for name n<i>.example. is 10.99.<i/256>.<i%256>; the
+	// late one the same address in 10.98.0.0/16.
+	addrFor := func(name string, late bool) netip.Addr {
+		var i int
+		fmt.Sscanf(name, "n%d.example.", &i)
+		b := byte(99)
+		if late {
+			b = 98
+		}
+		return netip.AddrFrom4([4]byte{10, b, byte(i >> 8), byte(i)})
+	}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, from, err := pc.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			q := new(dns.Msg)
+			if q.Unpack(b[:n]) != nil {
+				continue
+			}
+			answer := func(late bool) []byte {
+				m := new(dns.Msg)
+				m.SetReply(q)
+				name := q.Question[0].Name
+				m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET}, A: addrFor(name, late).AsSlice()}}
+				p, _ := m.Pack()
+				return p
+			}
+			first, again, forged := answer(false), answer(false), answer(true)
+			pc.WriteTo(first, from)
+			go func() {
+				time.Sleep(time.Millisecond)
+				pc.WriteTo(again, from)
+				pc.WriteTo(forged, from)
+			}()
+		}
+	}()
+	srv, err := dnsd.New(dnsd.Config{NS: host, Upstreams: []netip.AddrPort{pc.LocalAddr().(*net.UDPAddr).AddrPort()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srv.AddNetwork("n", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, false)
+	const n = 600 // several generations of the stock: numbers are reused
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 8 {
+				name := fmt.Sprintf("n%d.example.", i)
+				q := new(dns.Msg)
+				q.SetQuestion(name, dns.TypeA)
+				p, _ := q.Pack()
+				r := new(dns.Msg)
+				if err := r.Unpack(srv.Handle(t.Context(), p, []netip.Addr{netip.MustParseAddr("10.0.0.2")}, true)); err != nil {
+					t.Error(err)
+					return
+				}
+				if a := addrs(r); r.Rcode != dns.RcodeSuccess || len(a) != 1 || a[0] != addrFor(name, false) {
+					t.Errorf("%s: %s %v, want %v", name, dns.RcodeToString[r.Rcode], a, addrFor(name, false))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
