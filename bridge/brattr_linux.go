@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -38,7 +39,6 @@ func setNoSTP(host *netns.NS, index int) error {
 // STP state, IFLA_BRPORT_STATE, is forwarding), like `ip -d link show`
 // shows it. vishvananda/netlink does not parse a bridge port's data.
 func portForwarding(host *netns.NS, index int) bool {
-	const forwarding = 3 // BR_STATE_FORWARDING
 	var ok bool
 	host.Do(func() error {
 		req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
@@ -49,35 +49,17 @@ func portForwarding(host *netns.NS, index int) bool {
 		if err != nil || len(msgs) == 0 || len(msgs[0]) < unix.SizeofIfInfomsg {
 			return err
 		}
-		attrs, err := nl.ParseRouteAttr(msgs[0][unix.SizeofIfInfomsg:])
-		if err != nil {
-			return err
-		}
-		for _, a := range attrs {
-			if a.Attr.Type&^unix.NLA_F_NESTED != unix.IFLA_LINKINFO {
-				continue
-			}
-			infos, _ := nl.ParseRouteAttr(a.Value)
-			for _, i := range infos {
-				if i.Attr.Type&^unix.NLA_F_NESTED != nl.IFLA_INFO_SLAVE_DATA {
-					continue
-				}
-				data, _ := nl.ParseRouteAttr(i.Value)
-				for _, d := range data {
-					if d.Attr.Type&^unix.NLA_F_NESTED == nl.IFLA_BRPORT_STATE && len(d.Value) > 0 {
-						ok = d.Value[0] == forwarding
-					}
-				}
-			}
-		}
+		st := attrAt(msgs[0][unix.SizeofIfInfomsg:], unix.IFLA_LINKINFO, nl.IFLA_INFO_SLAVE_DATA, nl.IFLA_BRPORT_STATE)
+		ok = len(st) > 0 && st[0] == brForwarding
 		return nil
 	})
 	return ok
 }
 
-// markPort gives the new host veth with index its mark (interface alias)
-// and makes it a port of the bridge with index bridge, still down, in one
-// request (vishvananda/netlink sends each in one of its own).
+// markPort gives the host veth with index its mark (interface alias) and
+// makes it a port of the bridge with index bridge, in one request
+// (vishvananda/netlink sends each in one of its own): a new veth, still
+// down, or, as a repair, one whose mark it gives again.
 func markPort(host *netns.NS, index, bridge int, mark string) error {
 	return host.Do(func() error {
 		req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
@@ -101,6 +83,10 @@ func markPort(host *netns.NS, index, bridge int, mark string) error {
 func openPort(host *netns.NS, index int, name string, isolated bool) (*portWatch, error) {
 	w := &portWatch{host: host, index: index}
 	err := host.Do(func() error {
+		// A bridge port needs no addresses: no IPv6 on it, so neither
+		// router advertisements nor the link-local address, DAD and MLD
+		// traffic that every new port would otherwise flood to every
+		// other port.
 		if err := writeSysctl(host, "net/ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil {
 			return err
 		}
@@ -121,7 +107,10 @@ func openPort(host *netns.NS, index int, name string, isolated bool) (*portWatch
 		info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 		info.AddRtAttr(nl.IFLA_INFO_SLAVE_KIND, nl.NonZeroTerminated("bridge"))
 		data := info.AddRtAttr(nl.IFLA_INFO_SLAVE_DATA, nil)
-		data.AddRtAttr(nl.IFLA_BRPORT_MODE, []byte{1}) // hairpin
+		// Hairpin: a container reaches its own published ports through
+		// the host, which sends the packet back out of the port it came
+		// in by.
+		data.AddRtAttr(nl.IFLA_BRPORT_MODE, []byte{1})
 		iso := byte(0)
 		if isolated {
 			iso = 1
@@ -186,23 +175,29 @@ func (w *portWatch) forwarding() bool {
 // protinfoForwarding reports whether the attributes of a bridge's port
 // announcement say that it forwards.
 func protinfoForwarding(b []byte) bool {
-	const forwarding = 3 // BR_STATE_FORWARDING
-	attrs, err := nl.ParseRouteAttr(b)
-	if err != nil {
-		return false
-	}
-	for _, a := range attrs {
-		if a.Attr.Type&^unix.NLA_F_NESTED != unix.IFLA_PROTINFO {
-			continue
+	st := attrAt(b, unix.IFLA_PROTINFO, nl.IFLA_BRPORT_STATE)
+	return len(st) > 0 && st[0] == brForwarding
+}
+
+// brForwarding is BR_STATE_FORWARDING, a port's state.
+const brForwarding = 3
+
+// attrAt returns the value of the attribute that path names in the
+// attributes b, each type of it but the last a nested attribute's; nil if
+// it is not there.
+func attrAt(b []byte, path ...uint16) []byte {
+	for _, t := range path {
+		attrs, err := nl.ParseRouteAttr(b)
+		if err != nil {
+			return nil
 		}
-		infos, _ := nl.ParseRouteAttr(a.Value)
-		for _, i := range infos {
-			if i.Attr.Type&^unix.NLA_F_NESTED == nl.IFLA_BRPORT_STATE && len(i.Value) > 0 {
-				return i.Value[0] == forwarding
-			}
+		i := slices.IndexFunc(attrs, func(a syscall.NetlinkRouteAttr) bool { return a.Attr.Type&^unix.NLA_F_NESTED == t })
+		if i < 0 {
+			return nil
 		}
+		b = attrs[i].Value
 	}
-	return false
+	return b
 }
 
 func (w *portWatch) close() {

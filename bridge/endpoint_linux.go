@@ -266,41 +266,6 @@ func (n *Network) attachErr(id string, err error) error {
 	return fmt.Errorf("bridge: attach %q to %q: %w", id, n.cfg.Name, err)
 }
 
-// wireHostEnd makes the host end a port of the bridge (hairpin on, isolated
-// if ICC is off), without router advertisements, and sets it up. Each step
-// is idempotent: it is the repair of a port as well.
-func (n *Network) wireHostEnd(l veth.Link) error {
-	h, err := n.host.Netlink()
-	if err != nil {
-		return err
-	}
-	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: l.Index, Name: l.Name}}
-	opErr := func(op string, err error) error {
-		return &netns.OpError{Op: "bridge." + op, NS: n.host.String(), Name: l.Name, Err: err}
-	}
-	// A bridge port needs no addresses: no IPv6 on it, so neither router
-	// advertisements nor the link-local address, DAD and MLD traffic that
-	// every new port would otherwise flood to every other port.
-	if err := n.host.SetSysctl("net/ipv6/conf/"+l.Name+"/disable_ipv6", "1"); err != nil {
-		return err
-	}
-	if err := h.LinkSetMasterByIndex(link, n.index); err != nil {
-		return opErr("port", err)
-	}
-	// Hairpin: a container reaches its own published ports through the
-	// host, which sends the packet back out of the port it came in by.
-	if err := h.LinkSetHairpin(link, true); err != nil {
-		return opErr("hairpin", err)
-	}
-	if err := h.LinkSetIsolated(link, n.cfg.DisableICC); err != nil {
-		return opErr("isolated", err)
-	}
-	if err := h.LinkSetUp(link); err != nil {
-		return opErr("up", err)
-	}
-	return nil
-}
-
 // existing returns the endpoint whose host veth l is, if it was made with
 // the settings ep asks for, after repairing what drifted: the port (of the
 // bridge, hairpin, isolation, up) and the container's interface (its
@@ -345,9 +310,16 @@ func (n *Network) existing(ctx context.Context, ep EndpointConfig, l netlink.Lin
 	if err := nft.GuardPort(ctx, n.host, l.Attrs().Index, addrs); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
-	if err := n.wireHostEnd(veth.Link{Index: l.Attrs().Index, Name: l.Attrs().Name}); err != nil {
+	// The port as Attach makes it (each step idempotent): of the bridge,
+	// with its mark as it is, then readied and up.
+	if err := markPort(n.host, l.Attrs().Index, n.index, l.Attrs().Alias); err != nil {
+		return Endpoint{}, n.attachErr(ep.ID, &netns.OpError{Op: "bridge.port", NS: n.host.String(), Name: l.Attrs().Name, Err: err})
+	}
+	watch, err := openPort(n.host, l.Attrs().Index, l.Attrs().Name, n.cfg.DisableICC)
+	if err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
+	watch.close() // a port up already announces nothing: the announcement asks
 	if err := ctrlink.Configure(ep.NS, "bridge", peer, addrs, n.cfg.Subnets, m.Gateway, baseMetric-m.Prio); err != nil {
 		return Endpoint{}, n.attachErr(ep.ID, err)
 	}
