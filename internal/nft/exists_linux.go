@@ -3,18 +3,22 @@
 package nft
 
 import (
+	"errors"
+
 	"github.com/google/nftables"
 	"github.com/nsnet/nsnet/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Exists reports whether host has nsnet's table.
 func Exists(host *netns.NS) (bool, error) {
 	var found bool
 	err := host.NFTables(func(c *nftables.Conn) error {
-		ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-		for _, t := range ts {
-			found = found || t.Name == TableName
+		_, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+		if errors.Is(err, unix.ENOENT) {
+			return nil
 		}
+		found = err == nil
 		return err
 	})
 	return found, err

@@ -162,16 +162,7 @@ func GuardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip.P
 					return err
 				}
 			}
-			key := native32(uint32(ifindex))
-			v4, v6 := portElems(key, addrs)
-			errs := []error{c.SetAddElements(ps.ports, []nftables.SetElement{{Key: key}})}
-			if len(v4) > 0 {
-				errs = append(errs, c.SetAddElements(ps.addrs4, v4))
-			}
-			if len(v6) > 0 {
-				errs = append(errs, c.SetAddElements(ps.addrs6, v6))
-			}
-			if err := errors.Join(errs...); err != nil {
+			if err := ps.apply(c.SetAddElements, native32(uint32(ifindex)), addrs); err != nil {
 				return err
 			}
 			return flush(host, c, "nft.guard-port")
@@ -201,18 +192,8 @@ func UnguardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip
 			return &netns.OpError{Op: "nft.unguard-port", NS: host.String(), Name: TableName, Err: err}
 		}
 		key := native32(uint32(ifindex))
-		if len(addrs) > 0 {
-			v4, v6 := portElems(key, addrs)
-			errs := []error{c.SetDeleteElements(ps.ports, []nftables.SetElement{{Key: key}})}
-			if len(v4) > 0 {
-				errs = append(errs, c.SetDeleteElements(ps.addrs4, v4))
-			}
-			if len(v6) > 0 {
-				errs = append(errs, c.SetDeleteElements(ps.addrs6, v6))
-			}
-			if errors.Join(errs...) == nil && c.Flush() == nil {
-				return nil
-			}
+		if len(addrs) > 0 && ps.apply(c.SetDeleteElements, key, addrs) == nil && c.Flush() == nil {
+			return nil
 		}
 		if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -231,9 +212,11 @@ func UnguardPort(ctx context.Context, host *netns.NS, ifindex int, addrs []netip
 	})
 }
 
-// portElems are the elements of addrs4 and addrs6 for the port whose key
-// (interface index) is key.
-func portElems(key []byte, addrs []netip.Prefix) (v4, v6 []nftables.SetElement) {
+// apply batches op (c.SetAddElements or c.SetDeleteElements) on the
+// elements of the port whose key (interface index) is key: the key in
+// ports, and the key with each of addrs in addrs4 or addrs6.
+func (ps *portSchema) apply(op func(*nftables.Set, []nftables.SetElement) error, key []byte, addrs []netip.Prefix) error {
+	var v4, v6 []nftables.SetElement
 	for _, p := range addrs {
 		if a := p.Addr().Unmap(); a.Is4() {
 			v4 = append(v4, nftables.SetElement{Key: append(bytes.Clone(key), a.AsSlice()...)})
@@ -241,7 +224,14 @@ func portElems(key []byte, addrs []netip.Prefix) (v4, v6 []nftables.SetElement) 
 			v6 = append(v6, nftables.SetElement{Key: append(bytes.Clone(key), a.AsSlice()...)})
 		}
 	}
-	return v4, v6
+	errs := []error{op(ps.ports, []nftables.SetElement{{Key: key}})}
+	if len(v4) > 0 {
+		errs = append(errs, op(ps.addrs4, v4))
+	}
+	if len(v6) > 0 {
+		errs = append(errs, op(ps.addrs6, v6))
+	}
+	return errors.Join(errs...)
 }
 
 // forget batches the deletion of the elements of every set whose port
