@@ -71,7 +71,7 @@ func (mp *Mapper) convergeLocalnet(ctx context.Context) error {
 	var ctrs []netip.Addr
 	for _, es := range mp.index {
 		for _, e := range es {
-			if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) && !slices.Contains(ctrs, e.CtrAddr) {
+			if coversLoopback(e.HostAddr, e.CtrAddr) && !slices.Contains(ctrs, e.CtrAddr) {
 				ctrs = append(ctrs, e.CtrAddr)
 			}
 		}

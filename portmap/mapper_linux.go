@@ -415,8 +415,12 @@ func (mp *Mapper) forwarding(v6 bool) error {
 }
 
 // coversLoopback reports whether m catches packets for 127.0.0.1.
-func (m Mapping) coversLoopback() bool {
-	return m.CtrAddr.Is4() && (!m.HostAddr.IsValid() || m.HostAddr.IsLoopback())
+func (m Mapping) coversLoopback() bool { return coversLoopback(m.HostAddr, m.CtrAddr) }
+
+// coversLoopback reports whether a mapping on host (the zero Addr: every
+// address) to the IPv4 container ctr catches packets for 127.0.0.1.
+func coversLoopback(host, ctr netip.Addr) bool {
+	return ctr.Is4() && (!host.IsValid() || host.IsLoopback())
 }
 
 // linkTo returns the interface the host routes ctr out of, nil if none.
@@ -479,7 +483,7 @@ func (mp *Mapper) setLocalnet(names []string, on bool) error {
 func (mp *Mapper) unLocalnet(gone []nft.Mapping) []string {
 	var ctrs []netip.Addr
 	for _, e := range gone {
-		if e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback()) && e.CtrAddr.IsValid() &&
+		if coversLoopback(e.HostAddr, e.CtrAddr) && e.CtrAddr.IsValid() &&
 			!e.CtrAddr.IsUnspecified() && !slices.Contains(ctrs, e.CtrAddr) {
 			ctrs = append(ctrs, e.CtrAddr)
 		}
@@ -511,7 +515,7 @@ scan:
 			if len(behind) == 0 {
 				break scan // every interface is still needed
 			}
-			if !e.CtrAddr.Is4() || e.HostAddr.IsValid() && !e.HostAddr.IsLoopback() {
+			if !coversLoopback(e.HostAddr, e.CtrAddr) {
 				continue
 			}
 			for i, ps := range behind {
@@ -535,7 +539,7 @@ scan:
 // those that no longer exist.
 func (mp *Mapper) unLocalnets(ctx context.Context, gone []nft.Mapping) ([]string, error) {
 	if !slices.ContainsFunc(gone, func(e nft.Mapping) bool {
-		return e.CtrAddr.Is4() && (!e.HostAddr.IsValid() || e.HostAddr.IsLoopback())
+		return coversLoopback(e.HostAddr, e.CtrAddr)
 	}) {
 		return nil, nil
 	}
